@@ -1,0 +1,47 @@
+"""Alembic environment: the URL comes from convergence's settings unless the caller passed one."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from convergence.governance._models import Base
+from convergence.platform.db import get_engine
+from convergence.platform.settings import get_settings
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    return config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
+
+
+def run_migrations_offline() -> None:
+    url = _url()
+    context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
+                      render_as_batch=url.startswith("sqlite"), compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:  # handed in by convergence.platform.migrate
+        _run(connection)
+        return
+    with get_engine(_url()).connect() as connection:
+        _run(connection)
+        connection.commit()
+
+
+def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

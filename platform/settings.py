@@ -1,0 +1,54 @@
+"""Settings: one pydantic-settings class, environment prefix ``CVG_``, read through ``get_settings()``.
+
+Read when first needed and cached, never at import time; tests change the environment and call
+``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+def _default_home() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("convergence", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the embedded defaults a laptop needs."""
+
+    model_config = SettingsConfigDict(env_prefix="CVG_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data directory (SQLite file, artifacts).")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in home.")
+    artifact_store: str | None = Field(default=None, description="Artifact store URL; default: file:// in home.")
+    actor: str | None = Field(default=None, description="Acting identity when --as is not given.")
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    pool_size: int = Field(default=5, ge=1)
+    check_schema: bool = Field(default=True, description="Refuse to work against a database not at head.")
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand(cls, value: object) -> object:
+        return Path(os.path.expanduser(str(value))) if value not in (None, "") else _default_home()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'convergence.db'}"
+
+    @property
+    def resolved_artifact_store(self) -> str:
+        return self.artifact_store or (self.home / "artifacts").as_uri()
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()
