@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
 from typing import Any
@@ -291,5 +290,7 @@ def checkpoint(*, session: Session, actor: str) -> AuditCheckpoint:
     return cp
 
 
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def serialize_writes(*, session: Session) -> None:
+    """Take the chain-head lock now: services call this before reading what they will change, so
+    concurrent writers of the registry queue here instead of racing (e.g. for a version number)."""
+    _lock_head(session)

@@ -1,0 +1,292 @@
+"""Model registry with lineage: projects, datasets, pipeline runs and model versions.
+
+A registration stores the artifact in the content-addressed store first (harmless if the process
+dies later: an unreferenced blob), then writes the version, its first stage transition and its
+audit event in one transaction. Stage changes after registration live in ``_approvals``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from convergence.governance._artifacts import get_artifact_store, sha256_file
+from convergence.governance._ledger import Subject, append, serialize_writes
+from convergence.governance._models import FAMILIES, ROLES, Dataset, ModelVersion, PipelineRun, Project, StageTransition
+from convergence.platform.db import utcnow
+from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
+
+DEFAULT_PROJECT = "default"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise InvalidInput(f"{kind} name {name!r} is not valid: use letters, digits, '.', '_' or '-' (max 200)")
+    return name
+
+
+def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidInput("metrics must be a JSON object of name → number")
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"metric {key!r} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InvalidInput(f"metric {key!r} is {value}: metrics must be finite numbers")
+    return dict(metrics)
+
+
+def _plain_json(kind: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{kind} must be a JSON object")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{kind} is not plain JSON: {exc}") from exc
+    return dict(value)
+
+
+# --- projects ---------------------------------------------------------------------------------
+
+def ensure_project(*, session: Session, name: str = DEFAULT_PROJECT, actor: str) -> Project:
+    """The project called ``name``, created (and audited) on first use."""
+    _check_name("project", name)
+    project = session.execute(select(Project).where(Project.name == name)).scalar_one_or_none()
+    if project is None:
+        project = Project(name=name, created_at=utcnow(), created_by=actor)
+        session.add(project)
+        session.flush()
+        append(session=session, actor=actor, action="project.created", subject=Subject("project", str(project.id)),
+               payload={"name": name})
+    return project
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+def _describe_csv(path: Path) -> tuple[int, dict[str, Any]]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        rows = sum(1 for _ in reader)
+    return rows, {"format": "csv", "columns": header}
+
+
+def register_dataset(*, session: Session, actor: str, path: Path | None = None, sha256: str | None = None,
+                     name: str | None = None, rows: int | None = None, schema: Mapping[str, Any] | None = None,
+                     uri: str | None = None, project: str = DEFAULT_PROJECT) -> Dataset:
+    """Record a dataset by file (hashed here) or by a known SHA-256; the same content twice is one row."""
+    serialize_writes(session=session)
+    proj = ensure_project(session=session, name=project, actor=actor)
+    size = None
+    if path is not None:
+        path = Path(path)
+        sha256, size = sha256_file(path)
+        uri = uri or path.resolve().as_uri()
+        name = name or path.name
+        if rows is None and schema is None and path.suffix.lower() == ".csv":
+            rows, schema = _describe_csv(path)
+    elif sha256 is not None:
+        sha256 = sha256.lower()
+        if not _SHA.match(sha256):
+            raise InvalidInput(f"{sha256!r} is neither an existing file nor a 64-hex-digit SHA-256")
+        found = session.execute(select(Dataset).where(Dataset.sha256 == sha256)).scalars().first()
+        if found is not None:
+            return found
+        uri = uri or f"sha256:{sha256}"
+        name = name or f"dataset-{sha256[:12]}"
+    else:
+        raise InvalidInput("a dataset needs a file or a SHA-256")
+    existing = session.execute(
+        select(Dataset).where(Dataset.project_id == proj.id, Dataset.sha256 == sha256)).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    ds = Dataset(project_id=proj.id, name=name, uri=uri, sha256=sha256, rows=rows, size_bytes=size,
+                 schema=_plain_json("schema", schema) or None, created_at=utcnow(), created_by=actor)
+    session.add(ds)
+    session.flush()
+    append(session=session, actor=actor, action="dataset.registered", subject=Subject("dataset", str(ds.id)),
+           payload={"name": name, "sha256": sha256, "rows": rows, "uri": uri, "project": project})
+    return ds
+
+
+def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
+    ds = session.get(Dataset, dataset_id)
+    if ds is None:
+        raise NotFound(f"no dataset with id {dataset_id}")
+    return ds
+
+
+# --- pipeline runs ----------------------------------------------------------------------------
+
+def code_version() -> tuple[str, bool]:
+    """(git commit, dirty) of the source tree when it is a checkout, else (package version, False)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=5, check=True).stdout.strip())
+        return f"git:{commit}", dirty
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"convergence=={version('convergence')}", False
+        except PackageNotFoundError:
+            return "unknown", True
+
+
+def start_run(*, session: Session, actor: str, pipeline: str, params: Mapping[str, Any] | None = None,
+              dataset_id: int | None = None, project: str = DEFAULT_PROJECT) -> PipelineRun:
+    serialize_writes(session=session)
+    proj = ensure_project(session=session, name=project, actor=actor)
+    if dataset_id is not None:
+        get_dataset(session=session, dataset_id=dataset_id)
+    version, dirty = code_version()
+    run = PipelineRun(project_id=proj.id, pipeline=pipeline, status="running", params=_plain_json("params", params),
+                      code_version=version, code_dirty=dirty, dataset_id=dataset_id, started_at=utcnow(),
+                      created_by=actor)
+    session.add(run)
+    session.flush()
+    append(session=session, actor=actor, action="run.started", subject=Subject("pipeline_run", str(run.id)),
+           payload={"pipeline": pipeline, "code_version": version, "code_dirty": dirty, "dataset_id": dataset_id,
+                    "params": run.params})
+    return run
+
+
+def finish_run(*, session: Session, actor: str, run_id: int, error: str | None = None) -> PipelineRun:
+    serialize_writes(session=session)
+    run = session.get(PipelineRun, run_id)
+    if run is None:
+        raise NotFound(f"no pipeline run with id {run_id}")
+    if run.status != "running":
+        raise PolicyViolation(f"pipeline run {run_id} already {run.status}")
+    run.status, run.error, run.finished_at = ("failed" if error else "succeeded"), error, utcnow()
+    append(session=session, actor=actor, action=f"run.{run.status}", subject=Subject("pipeline_run", str(run.id)),
+           payload={"error": error, "seconds": (run.finished_at - run.started_at).total_seconds()})
+    return run
+
+
+# --- model versions ---------------------------------------------------------------------------
+
+def register_model(*, session: Session, actor: str, name: str, artifact: Path, family: str, role: str,
+                   dataset: str | Path | int | None = None, metrics: Mapping[str, Any] | None = None,
+                   params: Mapping[str, Any] | None = None, parent_id: int | None = None,
+                   run_id: int | None = None, description: str | None = None,
+                   project: str = DEFAULT_PROJECT) -> ModelVersion:
+    """Register a model file as a new candidate version of ``name``, with its lineage."""
+    _check_name("model", name)
+    if family not in FAMILIES:
+        raise InvalidInput(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    metrics = _check_metrics(metrics)
+    params = _plain_json("params", params)
+    stored = get_artifact_store().put(Path(artifact))  # outside the transaction: an orphan blob is harmless
+
+    serialize_writes(session=session)
+    proj = ensure_project(session=session, name=project, actor=actor)
+    parent = _check_parent(session=session, parent_id=parent_id, family=family, role=role)
+    ds = _resolve_dataset(session=session, actor=actor, dataset=dataset, project=project)
+    if run_id is not None and session.get(PipelineRun, run_id) is None:
+        raise NotFound(f"no pipeline run with id {run_id}")
+    version = (session.execute(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)).scalar() or 0) + 1
+    now = utcnow()
+    mv = ModelVersion(project_id=proj.id, name=name, version=version, family=family, role=role, stage="candidate",
+                      parent_id=parent.id if parent else None, dataset_id=ds.id if ds else None, run_id=run_id,
+                      params=params, metrics=metrics, artifact_uri=stored.uri, artifact_sha256=stored.sha256,
+                      artifact_bytes=stored.size, description=description, created_at=now, created_by=actor)
+    session.add(mv)
+    session.flush()
+    session.add(StageTransition(model_version_id=mv.id, from_stage=None, to_stage="candidate", actor=actor,
+                                reason="registered", at=now))
+    append(session=session, actor=actor, action="model.registered", subject=Subject("model_version", str(mv.id)),
+           payload={"name": name, "version": version, "family": family, "role": role,
+                    "artifact_sha256": stored.sha256, "artifact_bytes": stored.size,
+                    "dataset_sha256": ds.sha256 if ds else None, "parent_id": mv.parent_id, "run_id": run_id,
+                    "metrics": metrics, "project": project}, ts=now)
+    return mv
+
+
+def _check_parent(*, session: Session, parent_id: int | None, family: str, role: str) -> ModelVersion | None:
+    if parent_id is None:
+        return None
+    parent = session.get(ModelVersion, parent_id)
+    if parent is None:
+        raise NotFound(f"no model version with id {parent_id} (given as --parent)")
+    if parent.family != family:
+        raise InvalidInput(f"parent {parent_id} is a {parent.family} model; a {family} model cannot descend from it")
+    allowed = {"student": {"teacher", "student"}, "quantized": {"student", "teacher"}, "teacher": {"teacher"}}[role]
+    if parent.role not in allowed:
+        raise InvalidInput(f"a {role} cannot have a {parent.role} as parent (allowed: {', '.join(sorted(allowed))})")
+    return parent
+
+
+def _resolve_dataset(*, session: Session, actor: str, dataset: str | Path | int | None,
+                     project: str) -> Dataset | None:
+    if dataset is None:
+        return None
+    if isinstance(dataset, int):
+        return get_dataset(session=session, dataset_id=dataset)
+    text = str(dataset)
+    if Path(text).is_file():
+        return register_dataset(session=session, actor=actor, path=Path(text), project=project)
+    if text.isdigit():
+        return get_dataset(session=session, dataset_id=int(text))
+    if _SHA.match(text.lower()):
+        return register_dataset(session=session, actor=actor, sha256=text, project=project)
+    raise InvalidInput(f"--dataset {text!r} is not a file, a dataset id or a SHA-256")
+
+
+def get_model(*, session: Session, version_id: int) -> ModelVersion:
+    mv = session.get(ModelVersion, version_id)
+    if mv is None:
+        raise NotFound(f"no model version with id {version_id}", hint="`cvg models list` shows the registry")
+    return mv
+
+
+def list_models(*, session: Session, name: str | None = None, stage: str | None = None,
+                family: str | None = None, limit: int = 200) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)
+    if name:
+        query = query.where(ModelVersion.name == name)
+    if stage:
+        query = query.where(ModelVersion.stage == stage)
+    if family:
+        query = query.where(ModelVersion.family == family)
+    return list(session.execute(query).scalars())
+
+
+def model_to_dict(mv: ModelVersion) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": mv.id, "name": mv.name, "version": mv.version, "family": mv.family, "role": mv.role,
+        "stage": mv.stage, "parent_id": mv.parent_id, "dataset_id": mv.dataset_id, "run_id": mv.run_id,
+        "params": mv.params, "metrics": mv.metrics, "artifact_uri": mv.artifact_uri,
+        "artifact_sha256": mv.artifact_sha256, "artifact_bytes": mv.artifact_bytes,
+        "description": mv.description, "created_at": iso(mv.created_at), "created_by": mv.created_by,
+    }
+
+
+def load_artifact(*, session: Session, version_id: int) -> Path:
+    """The verified local path of a version's artifact (IntegrityError if the bytes changed)."""
+    mv = get_model(session=session, version_id=version_id)
+    return get_artifact_store().fetch(mv.artifact_uri, sha256=mv.artifact_sha256)

@@ -1,0 +1,33 @@
+"""Parse the times people type: ISO 8601 dates and instants, ``now``, and ages like ``2h`` or ``7d``.
+
+Naive times are taken as UTC (the audit trail's zone); anything else is one clear ``InvalidInput``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from convergence.platform.errors import InvalidInput
+
+__all__ = ["parse_time"]
+
+_AGE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|m|h|d|w)(?:\s+ago)?$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(value: str, *, now: dt.datetime | None = None, option: str = "time") -> dt.datetime:
+    """``2026-11-24``, ``2026-11-24T08:00:00+01:00``, ``now``, ``90m`` / ``2h ago`` / ``-7d`` (that long ago)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    text = (value or "").strip().lower()
+    if text == "now":
+        return now
+    if match := _AGE.match(text):
+        return now - dt.timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{option} {value!r} is not a time: use ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z), "
+            "'now', or an age such as 90m, 2h, 7d") from None
+    return parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
