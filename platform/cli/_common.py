@@ -1,0 +1,88 @@
+"""Shared CLI pieces: the options every command spells the same way, and rendering.
+
+Commands only parse, call a service and render; rendering is a rich table for people or JSON
+(``--json``) for scripts, always on stdout, while errors and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from convergence.platform.errors import InvalidInput
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+ActorOpt = Annotated[str | None, typer.Option("--as", help="Acting identity recorded on the audit trail "
+                                              "(default: $CVG_ACTOR).", show_default=False)]
+
+
+def actor_or_fail(actor: str | None) -> str:
+    from convergence.platform.settings import get_settings
+
+    who = (actor or get_settings().actor or "").strip()
+    if not who:
+        raise InvalidInput("no acting identity: pass --as NAME or set CVG_ACTOR")
+    return who
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n")
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is read by people in logs and CI too: don't squeeze it into 80 columns.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    console().print(table)
+
+
+def print_mapping(title: str, data: Mapping[str, Any]) -> None:
+    print_table(title, ("field", "value"),
+                ((k, json.dumps(v, default=_default) if isinstance(v, (dict, list)) else v) for k, v in data.items()))
+
+
+def parse_json_option(value: str | None, option: str) -> Any:
+    """A JSON option given inline or as @file."""
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise InvalidInput(f"{option}: cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{option} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def short(digest: str | None, n: int = 12) -> str:
+    return f"{digest[:n]}…" if digest else ""

