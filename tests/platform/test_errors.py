@@ -1,0 +1,30 @@
+"""The one exception hierarchy: every class carries an HTTP status and an exit code."""
+
+from __future__ import annotations
+
+import convergence.platform.errors as errors
+
+
+def test_every_error_descends_from_the_root_and_has_distinct_codes() -> None:
+    classes = [getattr(errors, n) for n in errors.__all__]
+    assert all(issubclass(c, errors.ConvergenceError) for c in classes)
+    assert errors.NotFound.http_status == 404 and errors.InvalidInput.http_status == 422
+    assert errors.PolicyViolation.http_status == 403 and issubclass(errors.BudgetExceeded, errors.PolicyViolation)
+    assert errors.IntegrityError.http_status == 409 and errors.Unavailable.http_status == 503
+    assert issubclass(errors.SchemaOutdated, errors.Unavailable)
+    top = [errors.NotFound, errors.InvalidInput, errors.PolicyViolation, errors.IntegrityError, errors.Unavailable,
+           errors.StepFailed]
+    assert len({c.exit_code for c in top}) == len(top) and all(c.exit_code > 1 for c in top)
+
+
+def test_message_hint_and_dict() -> None:
+    exc = errors.NotFound("no model 7", hint="list them")
+    assert str(exc) == "no model 7 (hint: list them)"
+    assert exc.to_dict() == {"error": "NotFound", "message": "no model 7", "hint": "list them"}
+    step = errors.StepFailed("boom", step="train_teacher")
+    assert step.step == "train_teacher" and "train_teacher" in str(step)
+
+
+def test_docstring_draws_every_class() -> None:
+    for name in errors.__all__:
+        assert name in (errors.__doc__ or "")

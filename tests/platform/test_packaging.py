@@ -1,0 +1,80 @@
+"""The packaging recipe: platform/ never shadows the standard library; imports go one way."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_stdlib_platform_is_not_shadowed_from_the_repository_root() -> None:
+    out = subprocess.run([sys.executable, "-c", "import platform, sys; print(platform.__file__); "
+                          "print(platform.python_implementation())"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert Path(out[0]).resolve().parent == Path(sysconfig.get_paths()["stdlib"]).resolve()
+    assert out[1] == "CPython"
+    assert not (ROOT / "platform" / "__init__.py").exists()
+
+
+def test_python_m_pytest_works_from_the_root() -> None:
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/platform/test_errors.py"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert " passed" in result.stdout
+
+
+def test_cli_help_loads_no_heavy_library() -> None:
+    code = ("import sys\nfrom convergence.platform.cli import app\n"
+            "try:\n    app(['--help'], prog_name='cvg')\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('sqlalchemy', 'alembic', 'torch', 'ray', 'bentoml', 'evidently', 'pyarrow') "
+            "if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "models" in out and "audit" in out
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+@pytest.mark.parametrize("folder,forbidden", [
+    ("governance", ("convergence.pipelines", "convergence.serving", "convergence.platform.cli")),
+    ("platform", ("convergence.governance", "convergence.pipelines", "convergence.serving")),
+])
+def test_imports_go_one_way(folder: str, forbidden: tuple[str, ...]) -> None:
+    offenders = []
+    for path in (ROOT / folder).rglob("*.py"):
+        if folder == "platform" and "cli" in path.relative_to(ROOT / folder).parts:
+            continue  # the CLI is the top layer that lives in platform/
+        bad = [m for m in _imports(path) if m.startswith(forbidden)]
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)}: {bad}")
+    assert not offenders
+
+
+@pytest.mark.parametrize("module", ["convergence.governance", "convergence.pipelines", "convergence.serving",
+                                    "convergence.platform.errors", "convergence.platform.db",
+                                    "convergence.platform.settings"])
+def test_public_surfaces_are_sorted_and_importable(module: str) -> None:
+    mod = importlib.import_module(module)
+    names = list(mod.__all__)
+    assert names == sorted(names)
+    for name in names:
+        assert hasattr(mod, name), f"{module}.{name} is listed but missing"
+
+
+def test_auditor_script_imports_only_the_standard_library() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    assert {m.split(".")[0] for m in _imports(ROOT / "governance" / "auditor.py")} <= stdlib
