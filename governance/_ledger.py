@@ -15,9 +15,9 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from convergence.governance._models import AuditCheckpoint, AuditEvent
@@ -56,9 +56,10 @@ class EventIn:
     ts: dt.datetime | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Event:
-    """A committed (or about-to-commit) link of the chain, as an auditor sees it."""
+class Event(NamedTuple):
+    """A committed (or about-to-commit) link of the chain, as an auditor sees it.
+
+    A NamedTuple rather than a dataclass: batch appends build one per event, and this is 4x cheaper."""
 
     seq: int
     ts: dt.datetime
@@ -84,22 +85,31 @@ class Event:
 
 # --- canonical encoding -----------------------------------------------------------------------
 
+# One encoder for every payload: json.dumps() would build a new one per call with these options.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
 def canonical_payload(payload: Mapping[str, Any]) -> str:
     """Sorted keys, no whitespace, UTF-8, no NaN/Infinity: the only form a payload is stored in."""
     if not isinstance(payload, Mapping):
         raise InvalidInput(f"audit payload must be a JSON object, got {type(payload).__name__}")
     try:
-        return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _CANONICAL.encode(payload)
     except ValueError as exc:
         raise InvalidInput(f"audit payload contains NaN or Infinity, which JSON cannot carry: {exc}") from exc
     except TypeError as exc:
         raise InvalidInput(f"audit payload is not JSON-serialisable: {exc}") from exc
 
 
+_UTC = dt.timezone.utc
+
+
 def format_ts(ts: dt.datetime) -> str:
+    """``2026-11-24T08:15:00.123456Z``: always UTC, always six fractional digits."""
     if ts.tzinfo is None:
         raise InvalidInput("audit timestamps must be timezone-aware")
-    return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not _UTC:
+        ts = ts.astimezone(_UTC)
+    return ts.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def event_bytes(seq: int, ts: str, actor: str, action: str, subject_type: str, subject_id: str,
@@ -147,26 +157,40 @@ def append(*, session: Session, actor: str, action: str, subject: Subject,
 def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 5000) -> list[Event]:
     """Append many events under one head lock with batched inserts (for high-rate producers)."""
     seq, prev = _lock_head(session)
-    out: list[Event] = []
-    rows: list[dict[str, Any]] = []
     conn = session.connection()
+    sqlite = not is_postgres(conn.engine)
+    out: list[Event] = []
+    rows: list[tuple[Any, ...]] = []
+    sha256, enc = hashlib.sha256, encode_basestring
     for ev in events:
         _validate(ev.actor, ev.action, ev.subject)
         ts = ev.ts or utcnow()
         ts_text = format_ts(ts)
         payload = canonical_payload(ev.payload)
         seq += 1
-        digest = event_hash(seq, ts_text, ev.actor, ev.action, ev.subject.type, str(ev.subject.id), payload, prev)
-        event = Event(seq, ts, ev.actor, ev.action, ev.subject.type, str(ev.subject.id), payload, prev, digest)
-        out.append(event)
-        rows.append(dataclasses.asdict(event))
+        sid = str(ev.subject.id)
+        digest = sha256(f"[{seq},{enc(ts_text)},{enc(ev.actor)},{enc(ev.action)},{enc(ev.subject.type)},"
+                        f"{enc(sid)},{payload},{enc(prev)}]".encode()).hexdigest()
+        out.append(Event(seq, ts, ev.actor, ev.action, ev.subject.type, sid, payload, prev, digest))
+        # Straight to the driver: SQLite gets SQLAlchemy's own text form of the UTC time, PostgreSQL the datetime.
+        rows.append((seq, ts_text[:10] + " " + ts_text[11:-1] if sqlite else ts, ev.actor, ev.action,
+                     ev.subject.type, sid, payload, prev, digest))
         prev = digest
         if len(rows) >= chunk:
-            conn.execute(insert(AuditEvent), rows)
+            _insert(conn, rows, sqlite)
             rows = []
     if rows:
-        conn.execute(insert(AuditEvent), rows)
+        _insert(conn, rows, sqlite)
     return out
+
+
+_INSERT = ("INSERT INTO audit_events (seq, ts, actor, action, subject_type, subject_id, payload, prev_hash, hash) "
+           "VALUES ({})")
+
+
+def _insert(conn: Any, rows: list[tuple[Any, ...]], sqlite: bool) -> None:
+    marks = ", ".join(["?" if sqlite else "%s"] * 9)
+    conn.exec_driver_sql(_INSERT.format(marks), rows)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -176,31 +200,26 @@ def head(*, session: Session) -> tuple[int, str]:
     return (row[0], row[1]) if row else (0, GENESIS_HASH)
 
 
-def _ts_text(value: Any) -> str:
-    # Raw driver values: SQLite hands back SQLAlchemy's stored text, PostgreSQL a datetime.
-    if isinstance(value, str):
-        return value.replace(" ", "T", 1) + "Z"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return format_ts(value)
+def _stream(session: Session, after_seq: int, batch: int = 20_000) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of rows in seq order straight from the driver: constant memory.
 
-
-def _stream(session: Session, after_seq: int, batch: int = 20_000) -> Iterator[tuple[Any, ...]]:
-    """Rows in seq order straight from the driver in fixed-size batches: constant memory."""
+    PostgreSQL renders ``ts`` in the canonical text form itself; SQLite hands back SQLAlchemy's stored
+    text ('YYYY-MM-DD HH:MM:SS.ffffff', UTC), which the caller finishes (cheaper in Python than in SQL)."""
+    sqlite = not is_postgres(session.connection().engine)
     conn = session.connection()
     raw = conn.connection.driver_connection
-    sql = ("SELECT seq, ts, actor, action, subject_type, subject_id, payload, prev_hash, hash "
-           "FROM audit_events WHERE seq > %s ORDER BY seq")
+    columns = "seq, {ts}, actor, action, subject_type, subject_id, payload, prev_hash, hash"
     if is_postgres(conn.engine):
+        ts = """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
         cur = raw.cursor(name="cvg_audit_stream")  # server-side cursor: PostgreSQL streams too
         cur.itersize = batch
-        cur.execute(sql, (after_seq,))
+        cur.execute(f"SELECT {columns.format(ts=ts)} FROM audit_events WHERE seq > %s ORDER BY seq", (after_seq,))
     else:
         cur = raw.cursor()
-        cur.execute(sql.replace("%s", "?"), (after_seq,))
+        cur.execute(f"SELECT {columns.format(ts='ts')} FROM audit_events WHERE seq > ? ORDER BY seq", (after_seq,))
     try:
         while rows := cur.fetchmany(batch):
-            yield from rows
+            yield rows
     finally:
         cur.close()
 
@@ -220,9 +239,17 @@ class VerifyResult:
         return dataclasses.asdict(self)
 
 
+class _Quoted(dict[str, str]):
+    """JSON-quoted strings, computed on first use."""
+
+    def __missing__(self, key: str) -> str:
+        value = self[key] = encode_basestring(key)
+        return value
+
+
 def _diagnose_mismatch(row: tuple[Any, ...], ts_text: str) -> tuple[int, str, str]:
     """A hash mismatch at seq s; if the row hashes as seq s±1 the chain was renumbered around it."""
-    seq, _ts, actor, action, st, sid, payload, prev_hash, stored = row
+    seq, _ts, actor, action, st, sid, payload, prev_hash, stored = row  # _ts: raw; ts_text is canonical
     if event_hash(seq - 1, ts_text, actor, action, st, sid, payload, prev_hash) == stored:
         return (seq - 1, "inserted row",
                 f"the row now at seq {seq} was written as seq {seq - 1}: a row was inserted at seq {seq - 1}")
@@ -248,26 +275,40 @@ def verify(*, session: Session, from_checkpoint: int | None = None,
         expected, prev = cp.seq + 1, cp.head_hash
     start = expected
     anchors = {cp.seq: cp for cp in checkpoints if cp.seq >= start}
-    checked = 0
-    for row in _stream(session, expected - 1):
-        seq, ts, actor, action, st, sid, payload, prev_hash, stored = row
-        ts_text = _ts_text(ts)
-        if seq != expected:
-            return VerifyResult(False, checked, start, expected - 1, prev, expected, "gap",
-                                f"seq {expected} is missing: the next row is seq {seq}")
-        if event_hash(seq, ts_text, actor, action, st, sid, payload, prev_hash) != stored:
-            bad, problem, detail = _diagnose_mismatch(row, ts_text)
-            return VerifyResult(False, checked, start, seq - 1, prev, bad, problem, detail)
-        if prev_hash != prev:
-            return VerifyResult(False, checked, start, seq - 1, prev, seq, "broken link",
-                                f"prev_hash of seq {seq} is not the hash of seq {seq - 1}")
-        cp = anchors.get(seq)
-        if cp is not None and cp.head_hash != stored:
-            return VerifyResult(False, checked, start, seq, stored, seq, "checkpoint mismatch",
-                                f"seq {seq} differs from checkpoint {cp.id} taken {format_ts(cp.created_at)}")
-        prev, expected, checked = stored, expected + 1, checked + 1
-        if progress is not None and checked % 100_000 == 0:
-            progress(checked)
+    sha256, enc = hashlib.sha256, encode_basestring  # the hot loop: locals, no call we can avoid
+    quoted = _Quoted()  # actors, actions and subject types repeat: encode each once
+    sqlite = not is_postgres(session.connection().engine)
+    for rows in _stream(session, expected - 1):
+        for row in rows:
+            seq, ts_text, actor, action, st, sid, payload, prev_hash, stored = row
+            if sqlite:
+                ts_text = ts_text.replace(" ", "T", 1) + "Z"
+            if seq != expected:
+                return VerifyResult(False, seq - start, start, expected - 1, prev, expected, "gap",
+                                    f"seq {expected} is missing: the next row is seq {seq}")
+            if prev_hash != prev:
+                # Diagnose a broken link through the content hash first: it can tell insertion from edits.
+                if event_hash(seq, ts_text, actor, action, st, sid, payload, prev_hash) != stored:
+                    bad, problem, detail = _diagnose_mismatch(row, ts_text)
+                    return VerifyResult(False, seq - start, start, seq - 1, prev, bad, problem, detail)
+                return VerifyResult(False, seq - start, start, seq - 1, prev, seq, "broken link",
+                                    f"prev_hash of seq {seq} is not the hash of seq {seq - 1}")
+            # prev_hash equals the previous computed hex digest here, so quoting it needs no escaping.
+            if sha256(f'[{seq},{enc(ts_text)},{quoted[actor]},{quoted[action]},{quoted[st]},{enc(sid)},'
+                      f'{payload},"{prev_hash}"]'.encode()).hexdigest() != stored:
+                bad, problem, detail = _diagnose_mismatch(row, ts_text)
+                return VerifyResult(False, seq - start, start, seq - 1, prev, bad, problem, detail)
+            if anchors and seq in anchors and anchors[seq].head_hash != stored:
+                cp = anchors[seq]
+                return VerifyResult(False, seq - start, start, seq, stored, seq, "checkpoint mismatch",
+                                    f"seq {seq} differs from checkpoint {cp.id} taken {format_ts(cp.created_at)}")
+            prev = stored
+            expected = seq + 1
+        if progress is not None:
+            progress(expected - start)
+        if len(quoted) > 10_000:
+            quoted.clear()
+    checked = expected - start
     last_cp = checkpoints[-1] if checkpoints else None
     if last_cp is not None and expected - 1 < last_cp.seq:
         return VerifyResult(False, checked, start, expected - 1, prev, expected, "truncated",

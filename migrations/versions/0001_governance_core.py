@@ -39,8 +39,7 @@ def upgrade() -> None:
     sa.Column('payload', sa.Text(), nullable=False),
     sa.Column('prev_hash', sa.String(length=64), nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('seq', name=op.f('pk_audit_events')),
-    sa.UniqueConstraint('hash', name=op.f('uq_audit_events_hash'))
+    sa.PrimaryKeyConstraint('seq', name=op.f('pk_audit_events'))
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index('ix_audit_events_action', ['action'], unique=False)
