@@ -68,7 +68,7 @@ def _load_for_change(session: Session, version_id: int) -> ModelVersion:
 
 def _require_reason(reason: str | None, what: str) -> str:
     if not reason or not reason.strip():
-        raise InvalidInput(f"{what} needs a reason (--reason)")
+        raise InvalidInput(f"a reason is needed {what} (--reason)")
     return reason.strip()
 
 
@@ -91,32 +91,28 @@ def validate(*, session: Session, version_id: int, actor: str, evidence: Path,
     return mv
 
 
-def approve(*, session: Session, version_id: int, actor: str, reason: str) -> ModelVersion:
-    """Approve a validated version; the approver must not be its registrant."""
-    reason = _require_reason(reason, "an approval")
+def _decide(session: Session, version_id: int, actor: str, reason: str, *, decision: str, verb: str,
+            attempted: str) -> ModelVersion:
+    reason = _require_reason(reason, f"to {verb} a model")
     mv = _load_for_change(session, version_id)
     if actor == mv.created_by:
-        _refuse(session, mv, actor=actor, attempted="approval",
-                message=f"{actor} registered model version {mv.id} and cannot approve it")
-    _move(session, mv, "approved", actor=actor, reason=reason)
-    session.add(Approval(model_version_id=mv.id, decision="approved", actor=actor, reason=reason,
-                         created_at=utcnow()))
-    append(session=session, actor=actor, action="model.approved", subject=_subject(mv),
+        _refuse(session, mv, actor=actor, attempted=attempted,
+                message=f"{actor} registered model version {mv.id} and cannot {verb} it")
+    _move(session, mv, decision, actor=actor, reason=reason)
+    session.add(Approval(model_version_id=mv.id, decision=decision, actor=actor, reason=reason, created_at=utcnow()))
+    append(session=session, actor=actor, action=f"model.{decision}", subject=_subject(mv),
            payload={"reason": reason, "registrant": mv.created_by})
     return mv
 
 
+def approve(*, session: Session, version_id: int, actor: str, reason: str) -> ModelVersion:
+    """Approve a validated version; the approver must not be its registrant."""
+    return _decide(session, version_id, actor, reason, decision="approved", verb="approve", attempted="approval")
+
+
 def reject(*, session: Session, version_id: int, actor: str, reason: str) -> ModelVersion:
-    reason = _require_reason(reason, "a rejection")
-    mv = _load_for_change(session, version_id)
-    if actor == mv.created_by:
-        _refuse(session, mv, actor=actor, attempted="rejection",
-                message=f"{actor} registered model version {mv.id} and cannot reject it; ask a validator")
-    _move(session, mv, "rejected", actor=actor, reason=reason)
-    session.add(Approval(model_version_id=mv.id, decision="rejected", actor=actor, reason=reason,
-                         created_at=utcnow()))
-    append(session=session, actor=actor, action="model.rejected", subject=_subject(mv), payload={"reason": reason})
-    return mv
+    """Reject a version before production (final); the registrant cannot reject their own either."""
+    return _decide(session, version_id, actor, reason, decision="rejected", verb="reject", attempted="rejection")
 
 
 def _production(session: Session, name: str) -> ModelVersion | None:

@@ -95,17 +95,19 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh migrated database for this test; CVG_DATABASE_URL and CVG_HOME point at it."""
+def _database(backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              *, migrated: bool) -> Iterator[str]:
+    """Point CVG_DATABASE_URL and CVG_HOME at a database of our own; drop it afterwards."""
+    dbname = None
     if backend == "sqlite":
-        url = _make_sqlite(request.getfixturevalue("sqlite_template"), tmp_path / "cvg.db")
-        dbname = None
+        if migrated:
+            url = _make_sqlite(request.getfixturevalue("sqlite_template"), tmp_path / "cvg.db")
+        else:
+            url = f"sqlite:///{tmp_path / 'empty.db'}"
     else:
-        template = request.getfixturevalue("pg_template")
+        template = request.getfixturevalue("pg_template")  # skips/fails like the others when no server
         dbname = f"cvg_t_{uuid.uuid4().hex[:12]}"
-        _pg_admin(f"CREATE DATABASE {dbname} TEMPLATE {template}")
+        _pg_admin(f"CREATE DATABASE {dbname} TEMPLATE {template}" if migrated else f"CREATE DATABASE {dbname}")
         url = _pg_url(dbname)
     monkeypatch.setenv("CVG_DATABASE_URL", url)
     monkeypatch.setenv("CVG_HOME", str(tmp_path / "home"))
@@ -118,24 +120,17 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh migrated database for this test; CVG_DATABASE_URL and CVG_HOME point at it."""
+    yield from _database(backend, request, tmp_path, monkeypatch, migrated=True)
+
+
+@pytest.fixture
 def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An empty (unmigrated) database on the same backends, for migration tests."""
-    dbname = None
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'empty.db'}"
-    else:
-        request.getfixturevalue("pg_template")  # skips/fails like the others when no server
-        dbname = f"cvg_e_{uuid.uuid4().hex[:12]}"
-        _pg_admin(f"CREATE DATABASE {dbname}")
-        url = _pg_url(dbname)
-    monkeypatch.setenv("CVG_DATABASE_URL", url)
-    monkeypatch.setenv("CVG_HOME", str(tmp_path / "home"))
-    _reset_process_state()
-    yield url
-    _reset_process_state()
-    if dbname:
-        _pg_admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+    yield from _database(backend, request, tmp_path, monkeypatch, migrated=False)
 
 
 @pytest.fixture

@@ -121,28 +121,27 @@ def validate(
     _render(mv, json_out, verb=f"validated by {who}")
 
 
-@app.command()
-def approve(version_id: IdArg, reason: ReasonOpt, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
-    """Approve a validated version. The approver must not be its registrant."""
+def _change(service: str, verb: str, actor: str | None, json_out: bool, **kwargs: Any) -> None:
+    """Call a governance stage-change service as the acting identity and render the version."""
     from convergence import governance as gov
     from convergence.platform.db import session_scope
 
     who = actor_or_fail(actor)
     with session_scope() as session:
-        mv = gov.approve(session=session, version_id=version_id, actor=who, reason=reason)
-    _render(mv, json_out, verb=f"approved by {who}")
+        mv = getattr(gov, service)(session=session, actor=who, **kwargs)
+    _render(mv, json_out, verb=f"{verb} by {who}")
+
+
+@app.command()
+def approve(version_id: IdArg, reason: ReasonOpt, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """Approve a validated version. The approver must not be its registrant."""
+    _change("approve", "approved", actor, json_out, version_id=version_id, reason=reason)
 
 
 @app.command()
 def reject(version_id: IdArg, reason: ReasonOpt, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Reject a version before production (final)."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        mv = gov.reject(session=session, version_id=version_id, actor=who, reason=reason)
-    _render(mv, json_out, verb=f"rejected by {who}")
+    _change("reject", "rejected", actor, json_out, version_id=version_id, reason=reason)
 
 
 @app.command()
@@ -153,13 +152,7 @@ def promote(
     json_out: JsonOpt = False,
 ) -> None:
     """Put an approved version into production; the previous production version is retired."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        mv = gov.promote(session=session, version_id=version_id, actor=who, reason=reason)
-    _render(mv, json_out, verb=f"promoted by {who}")
+    _change("promote", "promoted", actor, json_out, version_id=version_id, reason=reason)
 
 
 @app.command()
@@ -170,13 +163,7 @@ def rollback(
     json_out: JsonOpt = False,
 ) -> None:
     """Retire the production version of NAME and restore the one it replaced."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        mv = gov.rollback(session=session, name=name, actor=who, reason=reason)
-    _render(mv, json_out, verb=f"restored by {who}")
+    _change("rollback", "restored", actor, json_out, name=name, reason=reason)
 
 
 @app.command()
