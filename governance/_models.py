@@ -31,7 +31,7 @@ FAMILIES = ("trading", "language")
 ROLES = ("teacher", "student", "quantized")
 STAGES = ("candidate", "validated", "approved", "production", "retired", "rejected")
 DECISIONS = ("validated", "approved", "rejected")
-RUN_STATUSES = ("running", "succeeded", "failed")
+RUN_STATUSES = ("running", "succeeded", "failed", "gates_failed", "stopped")
 
 # Stable constraint names on both databases, so migrations can drop what they created.
 NAMING_CONVENTION = {
@@ -150,6 +150,9 @@ class PipelineRun(Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), index=True)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Refreshed by the runner while it works; a 'running' row whose heartbeat went stale belonged to a
+    # process that died (SIGKILL, OOM, node loss) and is marked failed by the next start.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(200), nullable=False)
 

@@ -22,7 +22,16 @@ from sqlalchemy.orm import Session
 
 from convergence.governance._artifacts import get_artifact_store, sha256_file
 from convergence.governance._ledger import Subject, append, serialize_writes
-from convergence.governance._models import FAMILIES, ROLES, Dataset, ModelVersion, PipelineRun, Project, StageTransition
+from convergence.governance._models import (
+    FAMILIES,
+    ROLES,
+    RUN_STATUSES,
+    Dataset,
+    ModelVersion,
+    PipelineRun,
+    Project,
+    StageTransition,
+)
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -159,9 +168,10 @@ def start_run(*, session: Session, actor: str, pipeline: str, params: Mapping[st
     if dataset_id is not None:
         get_dataset(session=session, dataset_id=dataset_id)
     version, dirty = code_version()
+    now = utcnow()
     run = PipelineRun(project_id=proj.id, pipeline=pipeline, status="running", params=_plain_json("params", params),
-                      code_version=version, code_dirty=dirty, dataset_id=dataset_id, started_at=utcnow(),
-                      created_by=actor)
+                      code_version=version, code_dirty=dirty, dataset_id=dataset_id, started_at=now,
+                      heartbeat_at=now, created_by=actor)
     session.add(run)
     session.flush()
     append(session=session, actor=actor, action="run.started", subject=Subject("pipeline_run", str(run.id)),
@@ -170,16 +180,52 @@ def start_run(*, session: Session, actor: str, pipeline: str, params: Mapping[st
     return run
 
 
-def finish_run(*, session: Session, actor: str, run_id: int, error: str | None = None) -> PipelineRun:
+def finish_run(*, session: Session, actor: str, run_id: int, error: str | None = None,
+               status: str | None = None, summary: Mapping[str, Any] | None = None) -> PipelineRun:
+    """Close a run: succeeded, failed (with ``error``), gates_failed or stopped; audited."""
     serialize_writes(session=session)
     run = session.get(PipelineRun, run_id)
     if run is None:
         raise NotFound(f"no pipeline run with id {run_id}")
+    session.refresh(run)
     if run.status != "running":
-        raise PolicyViolation(f"pipeline run {run_id} already {run.status}")
-    run.status, run.error, run.finished_at = ("failed" if error else "succeeded"), error, utcnow()
-    append(session=session, actor=actor, action=f"run.{run.status}", subject=Subject("pipeline_run", str(run.id)),
-           payload={"error": error, "seconds": (run.finished_at - run.started_at).total_seconds()})
+        raise PolicyViolation(f"pipeline run {run_id} already ended as {run.status}")
+    status = status or ("failed" if error else "succeeded")
+    if status not in RUN_STATUSES or status == "running":
+        raise InvalidInput(f"a run cannot finish as {status!r}")
+    run.status, run.error, run.finished_at = status, error, utcnow()
+    append(session=session, actor=actor, action=f"run.{status}", subject=Subject("pipeline_run", str(run.id)),
+           payload={"error": error, "seconds": (run.finished_at - run.started_at).total_seconds(),
+                    **({"summary": _plain_json("summary", summary)} if summary else {})})
+    return run
+
+
+def heartbeat(*, session: Session, run_id: int) -> None:
+    """Mark a running run as alive (no audit event: liveness is not a state change)."""
+    run = session.get(PipelineRun, run_id)
+    if run is not None and run.status == "running":
+        run.heartbeat_at = utcnow()
+
+
+def fail_stale_runs(*, session: Session, actor: str, stale_after_s: float) -> list[int]:
+    """Mark failed every running run whose heartbeat (or start) is older than ``stale_after_s``."""
+    serialize_writes(session=session)
+    cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
+    stale = [run for run in session.execute(select(PipelineRun).where(PipelineRun.status == "running")).scalars()
+             if (run.heartbeat_at or run.started_at) < cutoff]
+    for run in stale:
+        last = run.heartbeat_at or run.started_at
+        run.status, run.finished_at = "failed", utcnow()
+        run.error = f"stale: no heartbeat since {last.isoformat()}; the process running it died"
+        append(session=session, actor=actor, action="run.failed", subject=Subject("pipeline_run", str(run.id)),
+               payload={"error": run.error, "stale": True})
+    return [run.id for run in stale]
+
+
+def get_run(*, session: Session, run_id: int) -> PipelineRun:
+    run = session.get(PipelineRun, run_id)
+    if run is None:
+        raise NotFound(f"no pipeline run with id {run_id}")
     return run
 
 

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     pool_size: int = Field(default=5, ge=1)
     check_schema: bool = Field(default=True, description="Refuse to work against a database not at head.")
+    ray_address: str | None = Field(default=None, description="ray://host:10001 for a cluster; default: local Ray.")
+    heartbeat_interval_s: float = Field(default=10.0, gt=0, description="How often a running pipeline says it is alive.")
+    stale_after_s: float = Field(default=120.0, gt=0, description="A running pipeline silent this long is dead.")
+    image: str = Field(default="convergence:0.1.0", description="Container image Kubeflow components run.")
 
     @field_validator("home", mode="before")
     @classmethod

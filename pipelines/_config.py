@@ -1,0 +1,119 @@
+"""Trading pipeline configuration: one pydantic model, unknown keys refused, loaded from JSON or TOML.
+
+Defaults are the full run on the real E-mini ticks sized for a 2-core laptop; tests pass smaller
+values. Gate thresholds live here too, so a run's evidence records exactly what it was held to.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from convergence.platform.errors import InvalidInput, NotFound
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    source: Literal["mlfinpy-es-ticks", "csv"] = "mlfinpy-es-ticks"
+    path: str | None = Field(default=None, description="CSV with DateTime, Price, Volume (source=csv).")
+    max_ticks: int | None = Field(default=None, ge=1000, description="Use only the first N ticks.")
+
+
+class FeatureConfig(_Strict):
+    bar: Literal["time", "volume", "dollar"] = "volume"
+    bar_size: float = Field(default=300, gt=0, description="Seconds, contracts or dollars per bar.")
+    lags: tuple[int, ...] = (1, 2, 5, 10, 20)
+    vol_windows: tuple[int, ...] = (5, 20)
+    window: int = Field(default=16, ge=1, le=256, description="Bars of features the models see.")
+    horizon: int = Field(default=5, ge=1, description="Label: forward log return over this many bars.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> FeatureConfig:
+        if not self.lags or min(self.lags) < 1 or not self.vol_windows or min(self.vol_windows) < 2:
+            raise ValueError("lags must be ≥ 1 and vol_windows ≥ 2, and neither may be empty")
+        return self
+
+
+class ModelConfig(_Strict):
+    teacher_hidden: int = Field(default=1024, ge=8)
+    teacher_layers: int = Field(default=3, ge=1, le=8)
+    teacher_dropout: float = Field(default=0.1, ge=0, lt=1)
+    student_hidden: int = Field(default=32, ge=2)
+    epochs: int = Field(default=12, ge=1)
+    student_epochs: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=256, ge=8)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    distill_alpha: float = Field(default=0.8, ge=0, le=1, description="Weight of the teacher's outputs.")
+    workers: int = Field(default=2, ge=1, description="Ray Train data-parallel workers for the teacher.")
+
+
+class EvalConfig(_Strict):
+    folds: int = Field(default=4, ge=1, le=32)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    cost_bps: float = Field(default=0.5, ge=0, description="Transaction cost per unit turnover, basis points.")
+    latency_repeats: int = Field(default=300, ge=10)
+
+
+class GateConfig(_Strict):
+    min_fidelity: float = Field(default=0.95, ge=-1, le=1)
+    max_loss_ratio: float = Field(default=1.03, gt=0, description="Student OOS loss ÷ teacher's, at most.")
+    min_speedup: float = Field(default=5.0, ge=0, description="Teacher ÷ student latency at batch 1, at least.")
+    max_int8_gap: float = Field(default=0.05, ge=0, description="Largest |INT8 − float| student prediction, "
+                                                                "in label standard deviations.")
+
+
+class TradingConfig(_Strict):
+    seed: int = 7
+    data: DataConfig = DataConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    eval: EvalConfig = EvalConfig()
+    gates: GateConfig = GateConfig()
+    name: str = Field(default="es-trading", description="Registry name prefix for the versions.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_config(data: dict[str, Any] | None = None) -> TradingConfig:
+    try:
+        return TradingConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid trading config: {_explain(exc)}") from None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TradingConfig:
+    """Read a JSON or TOML config file (or none) and apply dotted-key-free nested overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"no config file {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            data[key] = {**data.get(key, {}), **value}
+        else:
+            data[key] = value
+    return parse_config(data)

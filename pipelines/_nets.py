@@ -1,0 +1,170 @@
+"""The trading networks, their training loops, distillation, INT8 quantization and artifacts.
+
+Teacher: a deep, wide MLP over a window of bar features. Student: a one-hidden-layer MLP with a
+small fraction of the teacher's parameters, trained on a mix of the teacher's outputs and the true
+labels. Labels are scaled to unit variance for training; the scale travels in the artifact.
+CUDA is used when ``torch.cuda.is_available()``; INT8 dynamic quantization is a CPU path.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARTIFACT_FORMAT = "convergence.trading.mlp.v1"
+
+
+def pick_device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_mlp(n_in: int, hidden: list[int], dropout: float = 0.0) -> Any:
+    from torch import nn
+
+    layers: list[Any] = []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.GELU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def teacher_arch(n_in: int, cfg: Any) -> dict[str, Any]:
+    return {"n_in": n_in, "hidden": [cfg.teacher_hidden] * cfg.teacher_layers, "dropout": cfg.teacher_dropout}
+
+
+def student_arch(n_in: int, cfg: Any) -> dict[str, Any]:
+    return {"n_in": n_in, "hidden": [cfg.student_hidden], "dropout": 0.0}
+
+
+def from_arch(arch: dict[str, Any]) -> Any:
+    return build_mlp(arch["n_in"], list(arch["hidden"]), arch.get("dropout", 0.0))
+
+
+def n_params(net: Any) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def fit(net: Any, X: np.ndarray, target: np.ndarray, *, epochs: int, batch_size: int, lr: float,
+        weight_decay: float, seed: int, device: Any = None) -> list[float]:
+    """Plain minibatch Adam on MSE; deterministic for a seed on CPU. Returns the loss per epoch."""
+    import torch
+
+    device = device or torch.device("cpu")
+    gen = torch.Generator().manual_seed(seed)
+    net.to(device).train()
+    xs, ts = torch.from_numpy(X), torch.from_numpy(target.reshape(-1, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(xs), generator=gen)
+        total = 0.0
+        for start in range(0, len(xs), batch_size):
+            idx = order[start:start + batch_size]
+            xb, tb = xs[idx].to(device, non_blocking=True), ts[idx].to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(net(xb), tb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(xs))
+    net.eval()
+    return losses
+
+
+def predict(net: Any, X: np.ndarray, batch: int = 4096) -> np.ndarray:
+    import torch
+
+    device = next(iter(net.parameters()), torch.empty(0)).device if not _is_quantized(net) else torch.device("cpu")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(X), batch):
+            out.append(net(torch.from_numpy(X[start:start + batch]).to(device)).float().cpu().numpy().ravel())
+    return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+
+def distill_targets(teacher_pred: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Mixing the MSE losses to teacher and label equals MSE to their alpha-weighted mean (plus a constant)."""
+    return (alpha * teacher_pred + (1 - alpha) * y).astype(np.float32)
+
+
+def quantize_int8(net: Any) -> Any:
+    import copy
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices: the API still does what we need
+        return quantize_dynamic(copy.deepcopy(net).cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _is_quantized(net: Any) -> bool:
+    return any("quantized" in type(m).__module__ for m in net.modules())
+
+
+def latency(net: Any, n_in: int, *, batch: int, repeats: int) -> float:
+    """Median seconds per row on one CPU thread (the serving budget's unit)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = net if _is_quantized(net) else net.cpu()
+        x = torch.randn(batch, n_in)
+        times = []
+        with torch.inference_mode():
+            for _ in range(10):
+                net(x)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                net(x)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) / batch
+    finally:
+        torch.set_num_threads(threads)
+
+
+def serialized_bytes(net: Any) -> int:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return buf.tell()
+
+
+def save_artifact(path: Path, *, net: Any, arch: dict[str, Any], role: str, quantized: bool, mean: np.ndarray,
+                  std: np.ndarray, y_scale: float, meta: dict[str, Any]) -> Path:
+    import torch
+
+    state = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in net.state_dict().items()}
+    torch.save({"format": ARTIFACT_FORMAT, "role": role, "arch": arch, "quantized": quantized,
+                "state_dict": state, "mean": mean, "std": std, "y_scale": y_scale, "meta": meta}, path)
+    return path
+
+
+def load_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a network (quantized again when it was saved INT8) and return it with its metadata."""
+    import torch
+
+    from convergence.platform.errors import IntegrityError
+
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
+        raise IntegrityError(f"{path} is not a {ARTIFACT_FORMAT} artifact")
+    net = from_arch(blob["arch"]).eval()
+    if blob["quantized"]:
+        net = quantize_int8(net)
+    net.load_state_dict(blob["state_dict"])
+    return net.eval(), blob

@@ -1,0 +1,122 @@
+"""The pipeline runner shared by every family: run records, heartbeats, steps, Ray.
+
+A run is recorded before any work starts and closed exactly once: by the pipeline's own
+registration transaction on success, or here with the error on failure. A background heartbeat
+keeps the record fresh; the next start marks runs whose heartbeat went stale (a SIGKILLed
+process) as failed. Every step runs inside the user-code boundary and is timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from convergence.pipelines._boundary import step_boundary, unwrap_ray_error
+from convergence.platform.db import session_scope
+from convergence.platform.errors import ConvergenceError, Unavailable
+from convergence.platform.settings import get_settings
+
+Progress = Callable[[str, str, str], None]  # (step, "start" | "done" | "failed", detail)
+
+
+def _quiet(step: str, state: str, detail: str) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class RunContext:
+    run_id: int
+    actor: str
+    workdir: Path
+    progress: Progress
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    finished: bool = False
+
+    @contextlib.contextmanager
+    def step(self, name: str, detail: str = "") -> Iterator[None]:
+        self.progress(name, "start", detail)
+        t0 = time.perf_counter()
+        try:
+            with step_boundary(name):
+                yield
+        except BaseException as exc:
+            self.progress(name, "failed", str(exc))
+            raise
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        self.progress(name, "done", f"{self.timings[name]:.1f} s")
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, run_id: int, interval: float) -> None:
+        super().__init__(name=f"cvg-heartbeat-{run_id}", daemon=True)
+        self.run_id, self.interval, self.stop = run_id, interval, threading.Event()
+
+    def run(self) -> None:
+        from convergence.governance import heartbeat
+
+        while not self.stop.wait(self.interval):
+            with contextlib.suppress(ConvergenceError):  # a missed beat is retried; the run goes on
+                with session_scope() as session:
+                    heartbeat(session=session, run_id=self.run_id)
+
+
+@contextlib.contextmanager
+def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | None, actor: str,
+                 project: str = "default", progress: Progress | None = None) -> Iterator[RunContext]:
+    """Record a run (after failing stale ones), keep it alive, and close it as failed on any error."""
+    from convergence import governance as gov
+
+    settings = get_settings()
+    with session_scope() as session:
+        gov.fail_stale_runs(session=session, actor=actor, stale_after_s=settings.stale_after_s)
+    with session_scope() as session:
+        run = gov.start_run(session=session, actor=actor, pipeline=pipeline, params=params, dataset_id=dataset_id,
+                            project=project)
+    workdir = settings.home / "runs" / str(run.id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(run.id, actor, workdir, progress or _quiet)
+    beat = _Heartbeat(run.id, settings.heartbeat_interval_s)
+    beat.start()
+    try:
+        yield ctx
+    except BaseException as exc:
+        if not ctx.finished:
+            with session_scope() as session:
+                gov.finish_run(session=session, actor=actor, run_id=run.id, error=str(exc)[:2000] or type(exc).__name__)
+        raise
+    finally:
+        beat.stop.set()
+        beat.join(timeout=5)
+
+
+def connect_ray(address: str | None = None) -> bool:
+    """Join ``address`` (or CVG_RAY_ADDRESS), else start local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or get_settings().ray_address
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 **({} if address else {"num_cpus": os.cpu_count() or 2}))
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Unavailable(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}",
+                          hint="check --ray-address / CVG_RAY_ADDRESS, or omit it to start Ray locally") from exc
+    return True
+
+
+def ray_get_all(refs: list[Any], step: str) -> list[Any]:
+    """ray.get that hands back our errors (or a StepFailed naming the step) instead of RayTaskError."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except Exception as exc:
+        raise unwrap_ray_error(exc, step) from None

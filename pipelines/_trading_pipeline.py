@@ -1,0 +1,170 @@
+"""``cvg pipelines run trading``: the whole trading pipeline on Ray, from ticks to registered candidates.
+
+Registration is one transaction at the end: teacher, student and INT8 versions with their lineage
+(dataset → teacher → student → INT8), the evidence file, the gate results and the run's closing
+event commit together or not at all, so a killed run leaves nothing half-registered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from convergence.pipelines import _nets as nets
+from convergence.pipelines import _trading as T
+from convergence.pipelines._config import TradingConfig
+from convergence.pipelines._data import load_ticks
+from convergence.pipelines._features import FeatureSet, build_features, time_folds
+from convergence.pipelines._runner import Progress, connect_ray, pipeline_run, ray_get_all
+from convergence.platform.db import session_scope
+
+MODEL_KEYS = ("teacher", "student", "int8", "label_only")
+
+
+def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key in MODEL_KEYS:
+        metrics = [f[key] for f in folds if key in f]
+        if metrics:
+            out[key] = {m: float(np.mean([x[m] for x in metrics])) for m in metrics[0]}
+    return out
+
+
+def features_for(cfg: TradingConfig, ticks: Any) -> FeatureSet:
+    f = cfg.features
+    return build_features(ticks.frame, bar=f.bar, bar_size=f.bar_size, lags=f.lags, vol_windows=f.vol_windows,
+                          window=f.window, horizon=f.horizon)
+
+
+def walk_forward(fs: FeatureSet, cfg: TradingConfig, *, parallel: bool = True) -> list[dict[str, Any]]:
+    """The K folds as parallel Ray tasks (or a plain loop, for the benchmark's baseline)."""
+    folds, _ = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
+    task = T.bounded_fold_task
+    if not parallel:
+        return [task(fs, train, test, cfg, k) for k, (train, test) in enumerate(folds)]
+    import ray
+
+    remote = ray.remote(num_cpus=1)(task)
+    fs_ref = ray.put(fs)
+    return ray_get_all([remote.remote(fs_ref, train, test, cfg, k) for k, (train, test) in enumerate(folds)],
+                       "walk_forward")
+
+
+def measure(models: dict[str, Any], n_in: int, repeats: int) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    latencies, sizes = {}, {}
+    for key, net in models.items():
+        latencies[key] = {"batch1_s": nets.latency(net, n_in, batch=1, repeats=repeats),
+                          "batch64_row_s": nets.latency(net, n_in, batch=64, repeats=max(10, repeats // 4))}
+        sizes[key] = {"params": nets.n_params(net) if key != "int8" else nets.n_params(models["student"]),
+                      "bytes": nets.serialized_bytes(net)}
+    return latencies, sizes
+
+
+def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = None, progress: Progress | None = None,
+                project: str = "default") -> dict[str, Any]:
+    from convergence import governance as gov
+
+    started = time.perf_counter()
+    say = progress or (lambda *a: None)
+    say("load_data", "start", cfg.data.source)
+    ticks = load_ticks(source=cfg.data.source, path=cfg.data.path, max_ticks=cfg.data.max_ticks)
+    with session_scope() as s:
+        ds = gov.register_dataset(session=s, actor=actor, path=ticks.path, rows=ticks.report["rows_out"],
+                                  schema=ticks.describe(), project=project,
+                                  name=f"{ticks.path.name}" + (f"[:{cfg.data.max_ticks}]" if cfg.data.max_ticks else ""))
+        dataset = {"id": ds.id, "sha256": ds.sha256, "rows": ds.rows, "name": ds.name}
+    say("load_data", "done", f"{ticks.report['rows_out']:,} ticks, sha256 {dataset['sha256'][:12]}…")
+
+    with pipeline_run(pipeline="trading", params=cfg.to_dict(), dataset_id=dataset["id"], actor=actor,
+                      project=project, progress=progress) as ctx:
+        with ctx.step("build_features"):
+            fs = features_for(cfg, ticks)
+            _, (train, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
+            p = T.prepare(fs, train)
+        with ctx.step("connect_ray"):
+            started_ray = connect_ray(ray_address)
+        try:
+            with ctx.step("train_teacher", f"Ray Train, {cfg.model.workers} workers"):
+                teacher, train_metrics = T.train_teacher_ray(p, train, cfg, ctx.workdir / "ray", f"teacher-{ctx.run_id}")
+            with ctx.step("distill_student"):
+                models = {"teacher": teacher, **T.fit_students(teacher, p, train, cfg)}
+            with ctx.step("walk_forward", f"{cfg.eval.folds} folds as Ray tasks"):
+                folds = walk_forward(fs, cfg)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        with ctx.step("evaluate"):
+            holdout = T.score(models, fs, p, test, cfg)
+            latencies, sizes = measure(models, fs.X.shape[1], cfg.eval.latency_repeats)
+            verdict = T.gate(holdout, latencies, cfg)
+        evidence = {
+            "pipeline": "trading", "run_id": ctx.run_id, "config": cfg.to_dict(), "dataset": dataset,
+            "cleaning": ticks.report, "rows": len(fs), "bars": fs.bars, "features": fs.feature_names,
+            "split": {"train": [train.start, train.stop], "holdout": [test.start, test.stop],
+                      "train_label_end": str(fs.label_end[train.stop - 1]), "holdout_start": str(fs.times[test.start])},
+            "teacher_training": train_metrics, "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
+            "holdout": holdout, "latency": latencies, "size": sizes, "gates": verdict,
+        }
+        with ctx.step("register"):
+            versions = _register(ctx, cfg, models, p, fs, evidence, dataset, project)
+    return {"run_id": ctx.run_id, "status": "succeeded" if verdict["passed"] else "gates_failed",
+            "dataset": dataset, "versions": versions, "gates": verdict, "holdout": holdout,
+            "walk_forward_mean": evidence["walk_forward"]["mean"], "latency": latencies, "size": sizes,
+            "evidence": str(ctx.workdir / "evidence.json"), "timings": ctx.timings,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepared, fs: FeatureSet,
+              evidence: dict[str, Any], dataset: dict[str, Any], project: str) -> dict[str, int]:
+    """Write artifacts, then register every version and close the run in one transaction."""
+    from convergence import governance as gov
+
+    evidence_path = ctx.workdir / "evidence.json"
+    evidence_path.write_text(json.dumps(evidence, indent=2, default=str))
+    meta = {"feature_names": fs.feature_names, "window": fs.window, "horizon": fs.horizon,
+            "bar": cfg.features.bar, "bar_size": cfg.features.bar_size, "run_id": ctx.run_id}
+    n_in = fs.X.shape[1]
+    files = {
+        "teacher": nets.save_artifact(ctx.workdir / "teacher.pt", net=models["teacher"], role="teacher",
+                                      arch=nets.teacher_arch(n_in, cfg.model), quantized=False, mean=p.mean,
+                                      std=p.std, y_scale=p.y_scale, meta=meta),
+        "student": nets.save_artifact(ctx.workdir / "student.pt", net=models["student"], role="student",
+                                      arch=nets.student_arch(n_in, cfg.model), quantized=False, mean=p.mean,
+                                      std=p.std, y_scale=p.y_scale, meta=meta),
+        "int8": nets.save_artifact(ctx.workdir / "student-int8.pt", net=models["int8"], role="quantized",
+                                   arch=nets.student_arch(n_in, cfg.model), quantized=True, mean=p.mean,
+                                   std=p.std, y_scale=p.y_scale, meta=meta),
+    }
+    verdict, holdout = evidence["gates"], evidence["holdout"]
+    stored = gov.get_artifact_store().put(evidence_path)
+    versions: dict[str, int] = {}
+    with session_scope() as s:
+        if verdict["passed"]:
+            parent = None
+            for key, role in (("teacher", "teacher"), ("student", "student"), ("int8", "quantized")):
+                metrics = {k: v for k, v in holdout[key].items() if isinstance(v, float)}
+                metrics.update(latency_batch1_s=evidence["latency"][key]["batch1_s"],
+                               latency_batch64_row_s=evidence["latency"][key]["batch64_row_s"],
+                               params=float(evidence["size"][key]["params"]))
+                name = cfg.name + {"teacher": "-teacher", "student": "-student", "int8": "-student-int8"}[key]
+                mv = gov.register_model(session=s, actor=ctx.actor, name=name, artifact=files[key], family="trading",
+                                        role=role, dataset=dataset["id"], metrics=metrics, parent_id=parent,
+                                        run_id=ctx.run_id, project=project,
+                                        params={"config": cfg.to_dict(), "evidence_sha256": stored.sha256,
+                                                "evidence_uri": stored.uri, "gates_passed": True},
+                                        description=f"trading pipeline run {ctx.run_id}")
+                versions[key] = mv.id
+                parent = mv.id
+            gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id,
+                           summary={"versions": versions, "evidence_sha256": stored.sha256})
+        else:
+            gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id, status="gates_failed",
+                           error="; ".join(verdict["failed"]),
+                           summary={"failed": verdict["failed"], "evidence_sha256": stored.sha256})
+        ctx.finished = True
+    return versions
