@@ -1,6 +1,25 @@
-"""Pipelines: data loaders, teacher/student training and distillation on Ray, KFP definitions.
+"""Pipelines: market data and features, teacher/student training and distillation on Ray, Kubeflow.
 
 Builds on governance (registry, lineage, audit); talks to serving only through the registry.
+Importing this package is cheap: torch, ray and kfp load inside the functions that need them.
 """
 
-__all__: list[str] = []
+from convergence.pipelines._config import TradingConfig, load_config, parse_config
+from convergence.pipelines._kfp import build_pipeline, compile_pipeline
+from convergence.pipelines._kfp import submit as submit_pipeline
+from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
+from convergence.pipelines._steps import run_step
+from convergence.pipelines._trading_pipeline import run_trading, walk_forward
+
+__all__ = [
+    "STEP_DEPENDENCIES",
+    "TradingConfig",
+    "build_pipeline",
+    "compile_pipeline",
+    "load_config",
+    "parse_config",
+    "run_step",
+    "run_trading",
+    "submit_pipeline",
+    "walk_forward",
+]

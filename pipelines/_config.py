@@ -44,14 +44,15 @@ class FeatureConfig(_Strict):
 class ModelConfig(_Strict):
     teacher_hidden: int = Field(default=1024, ge=8)
     teacher_layers: int = Field(default=3, ge=1, le=8)
-    teacher_dropout: float = Field(default=0.1, ge=0, lt=1)
+    teacher_dropout: float = Field(default=0.2, ge=0, lt=1)
     student_hidden: int = Field(default=32, ge=2)
-    epochs: int = Field(default=12, ge=1)
-    student_epochs: int = Field(default=40, ge=1)
+    epochs: int = Field(default=4, ge=1, description="Teacher epochs: few, regularised, so it generalises.")
+    student_epochs: int = Field(default=100, ge=1)
     batch_size: int = Field(default=256, ge=8)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    distill_alpha: float = Field(default=0.8, ge=0, le=1, description="Weight of the teacher's outputs.")
+    lr: float = Field(default=3e-4, gt=0)
+    weight_decay: float = Field(default=1e-3, ge=0)
+    distill_alpha: float = Field(default=0.97, ge=0, le=1, description="Weight of the teacher's outputs.")
+    student_lr: float = Field(default=1e-3, gt=0)
     workers: int = Field(default=2, ge=1, description="Ray Train data-parallel workers for the teacher.")
 
 

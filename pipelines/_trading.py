@@ -63,8 +63,8 @@ def fit_students(teacher: Any, p: Prepared, train: range, cfg: TradingConfig) ->
     for name, target in (("student", nets.distill_targets(teacher_pred, yt, m.distill_alpha)), ("label_only", yt)):
         torch.manual_seed(cfg.seed + 1)  # both students start from the same weights: only the target differs
         net = nets.from_arch(nets.student_arch(n_in, m))
-        nets.fit(net, X, target, epochs=m.student_epochs, batch_size=m.batch_size, lr=m.lr,
-                 weight_decay=m.weight_decay, seed=cfg.seed + 1)
+        nets.fit(net, X, target, epochs=m.student_epochs, batch_size=m.batch_size, lr=m.student_lr,
+                 weight_decay=1e-4, seed=cfg.seed + 1)
         out[name] = net.cpu().eval()
     out["int8"] = nets.quantize_int8(out["student"])
     return out

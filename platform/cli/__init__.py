@@ -36,6 +36,10 @@ class _Root(TyperGroup):
             _fail(str(exc), exc.exit_code)
         except (TyperException, typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # `cvg … | head`: the reader left; that is not an error of ours
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except Exception as exc:  # a bug of ours: still one line, traceback on request
             if os.environ.get("CVG_DEBUG") == "1":
                 raise
@@ -56,11 +60,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convergence.platform.cli import audit, db, demo, doctor, models
+    from convergence.platform.cli import audit, db, demo, doctor, models, pipelines
 
     app.add_typer(db.app, name="db")
     app.add_typer(models.app, name="models")
     app.add_typer(audit.app, name="audit")
+    app.add_typer(pipelines.app, name="pipelines")
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
 

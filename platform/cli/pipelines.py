@@ -1,0 +1,188 @@
+"""``cvg pipelines``: run the training pipelines on Ray, or compile and submit them to Kubeflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from convergence.platform.cli._common import (
+    ActorOpt,
+    JsonOpt,
+    actor_or_fail,
+    console,
+    parse_json_option,
+    print_json,
+    print_table,
+)
+
+app = typer.Typer(help="Training pipelines: run on Ray (local or a cluster), compile for Kubeflow, submit, "
+                       "list runs.", no_args_is_help=True)
+
+FamilyArg = Annotated[str, typer.Argument(help="Pipeline family: trading (language: not in this version).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file (JSON or TOML); unknown keys "
+                                                "are refused.")]
+SetOpt = Annotated[str | None, typer.Option("--set", help='Inline overrides as JSON, e.g. \'{"eval": {"folds": 2}}\'.')]
+
+
+def _config(family: str, config: Path | None, overrides: str | None) -> Any:
+    from convergence.platform.errors import InvalidInput, Unavailable
+
+    if family == "language":
+        raise Unavailable("the language pipeline is not available in this version; `trading` is")
+    if family != "trading":
+        raise InvalidInput(f"unknown pipeline family {family!r}: use trading")
+    from convergence.pipelines._config import load_config
+
+    extra = parse_json_option(overrides, "--set")
+    if extra is not None and not isinstance(extra, dict):
+        raise InvalidInput("--set must be a JSON object")
+    return load_config(config, extra)
+
+
+def _progress() -> Any:
+    err = console(stderr=True)
+
+    def show(step: str, state: str, detail: str) -> None:
+        mark = {"start": "[cyan]…[/cyan]", "done": "[green]✓[/green]", "failed": "[red]✗[/red]"}[state]
+        err.print(f"{mark} {step}" + (f"  [dim]{detail}[/dim]" if detail else ""))
+
+    return show
+
+
+def _render_summary(summary: dict[str, Any]) -> None:
+    out = console()
+    gates = summary["gates"]
+    out.print(f"run {summary['run_id']}: [bold]{summary['status']}[/bold] in {summary['seconds']} s; dataset "
+              f"{summary['dataset']['name']} (sha256 {summary['dataset']['sha256'][:12]}…)")
+    keys = [k for k in ("teacher", "student", "int8", "label_only") if k in summary["holdout"]]
+    print_table("holdout (out of sample) and latency", ("model", "params", "mse ×1e8", "IC", "hit rate", "Sharpe",
+                                                        "fidelity", "batch 1 µs", "batch 64 µs/row"),
+                ((k, f"{summary['size'][k]['params']:,}", f"{summary['holdout'][k]['mse'] * 1e8:.3f}",
+                  f"{summary['holdout'][k]['ic']:.3f}", f"{summary['holdout'][k]['hit_rate']:.3f}",
+                  f"{summary['holdout'][k]['sharpe']:.2f}", f"{summary['holdout'][k].get('fidelity', 1.0):.3f}",
+                  f"{summary['latency'][k]['batch1_s'] * 1e6:.1f}", f"{summary['latency'][k]['batch64_row_s'] * 1e6:.2f}")
+                 for k in keys))
+    print_table("gates", ("check", "value", "needs", "result"),
+                ((c["check"], f"{c['value']:.4g}", f"{c['op']} {c['threshold']}", "pass" if c["passed"] else "FAIL")
+                 for c in gates["checks"]))
+    if summary["versions"]:
+        out.print("registered as candidates: " + ", ".join(f"{k} → version {v}" for k, v in summary["versions"].items())
+                  + f"\nevidence: {summary['evidence']}")
+
+
+@app.command()
+def run(
+    family: FamilyArg,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="ray://host:10001 (default: "
+                                                    "$CVG_RAY_ADDRESS, else a local Ray).")] = None,
+    project: Annotated[str, typer.Option("--project")] = "default",
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a pipeline end to end: data, features, teacher (Ray Train), distilled student, INT8, walk-forward,
+    gates, and registration of candidates with lineage and evidence. Exits 4 when a gate fails."""
+    from convergence.pipelines import run_trading
+    from convergence.platform.errors import PolicyViolation
+
+    cfg = _config(family, config, overrides)
+    who = actor_or_fail(actor)
+    summary = run_trading(cfg, actor=who, ray_address=ray_address, progress=_progress(), project=project)
+    if json_out:
+        print_json(summary)
+    else:
+        _render_summary(summary)
+    if not summary["gates"]["passed"]:
+        raise PolicyViolation("gates failed, nothing registered: " + "; ".join(summary["gates"]["failed"]),
+                              hint=f"the evidence is in {summary['evidence']}")
+
+
+@app.command("compile")
+def compile_(
+    family: FamilyArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the KFP v2 spec (.yaml).")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    image: Annotated[str | None, typer.Option("--image", help="Container image (default: $CVG_IMAGE).")] = None,
+) -> None:
+    """Compile the pipeline to a Kubeflow Pipelines v2 spec whose steps run `cvg pipelines step`."""
+    from convergence.pipelines import compile_pipeline
+    from convergence.platform.settings import get_settings
+
+    cfg = _config(family, config, overrides)
+    path = compile_pipeline(cfg, output, image or get_settings().image)
+    console(stderr=True).print(f"wrote {path}")
+
+
+@app.command()
+def submit(
+    family: FamilyArg,
+    host: Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888.")],
+    package: Annotated[Path | None, typer.Option("--package", help="A compiled spec (default: compile now).")] = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="Create a recurring run with this cron expression.")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name")] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a run (or a recurring run with --cron) to a Kubeflow Pipelines server."""
+    import tempfile
+
+    from convergence.pipelines import compile_pipeline, submit_pipeline
+    from convergence.platform.settings import get_settings
+
+    cfg = _config(family, config, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = package or compile_pipeline(cfg, Path(tmp) / f"{family}.yaml", get_settings().image)
+        result = submit_pipeline(pkg, host=host, run_name=run_name, cron=cron)
+    if json_out:
+        print_json(result)
+    else:
+        console().print(" ".join(f"{k}={v}" for k, v in result.items()))
+
+
+@app.command()
+def step(
+    family: FamilyArg,
+    name: Annotated[str, typer.Argument(help="load_data, build_features, train_teacher, distill_student, "
+                                        "walk_forward or evaluate_register.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for this step's artifacts.")],
+    inputs: Annotated[list[Path] | None, typer.Option("--in", help="Output directory of each step this one "
+                                                       "reads, in order.")] = None,
+    config_json: Annotated[str | None, typer.Option("--config-json", help="The config as JSON (Kubeflow passes it).")] = None,
+    config: ConfigOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Run one step over directories (what each Kubeflow component executes)."""
+    from convergence.pipelines import run_step
+
+    cfg = _config(family, config, config_json)
+    state = run_step(name, cfg, list(inputs or []), out, actor=actor_or_fail(actor))
+    console(stderr=True).print(f"step {name} done: {json.dumps(state, default=str)[:300]}")
+
+
+@app.command()
+def runs(limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20, json_out: JsonOpt = False) -> None:
+    """Recent pipeline runs: status, code version, dataset, timings."""
+    from sqlalchemy import select
+
+    from convergence.governance import PipelineRun
+    from convergence.platform.db import session_scope
+
+    with session_scope(write=False) as session:
+        rows = [{"id": r.id, "pipeline": r.pipeline, "status": r.status, "code_version": r.code_version,
+                 "code_dirty": r.code_dirty, "dataset_id": r.dataset_id, "started_at": r.started_at.isoformat(),
+                 "finished_at": r.finished_at.isoformat() if r.finished_at else None, "error": r.error,
+                 "created_by": r.created_by}
+                for r in session.execute(select(PipelineRun).order_by(PipelineRun.id.desc()).limit(limit)).scalars()]
+    if json_out:
+        print_json(rows)
+        return
+    print_table(f"{len(rows)} pipeline runs", ("id", "pipeline", "status", "started (UTC)", "finished", "by",
+                                               "code", "error"),
+                ((r["id"], r["pipeline"], r["status"], r["started_at"][:19], (r["finished_at"] or "")[:19],
+                  r["created_by"], r["code_version"][:16] + ("*" if r["code_dirty"] else ""), (r["error"] or "")[:60])
+                 for r in rows))
