@@ -8,6 +8,7 @@ CUDA is used when ``torch.cuda.is_available()``; INT8 dynamic quantization is a 
 
 from __future__ import annotations
 
+import copy
 import io
 import statistics
 import time
@@ -100,8 +101,6 @@ def distill_targets(teacher_pred: np.ndarray, y: np.ndarray, alpha: float) -> np
 
 
 def quantize_int8(net: Any) -> Any:
-    import copy
-
     import torch
     from torch.ao.quantization import quantize_dynamic
 
@@ -148,7 +147,9 @@ def save_artifact(path: Path, *, net: Any, arch: dict[str, Any], role: str, quan
                   std: np.ndarray, y_scale: float, meta: dict[str, Any]) -> Path:
     import torch
 
-    state = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in net.state_dict().items()}
+    # The state_dict object itself, not a copy of its items: its _metadata carries module versions that
+    # quantized modules need to load (a plain dict loads as the legacy format and fails).
+    state = (net if _is_quantized(net) else copy.deepcopy(net).cpu()).state_dict()
     torch.save({"format": ARTIFACT_FORMAT, "role": role, "arch": arch, "quantized": quantized,
                 "state_dict": state, "mean": mean, "std": std, "y_scale": y_scale, "meta": meta}, path)
     return path

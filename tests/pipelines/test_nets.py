@@ -1,0 +1,94 @@
+"""Networks, distillation, INT8 and artifacts, on a small slice of the real E-mini ticks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convergence.pipelines import _nets as nets
+from convergence.pipelines import _trading as T
+from convergence.pipelines._data import load_ticks
+from convergence.pipelines._features import time_folds
+from convergence.pipelines._trading_pipeline import features_for
+from convergence.platform.errors import IntegrityError
+
+
+@pytest.fixture(scope="module")
+def trained(request):  # type: ignore[no-untyped-def]
+    from convergence.pipelines import parse_config
+    from tests.pipelines.conftest import LENIENT_GATES, SMALL
+
+    cfg = parse_config({**SMALL, "gates": LENIENT_GATES})
+    fs = features_for(cfg, load_ticks(max_ticks=cfg.data.max_ticks))
+    _, (train, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
+    p = T.prepare(fs, train)
+    teacher = T.fit_teacher_local(p, train, cfg)
+    return cfg, fs, p, train, test, {"teacher": teacher, **T.fit_students(teacher, p, train, cfg)}
+
+
+def test_student_is_a_small_fraction_of_the_teacher(trained) -> None:
+    cfg, *_, models = trained
+    assert nets.n_params(models["student"]) < 0.2 * nets.n_params(models["teacher"])
+    from convergence.pipelines import parse_config
+
+    default = parse_config({})
+    n_in = default.features.window * 13
+    full_teacher = nets.from_arch(nets.teacher_arch(n_in, default.model))
+    full_student = nets.from_arch(nets.student_arch(n_in, default.model))
+    assert nets.n_params(full_student) < 0.01 * nets.n_params(full_teacher)
+
+
+def test_int8_student_agrees_with_the_float_student_on_held_out_data(trained) -> None:
+    cfg, fs, p, train, test, models = trained
+    x = p.Xn[test.start:test.stop]
+    float_pred, int8_pred = nets.predict(models["student"], x), nets.predict(models["int8"], x)
+    # Stated tolerance (the gate's default): every INT8 prediction within 0.05 label standard deviations of
+    # the float student's. Predictions here are in units of the training labels' sd.
+    assert np.max(np.abs(float_pred - int8_pred)) <= 0.05
+    assert np.corrcoef(float_pred, int8_pred)[0, 1] > 0.99
+    assert any("quantized" in type(m).__module__ for m in models["int8"].modules())
+
+
+def test_distillation_target_mixes_teacher_and_label() -> None:
+    t, y = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    np.testing.assert_allclose(nets.distill_targets(t, y, 0.75), [0.75, 0.25])
+
+
+@pytest.mark.parametrize("key,quantized", [("teacher", False), ("student", False), ("int8", True)])
+def test_artifacts_round_trip(trained, tmp_path: Path, key: str, quantized: bool) -> None:
+    cfg, fs, p, train, test, models = trained
+    n_in = fs.X.shape[1]
+    arch = nets.teacher_arch(n_in, cfg.model) if key == "teacher" else nets.student_arch(n_in, cfg.model)
+    path = nets.save_artifact(tmp_path / f"{key}.pt", net=models[key], arch=arch, role=key, quantized=quantized,
+                              mean=p.mean, std=p.std, y_scale=p.y_scale, meta={"window": fs.window})
+    net, blob = nets.load_artifact(path)
+    x = p.Xn[test.start:test.start + 50]
+    np.testing.assert_array_equal(nets.predict(net, x), nets.predict(models[key], x))
+    assert blob["quantized"] is quantized and blob["meta"]["window"] == fs.window
+
+
+def test_foreign_files_are_not_artifacts(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "x.pt"
+    torch.save({"hello": 1}, path)
+    with pytest.raises(IntegrityError, match="not a convergence"):
+        nets.load_artifact(path)
+
+
+def test_latency_is_measured_per_row(trained) -> None:
+    cfg, fs, *_, models = trained
+    one = nets.latency(models["student"], fs.X.shape[1], batch=1, repeats=20)
+    many = nets.latency(models["student"], fs.X.shape[1], batch=64, repeats=20)
+    assert 0 < many < one  # batching amortises the per-call overhead
+
+
+def test_a_fold_is_deterministic(trained) -> None:
+    cfg, fs, *_ = trained
+    folds, _ = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
+    first, second = (T.fold_task(fs, *folds[0], cfg, 0) for _ in range(2))
+    assert first == second
+    assert set(first) >= {"teacher", "student", "int8", "label_only", "int8_max_gap_sd"}
+    assert -1 <= first["student"]["fidelity"] <= 1 and 0 <= first["student"]["hit_rate"] <= 1

@@ -1,0 +1,128 @@
+"""The trading pipeline end to end on a real local Ray, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from convergence import governance as gov
+from convergence.pipelines import parse_config, run_trading
+from convergence.pipelines import _nets as nets
+from convergence.pipelines._runner import pipeline_run
+from convergence.platform.db import session_scope
+from convergence.platform.errors import InvalidInput
+from tests.pipelines.conftest import LENIENT_GATES, SMALL
+
+pytestmark = pytest.mark.ray
+
+
+def test_full_run_registers_lineage_and_evidence(db_url: str, ray_session, small_config) -> None:
+    summary = run_trading(small_config, actor="quant")
+    assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student", "int8"}
+    v = summary["versions"]
+    with session_scope(write=False) as s:
+        teacher, student, int8 = (gov.get_model(session=s, version_id=v[k]) for k in ("teacher", "student", "int8"))
+        assert (teacher.role, student.role, int8.role) == ("teacher", "student", "quantized")
+        assert student.parent_id == teacher.id and int8.parent_id == student.id
+        assert {m.stage for m in (teacher, student, int8)} == {"candidate"}  # never promoted automatically
+        assert teacher.dataset.sha256 == summary["dataset"]["sha256"] and teacher.dataset.rows == 60_000
+        run = gov.get_run(session=s, run_id=summary["run_id"])
+        assert run.status == "succeeded" and teacher.run_id == run.id and run.code_version
+        lineage = gov.lineage(session=s, version_id=int8.id)
+        assert lineage["parent"]["parent"]["id"] == teacher.id and lineage["run"]["id"] == run.id
+        actions = [e.action for e in gov.query_events(session=s, subject=gov.Subject("pipeline_run", str(run.id)))]
+        assert actions == ["run.started", "run.succeeded"]
+        assert len(gov.query_events(session=s, action="model.registered")) == 3
+        assert gov.verify(session=s).ok
+        evidence_path = gov.get_artifact_store().fetch(student.params["evidence_uri"],
+                                                       sha256=student.params["evidence_sha256"])
+        net, blob = nets.load_artifact(gov.load_artifact(session=s, version_id=int8.id))
+        assert blob["quantized"] and blob["meta"]["run_id"] == run.id
+    evidence = json.loads(evidence_path.read_text())
+    assert len(evidence["walk_forward"]["folds"]) == 2 and evidence["gates"]["passed"]
+    assert {"teacher", "student", "int8", "label_only"} <= set(evidence["holdout"])
+    assert evidence["split"]["train_label_end"] < evidence["split"]["holdout_start"]
+
+
+def test_failed_gates_register_nothing_and_say_why(db_url: str, ray_session) -> None:
+    cfg = parse_config({**SMALL, "gates": {**LENIENT_GATES, "min_speedup": 1e9}})
+    summary = run_trading(cfg, actor="quant")
+    assert summary["status"] == "gates_failed" and summary["versions"] == {}
+    assert any("latency at batch 1" in reason for reason in summary["gates"]["failed"])
+    with session_scope(write=False) as s:
+        assert s.execute(select(func.count()).select_from(gov.ModelVersion)).scalar() == 0
+        run = gov.get_run(session=s, run_id=summary["run_id"])
+        assert run.status == "gates_failed" and "latency at batch 1" in run.error
+        assert gov.verify(session=s).ok
+
+
+def test_bad_data_fails_the_step_with_a_clear_error(db_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "ticks.csv"
+    csv.write_text("DateTime,Price,Volume\n" + "".join(f"2024-01-02 09:30:{i:02d},100.{i % 4},1\n" for i in range(60)))
+    cfg = parse_config({"data": {"source": "csv", "path": str(csv)}, "features": {"horizon": 500}})
+    with pytest.raises(InvalidInput, match="too few"):
+        run_trading(cfg, actor="quant")
+    with session_scope(write=False) as s:
+        runs = list(s.execute(select(gov.PipelineRun)).scalars())
+        assert [r.status for r in runs] == ["failed"] and "too few" in runs[0].error
+
+
+def test_a_stale_run_is_marked_failed_by_the_next_start(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.platform.settings import get_settings
+
+    with session_scope() as s:
+        dead = gov.start_run(session=s, actor="quant", pipeline="trading")
+    monkeypatch.setenv("CVG_STALE_AFTER_S", "0.2")
+    get_settings.cache_clear()
+    time.sleep(0.3)
+    with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant") as ctx:
+        ctx.finished = True
+    with session_scope(write=False) as s:
+        run = gov.get_run(session=s, run_id=dead.id)
+        assert run.status == "failed" and run.error.startswith("stale")
+    get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_leaves_nothing_half_registered(db_url: str, tmp_path: Path) -> None:
+    """A real `cvg pipelines run` killed mid-training; the next start marks it failed."""
+    cfg = {**SMALL, "model": {**SMALL["model"], "epochs": 200}, "gates": LENIENT_GATES}
+    env = {**os.environ, "CVG_HEARTBEAT_INTERVAL_S": "0.5"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("cvg")), "pipelines", "run", "trading", "--as", "quant",
+                             "--set", json.dumps(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    beat = None
+    while time.monotonic() < deadline and beat is None:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        time.sleep(0.5)
+        with session_scope(write=False) as s:
+            run = s.execute(select(gov.PipelineRun)).scalars().first()
+            if run is not None and run.heartbeat_at and run.heartbeat_at > run.started_at:
+                beat = run.id
+    assert beat is not None, "the run never started beating"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the driver and any Ray processes it started
+    proc.wait(timeout=30)
+    from convergence.platform.settings import get_settings
+
+    os.environ["CVG_STALE_AFTER_S"] = "1"
+    get_settings.cache_clear()
+    try:
+        time.sleep(1.5)
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant") as ctx:
+            ctx.finished = True
+    finally:
+        del os.environ["CVG_STALE_AFTER_S"]
+        get_settings.cache_clear()
+    with session_scope(write=False) as s:
+        assert gov.get_run(session=s, run_id=beat).status == "failed"
+        assert s.execute(select(func.count()).select_from(gov.ModelVersion)).scalar() == 0
+        assert gov.verify(session=s).ok
