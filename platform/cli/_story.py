@@ -17,7 +17,21 @@ from typing import Any
 from convergence.platform.cli._common import console, short
 
 
-def run_story(*, workdir: str | None = None) -> dict[str, Any]:
+QUICK = {"data": {"max_ticks": 100_000},
+         "model": {"teacher_hidden": 256, "teacher_layers": 2, "student_hidden": 16, "epochs": 3, "student_epochs": 60},
+         "eval": {"folds": 2, "latency_repeats": 100},
+         "gates": {"min_fidelity": 0.5, "max_loss_ratio": 1.2, "min_speedup": 1.5, "max_int8_gap": 0.2}}
+
+
+def _indented(out: Any) -> Any:
+    def show(step: str, state: str, detail: str) -> None:
+        if state != "start":
+            out.print(f"      {'✓' if state == 'done' else '✗'} {step}" + (f"  [dim]{detail}[/dim]" if detail else ""))
+
+    return show
+
+
+def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, Any]:
     from convergence import governance as gov
     from convergence.platform import migrate
     from convergence.platform.db import redact_url, session_scope
@@ -27,6 +41,8 @@ def run_story(*, workdir: str | None = None) -> dict[str, Any]:
     out = console()
     settings = get_settings()
     work = Path(workdir) if workdir else settings.home / "demo"
+    out.print("[bold]convergence demo[/bold]: the whole governed lifecycle on this machine "
+              f"(database {redact_url(settings.resolved_database_url)})")
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     step = 0
@@ -39,53 +55,41 @@ def run_story(*, workdir: str | None = None) -> dict[str, Any]:
     status = migrate.upgrade()
     say(f"database {status.url} migrated to {status.head}")
 
-    # No training pipeline has landed yet: the demo registers a model "trained elsewhere". Its weights
-    # are synthetic placeholders, labelled as such in the artifact itself.
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    dataset = work / "features-sample.csv"
-    dataset.write_text("ret_1,ret_5,vol_20,label\n0.0010,0.0030,0.012,1\n-0.0020,0.0010,0.015,0\n")
-    artifacts = []
-    for i, (w1, w2) in enumerate([(0.31, -0.12), (0.29, -0.10)], 1):
-        path = work / f"model-{stamp}-{i}.json"
-        path.write_text(json.dumps({"kind": "linear", "synthetic_placeholder": True, "weights": [w1, w2],
-                                    "trained": stamp, "note": "placeholder until the trading pipeline lands"}))
-        artifacts.append(path)
-    evidence = work / f"validation-{stamp}.md"
-    evidence.write_text("# Validation report\n\nOut-of-sample checks reviewed; limits documented.\n")
+    from convergence.pipelines import parse_config, run_trading
 
-    with session_scope() as s:
-        v1 = gov.register_model(session=s, actor="bob", name="demo-trading", artifact=artifacts[0], family="trading",
-                                role="student", dataset=str(dataset), metrics={"ic": 0.041, "hit_rate": 0.53})
-    say(f"bob registered demo-trading v{v1.version} (id {v1.id}), artifact {short(v1.artifact_sha256)}, "
-        f"dataset {dataset.name} hashed into the registry")
+    # The trading pipeline on the real E-mini ticks; --quick shrinks the models and the data, not the steps.
+    cfg = parse_config(QUICK if quick else {})
+    say("trading pipeline on local Ray: E-mini ticks → features → teacher (Ray Train) → distilled student → "
+        "INT8 → walk-forward → gates" + (" [quick settings]" if quick else ""))
+    summary = run_trading(cfg, actor="quinn", progress=_indented(out))
+    if summary["status"] != "succeeded":
+        say(f"gates failed, nothing registered: {'; '.join(summary['gates']['failed'])}")
+        return {"ok": False, "summary": summary}
+    v = summary["versions"]
+    h = summary["holdout"]
+    say(f"quinn's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']} → INT8 "
+        f"{v['int8']}: student fidelity {h['student']['fidelity']:.3f}, "
+        f"{summary['latency']['teacher']['batch1_s'] / summary['latency']['student']['batch1_s']:.1f}x faster "
+        f"than the teacher at batch 1; evidence {summary['evidence']}")
+    evidence = Path(summary["evidence"])
 
-    with session_scope() as s:
-        gov.validate(session=s, version_id=v1.id, actor="carol", evidence=evidence, reason="independent review")
-    say(f"carol validated version {v1.id} with evidence {evidence.name}")
+    for key in ("student", "int8"):
+        with session_scope() as s:
+            gov.validate(session=s, version_id=v[key], actor="carol", evidence=evidence,
+                         reason="walk-forward and holdout evidence reviewed")
+    say(f"carol (model validation) validated versions {v['student']} and {v['int8']} with the run's evidence")
 
     try:
         with session_scope() as s:
-            gov.approve(session=s, version_id=v1.id, actor="bob", reason="looks good to me")
+            gov.approve(session=s, version_id=v["student"], actor="quinn", reason="my model looks good")
     except PolicyViolation as exc:
-        say(f"bob tried to approve his own model: refused ([italic]{exc.message}[/italic]) and the refusal was audited")
+        say(f"quinn tried to approve her own model: refused ([italic]{exc.message}[/italic]) and the refusal was audited")
 
     with session_scope() as s:
-        gov.approve(session=s, version_id=v1.id, actor="alice", reason="meets model risk policy")
-        gov.promote(session=s, version_id=v1.id, actor="ops", reason="first release")
-    say(f"alice approved version {v1.id}; ops promoted it to production")
-
-    with session_scope() as s:
-        v2 = gov.register_model(session=s, actor="bob", name="demo-trading", artifact=artifacts[1], family="trading",
-                                role="student", dataset=str(dataset), metrics={"ic": 0.044, "hit_rate": 0.54})
-    with session_scope() as s:
-        gov.validate(session=s, version_id=v2.id, actor="carol", evidence=evidence, reason="re-validation")
-        gov.approve(session=s, version_id=v2.id, actor="alice", reason="improves IC")
-        gov.promote(session=s, version_id=v2.id, actor="ops", reason="weekly release")
-    say(f"version {v2.id} went through the same four eyes and replaced version {v1.id} in production")
-
-    with session_scope() as s:
-        restored = gov.rollback(session=s, name="demo-trading", actor="ops", reason="demo rollback drill")
-    say(f"ops rolled back: version {restored.id} is in production again, version {v2.id} retired")
+        for key in ("student", "int8"):
+            gov.approve(session=s, version_id=v[key], actor="alice", reason="meets model risk policy")
+            gov.promote(session=s, version_id=v[key], actor="ops", reason="release")
+    say(f"alice approved and ops promoted the student ({v['student']}) and its INT8 copy ({v['int8']}) to production")
 
     with session_scope() as s:
         cp = gov.checkpoint(session=s, actor="auditor")
@@ -95,7 +99,7 @@ def run_story(*, workdir: str | None = None) -> dict[str, Any]:
         result = gov.verify(session=s)
     say(f"audit chain verified: {result.checked:,} events, {'intact' if result.ok else 'BROKEN: ' + str(result.detail)}")
 
-    export = work / f"audit-{stamp}.jsonl"
+    export = work / f"audit-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
     with session_scope(write=False) as s:
         count = gov.export_events(session=s, out=export, fmt="jsonl")
     auditor = Path(gov.__file__).with_name("auditor.py")
@@ -109,10 +113,14 @@ def run_story(*, workdir: str | None = None) -> dict[str, Any]:
               f"demo files   {work}\n"
               f"audit trail  {result.head_seq:,} events, chain {'intact' if result.ok else 'BROKEN'}\n"
               f"took         {elapsed:.1f} s\n\n"
+              f"evidence     {evidence}\n"
+              f"models       teacher {v['teacher']}, student {v['student']} (production), INT8 {v['int8']} (production)\n\n"
               "look further:\n"
-              f"  cvg models lineage {restored.id}\n"
-              "  cvg models history demo-trading\n"
-              "  cvg audit query --subject model_version:%d\n"
+              f"  cvg models lineage {v['int8']}\n"
+              f"  cvg models history {cfg.name}-student\n"
+              f"  cvg audit query --subject model_version:{v['student']}\n"
+              "  cvg pipelines runs\n"
               "  cvg audit verify\n"
-              f"  python {auditor} {export}" % v1.id)
-    return {"ok": result.ok and offline.returncode == 0, "events": result.head_seq, "export": str(export)}
+              f"  python {auditor} {export}")
+    return {"ok": result.ok and offline.returncode == 0, "events": result.head_seq, "export": str(export),
+            "summary": summary}

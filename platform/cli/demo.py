@@ -10,9 +10,15 @@ import typer
 def demo(
     workdir: Annotated[str | None, typer.Option("--workdir", help="Where to write the demo's files "
                                                 "(default: CVG_HOME/demo).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller models and data (about half the time); "
+                                        "every step still runs.")] = False,
 ) -> None:
-    """Run the main job: migrate, register, validate and approve as two people, promote, roll back,
-    checkpoint and verify the audit trail, export it and re-verify it offline; then summarise."""
+    """Run the main job: migrate; train a teacher and distill a student on real E-mini ticks with Ray;
+    validate and approve as two different people (a self-approval is refused); promote; checkpoint and
+    verify the audit trail, export it and re-verify it offline; then summarise where to look."""
     from convergence.platform.cli._story import run_story
+    from convergence.platform.errors import PolicyViolation
 
-    run_story(workdir=workdir)
+    result = run_story(workdir=workdir, quick=quick)
+    if not result["ok"]:
+        raise PolicyViolation("the demo did not complete: see above")
