@@ -95,18 +95,16 @@ def run_step(step: str, cfg: TradingConfig, inputs: list[Path], out: Path, *, ac
 def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state: dict[str, Any],
                        actor: str) -> dict[str, Any]:
     from convergence.pipelines._runner import RunContext
-    from convergence.pipelines._trading_pipeline import _mean_metrics, _register, measure
+    from convergence.pipelines._trading_pipeline import _mean_metrics, _register, assess
 
     f, m = _load(inputs[0] / "features.pkl"), _load(inputs[1] / "models.pkl")
     folds = json.loads((inputs[2] / "folds.json").read_text())
     fs, models, test = f["fs"], m["models"], f["test"]
-    holdout = T.score(models, fs, f["prepared"], test, cfg)
-    latencies, sizes = measure(models, fs.X.shape[1], cfg.eval.latency_repeats)
-    verdict = T.gate(holdout, latencies, cfg)
+    assessed = assess(models, fs, f["prepared"], test, cfg)
     evidence = {"pipeline": "trading", "run_id": state["run_id"], "config": cfg.to_dict(), "dataset": state["dataset"],
                 "cleaning": state.get("cleaning"), "rows": len(fs), "features": fs.feature_names,
                 "teacher_training": m["teacher_metrics"], "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
-                "holdout": holdout, "latency": latencies, "size": sizes, "gates": verdict}
+                **assessed}
     ctx = RunContext(state["run_id"], actor, out, lambda *a: None)
     versions = _register(ctx, cfg, models, f["prepared"], fs, evidence, state["dataset"], "default")
-    return {**state, "versions": versions, "gates_passed": verdict["passed"]}
+    return {**state, "versions": versions, "gates_passed": assessed["gates"]["passed"]}

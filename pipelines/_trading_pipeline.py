@@ -65,6 +65,14 @@ def measure(models: dict[str, Any], n_in: int, repeats: int) -> tuple[dict[str, 
     return latencies, sizes
 
 
+def assess(models: dict[str, Any], fs: FeatureSet, p: T.Prepared, test: range,
+           cfg: TradingConfig) -> dict[str, Any]:
+    """Holdout scores, latency and size of every model, and the gates' verdict on them."""
+    holdout = T.score(models, fs, p, test, cfg)
+    latencies, sizes = measure(models, fs.X.shape[1], cfg.eval.latency_repeats)
+    return {"holdout": holdout, "latency": latencies, "size": sizes, "gates": T.gate(holdout, latencies, cfg)}
+
+
 def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = None, progress: Progress | None = None,
                 project: str = "default") -> dict[str, Any]:
     from convergence import governance as gov
@@ -101,16 +109,15 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
 
                 ray.shutdown()
         with ctx.step("evaluate"):
-            holdout = T.score(models, fs, p, test, cfg)
-            latencies, sizes = measure(models, fs.X.shape[1], cfg.eval.latency_repeats)
-            verdict = T.gate(holdout, latencies, cfg)
+            assessed = assess(models, fs, p, test, cfg)
+        holdout, latencies, sizes, verdict = (assessed[k] for k in ("holdout", "latency", "size", "gates"))
         evidence = {
             "pipeline": "trading", "run_id": ctx.run_id, "config": cfg.to_dict(), "dataset": dataset,
             "cleaning": ticks.report, "rows": len(fs), "bars": fs.bars, "features": fs.feature_names,
             "split": {"train": [train.start, train.stop], "holdout": [test.start, test.stop],
                       "train_label_end": str(fs.label_end[train.stop - 1]), "holdout_start": str(fs.times[test.start])},
             "teacher_training": train_metrics, "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
-            "holdout": holdout, "latency": latencies, "size": sizes, "gates": verdict,
+            **assessed,
         }
         with ctx.step("register"):
             versions = _register(ctx, cfg, models, p, fs, evidence, dataset, project)
