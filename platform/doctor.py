@@ -103,6 +103,15 @@ def _helm() -> Check:
     return Check("helm", out.returncode == 0, f"{helm}: {(out.stdout or out.stderr).strip()}")
 
 
+def _tick_data() -> Check:
+    spec = importlib.util.find_spec("mlfinpy")
+    path = Path(spec.origin).parent / "dataset" / "data" / "tick_data.csv" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        return Check("trading data", False, "the E-mini tick data (PyPI mlfinpy) is not installed",
+                     "pip install --no-deps mlfinpy==0.1.2")
+    return Check("trading data", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def run_checks() -> list[Check]:
     return [
         _database(),
@@ -110,6 +119,8 @@ def run_checks() -> list[Check]:
         _package("psycopg", "psycopg", "pip install 'psycopg[binary]>=3.1' (needed for PostgreSQL)"),
         _package("ray", "ray", "pip install 'ray[default]==2.60.*' (needed for pipelines)"),
         _package("torch", "torch", "pip install torch==2.13.0 (CPU build; needed for training and serving)"),
+        _package("kfp", "kfp", "pip install 'kfp==2.17.*' (needed to compile and submit Kubeflow pipelines)"),
+        _tick_data(),
         _gpu(),
         _helm(),
     ]
