@@ -4,6 +4,7 @@ The public surface other packages may use is exactly ``__all__``; the ``_modules
 governance imports only from ``convergence.platform``, never from pipelines or serving.
 """
 
+from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
 from convergence.governance._artifacts import (
     ArtifactStore,
@@ -11,6 +12,18 @@ from convergence.governance._artifacts import (
     StoredArtifact,
     get_artifact_store,
     sha256_file,
+)
+from convergence.governance._budgets import (
+    budget_status,
+    check_before,
+    check_during,
+    decide_change,
+    estimate_run,
+    parse_period,
+    record_usage,
+    run_usage,
+    set_budget,
+    usage_report,
 )
 from convergence.governance._export import FORMATS, export_events
 from convergence.governance._ledger import (
@@ -31,18 +44,23 @@ from convergence.governance._ledger import (
 )
 from convergence.governance._models import (
     FAMILIES,
+    METRICS,
     ROLES,
     RUN_STATUSES,
     STAGES,
     Approval,
     AuditCheckpoint,
+    Alert,
     AuditEvent,
     Base,
+    Budget,
+    BudgetChange,
     Dataset,
     ModelVersion,
     PipelineRun,
     Project,
     StageTransition,
+    Usage,
 )
 from convergence.governance._queries import history, in_production_at, lineage, query_events
 from convergence.governance._registry import (
@@ -64,11 +82,14 @@ from convergence.governance._registry import (
 )
 
 __all__ = [
+    "Alert",
     "Approval",
     "ArtifactStore",
     "AuditCheckpoint",
     "AuditEvent",
     "Base",
+    "Budget",
+    "BudgetChange",
     "DEFAULT_PROJECT",
     "Dataset",
     "Event",
@@ -77,6 +98,7 @@ __all__ = [
     "FORMATS",
     "GENESIS_HASH",
     "LocalArtifactStore",
+    "METRICS",
     "ModelVersion",
     "PipelineRun",
     "Project",
@@ -87,14 +109,20 @@ __all__ = [
     "StoredArtifact",
     "Subject",
     "TRANSITIONS",
+    "Usage",
     "VerifyResult",
     "append",
     "append_many",
     "approve",
+    "budget_status",
     "canonical_payload",
+    "check_before",
+    "check_during",
     "checkpoint",
     "code_version",
+    "decide_change",
     "ensure_project",
+    "estimate_run",
     "event_hash",
     "export_events",
     "fail_stale_runs",
@@ -109,18 +137,25 @@ __all__ = [
     "history",
     "in_production_at",
     "lineage",
+    "list_alerts",
     "list_models",
     "load_artifact",
     "model_to_dict",
+    "parse_period",
     "promote",
     "query_events",
+    "raise_alert",
+    "record_usage",
     "register_dataset",
     "register_model",
     "reject",
     "rollback",
+    "run_usage",
     "serialize_writes",
+    "set_budget",
     "sha256_file",
     "start_run",
+    "usage_report",
     "validate",
     "verify",
 ]

@@ -221,3 +221,94 @@ class StageTransition(Base):
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+METRICS = ("cpu_hours", "gpu_hours", "kwh", "gco2e")
+CHANGE_STATUSES = ("pending", "applied", "rejected")
+SEVERITIES = ("info", "warning", "critical")
+
+
+class Usage(Base):
+    """Compute and energy used by one pipeline step, one run, or a batch of served predictions."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_project_created", "project_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), nullable=False)
+    family: Mapped[str | None] = mapped_column(String(20))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline_runs.id"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    step: Mapped[str | None] = mapped_column(String(100))
+    wall_s: Mapped[float] = mapped_column(nullable=False)
+    cpu_s: Mapped[float] = mapped_column(nullable=False)
+    gpu_s: Mapped[float] = mapped_column(nullable=False)
+    kwh: Mapped[float] = mapped_column(nullable=False)
+    gco2e: Mapped[float] = mapped_column(nullable=False)
+    peak_mem_mb: Mapped[float | None] = mapped_column()
+    predictions: Mapped[int | None] = mapped_column(BigInteger)
+    method: Mapped[str] = mapped_column(String(40), nullable=False)  # rapl | nvml | … | estimate
+    measured: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    scope: Mapped[str] = mapped_column(String(200), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Budget(Base):
+    """A hard (and optional soft) limit on one metric for a project, optionally one family, over a period."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("project_id", "family", "metric", "period_start", name="uq_budgets_scope"),
+        CheckConstraint(_in("metric", METRICS), name="metric"),
+        CheckConstraint("hard_limit > 0", name="hard_positive"),
+        CheckConstraint("soft_limit IS NULL OR (soft_limit > 0 AND soft_limit <= hard_limit)", name="soft_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), nullable=False)
+    family: Mapped[str] = mapped_column(String(20), nullable=False)  # "*" = every family
+    metric: Mapped[str] = mapped_column(String(20), nullable=False)
+    period_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    period_end: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    hard_limit: Mapped[float] = mapped_column(nullable=False)
+    soft_limit: Mapped[float | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class BudgetChange(Base):
+    """A requested raise of a budget; a second person must approve it before it applies."""
+
+    __tablename__ = "budget_changes"
+    __table_args__ = (CheckConstraint(_in("status", CHANGE_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"), nullable=False, index=True)
+    hard_limit: Mapped[float] = mapped_column(nullable=False)
+    soft_limit: Mapped[float | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Alert(Base):
+    """Something a person should know: a budget's soft limit crossed, drift detected; deduplicated by key."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (CheckConstraint(_in("severity", SEVERITIES), name="severity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), nullable=False)
+    severity: Mapped[str] = mapped_column(String(20), nullable=False)
+    dedupe_key: Mapped[str] = mapped_column(String(300), nullable=False, unique=True)
+    subject_type: Mapped[str] = mapped_column(String(50), nullable=False)
+    subject_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    count: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from convergence.governance._budgets import run_usage
 from convergence.governance._ledger import Event, Subject
 from convergence.governance._models import Approval, AuditEvent, ModelVersion, StageTransition
 from convergence.governance._registry import get_model, model_to_dict
@@ -60,6 +61,8 @@ def lineage(*, session: Session, version_id: int, _depth: int = 0) -> dict[str, 
     if mv.dataset is not None:
         ds = mv.dataset
         out["dataset"] = {"id": ds.id, "name": ds.name, "sha256": ds.sha256, "rows": ds.rows, "uri": ds.uri}
+    if mv.run_id is not None:
+        out["usage"] = run_usage(session=session, run_id=mv.run_id)
     if mv.run is not None:
         run = mv.run
         out["run"] = {"id": run.id, "pipeline": run.pipeline, "status": run.status, "code_version": run.code_version,

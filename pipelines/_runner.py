@@ -20,7 +20,7 @@ from typing import Any
 
 from convergence.pipelines._boundary import step_boundary, unwrap_ray_error
 from convergence.platform.db import session_scope
-from convergence.platform.errors import ConvergenceError, Unavailable
+from convergence.platform.errors import BudgetExceeded, ConvergenceError, Unavailable
 from convergence.platform.settings import get_settings
 
 Progress = Callable[[str, str, str], None]  # (step, "start" | "done" | "failed", detail)
@@ -36,21 +36,44 @@ class RunContext:
     actor: str
     workdir: Path
     progress: Progress
+    project: str = "default"
+    family: str | None = None
+    metering: bool = False
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     finished: bool = False
 
     @contextlib.contextmanager
     def step(self, name: str, detail: str = "") -> Iterator[None]:
+        """Run a step inside the boundary; meter it, record its usage, then enforce budgets."""
+        from convergence.platform.energy import Meter
+
         self.progress(name, "start", detail)
         t0 = time.perf_counter()
+        meter = Meter().start() if self.metering else None
         try:
             with step_boundary(name):
                 yield
         except BaseException as exc:
+            self._record(name, meter)  # a failed step still used what it used
             self.progress(name, "failed", str(exc))
             raise
         self.timings[name] = round(time.perf_counter() - t0, 3)
+        exceeded = self._record(name, meter)
         self.progress(name, "done", f"{self.timings[name]:.1f} s")
+        if exceeded:
+            raise BudgetExceeded(f"stopped after step {name}: " + "; ".join(exceeded),
+                                 hint="completed steps and their usage are kept; raise the budget to run again")
+
+    def _record(self, step: str, meter: Any) -> list[str]:
+        if meter is None:
+            return []
+        from convergence import governance as gov
+
+        reading = meter.stop()
+        with session_scope() as session:
+            gov.record_usage(session=session, project=self.project, reading=reading, run_id=self.run_id,
+                             family=self.family, step=step, actor=self.actor)
+            return gov.check_during(session=session, project=self.project, family=self.family, actor=self.actor)
 
 
 class _Heartbeat(threading.Thread):
@@ -67,21 +90,40 @@ class _Heartbeat(threading.Thread):
                     heartbeat(session=session, run_id=self.run_id)
 
 
+def _refuse_over_budget(*, pipeline: str, project: str, family: str | None, actor: str) -> None:
+    """Before a run: its estimate (the last run's usage) must fit every active hard limit; refusals are audited."""
+    from convergence import governance as gov
+
+    with session_scope() as session:
+        estimate = gov.estimate_run(session=session, project=project, pipeline=pipeline)
+        try:
+            gov.check_before(session=session, project=project, family=family, estimate=estimate)
+        except BudgetExceeded as exc:
+            gov.append(session=session, actor=actor, action="run.refused", subject=gov.Subject("pipeline", pipeline),
+                       payload={"reason": exc.message, "estimate": estimate, "project": project})
+            session.commit()
+            raise
+
+
 @contextlib.contextmanager
 def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | None, actor: str,
-                 project: str = "default", progress: Progress | None = None) -> Iterator[RunContext]:
-    """Record a run (after failing stale ones), keep it alive, and close it as failed on any error."""
+                 project: str = "default", family: str | None = None,
+                 progress: Progress | None = None) -> Iterator[RunContext]:
+    """Record a run (after failing stale ones and checking budgets), keep it alive, meter its steps,
+    and close it as failed, or stopped by a budget, on any error."""
     from convergence import governance as gov
 
     settings = get_settings()
     with session_scope() as session:
         gov.fail_stale_runs(session=session, actor=actor, stale_after_s=settings.stale_after_s)
+    _refuse_over_budget(pipeline=pipeline, project=project, family=family, actor=actor)
     with session_scope() as session:
         run = gov.start_run(session=session, actor=actor, pipeline=pipeline, params=params, dataset_id=dataset_id,
                             project=project)
     workdir = settings.home / "runs" / str(run.id)
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(run.id, actor, workdir, progress or _quiet)
+    ctx = RunContext(run.id, actor, workdir, progress or _quiet, project=project, family=family,
+                     metering=settings.metering)
     beat = _Heartbeat(run.id, settings.heartbeat_interval_s)
     beat.start()
     try:
@@ -89,7 +131,8 @@ def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | Non
     except BaseException as exc:
         if not ctx.finished:
             with session_scope() as session:
-                gov.finish_run(session=session, actor=actor, run_id=run.id, error=str(exc)[:2000] or type(exc).__name__)
+                gov.finish_run(session=session, actor=actor, run_id=run.id, error=str(exc)[:2000] or type(exc).__name__,
+                               status="stopped" if isinstance(exc, BudgetExceeded) else "failed")
         raise
     finally:
         beat.stop.set()

@@ -89,7 +89,7 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
     say("load_data", "done", f"{ticks.report['rows_out']:,} ticks, sha256 {dataset['sha256'][:12]}…")
 
     with pipeline_run(pipeline="trading", params=cfg.to_dict(), dataset_id=dataset["id"], actor=actor,
-                      project=project, progress=progress) as ctx:
+                      project=project, family="trading", progress=progress) as ctx:
         with ctx.step("build_features"):
             fs = features_for(cfg, ticks)
             _, (train, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
@@ -121,7 +121,9 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
         }
         with ctx.step("register"):
             versions = _register(ctx, cfg, models, p, fs, evidence, dataset, project)
-    return {"run_id": ctx.run_id, "status": "succeeded" if verdict["passed"] else "gates_failed",
+    with session_scope(write=False) as s:
+        energy = gov.run_usage(session=s, run_id=ctx.run_id)
+    return {"run_id": ctx.run_id, "status": "succeeded" if verdict["passed"] else "gates_failed", "usage": energy,
             "dataset": dataset, "versions": versions, "gates": verdict, "holdout": holdout,
             "walk_forward_mean": evidence["walk_forward"]["mean"], "latency": latencies, "size": sizes,
             "evidence": str(ctx.workdir / "evidence.json"), "timings": ctx.timings,

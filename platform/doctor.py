@@ -112,6 +112,18 @@ def _tick_data() -> Check:
     return Check("trading data", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def _meters() -> Check:
+    from convergence.platform.energy import describe_meters
+
+    m = describe_meters()
+    measured = m["method"] != "estimate"
+    detail = (f"energy: {m['method']}; CPU time from {m['cpu_scope']}"
+              + ("" if measured else f"; estimated at {m['watts_per_core']} W per busy core"))
+    return Check("energy meter", measured, detail,
+                 None if measured else "figures are estimates: RAPL (/sys/class/powercap) is not readable and no "
+                                       "GPU is visible; set CVG_WATTS_PER_CORE to your hardware's figure")
+
+
 def run_checks() -> list[Check]:
     return [
         _database(),
@@ -122,5 +134,6 @@ def run_checks() -> list[Check]:
         _package("kfp", "kfp", "pip install 'kfp==2.17.*' (needed to compile and submit Kubeflow pipelines)"),
         _tick_data(),
         _gpu(),
+        _meters(),
         _helm(),
     ]

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=10.0, gt=0, description="How often a running pipeline says it is alive.")
     stale_after_s: float = Field(default=120.0, gt=0, description="A running pipeline silent this long is dead.")
     image: str = Field(default="convergence:0.1.0", description="Container image Kubeflow components run.")
+    watts_per_core: float = Field(default=10.0, gt=0, description="Estimated watts per busy CPU core (no RAPL).")
+    carbon_g_per_kwh: float = Field(default=400.0, ge=0, description="Grid carbon intensity, gCO2e per kWh.")
+    metering: bool = Field(default=True, description="Meter energy and compute of pipeline steps.")
 
     @field_validator("home", mode="before")
     @classmethod

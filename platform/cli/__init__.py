@@ -60,12 +60,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convergence.platform.cli import audit, db, demo, doctor, models, pipelines
+    from convergence.platform.cli import audit, budgets, db, demo, doctor, models, pipelines
 
     app.add_typer(db.app, name="db")
     app.add_typer(models.app, name="models")
     app.add_typer(audit.app, name="audit")
     app.add_typer(pipelines.app, name="pipelines")
+    app.add_typer(budgets.app, name="budgets")
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
 

@@ -186,6 +186,9 @@ def lineage(version_id: IdArg, json_out: JsonOpt = False) -> None:
             node.add(f"run {run['id']} {run['pipeline']} ({run['status']})  code {run['code_version']}"
                      f"{' (dirty)' if run['code_dirty'] else ''}")
         node.add(f"artifact sha256 {short(info['artifact_sha256'], 16)}  {info['artifact_bytes']:,} bytes")
+        if usage := info.get("usage"):
+            node.add(f"compute: {usage['cpu_hours']:.4f} CPU-h, {usage['gpu_hours']:.4f} GPU-h, {usage['kwh'] * 1000:.3f} Wh, "
+                     f"{usage['gco2e']:.3f} gCO2e for the whole run ({'measured' if usage['measured'] else 'estimated'})")
         decisions = node.add("approvals")
         for a in info["approvals"]:
             decisions.add(f"{a['decision']} by {a['actor']} at {a['at'][:19]}: {a['reason']}"

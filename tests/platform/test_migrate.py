@@ -9,7 +9,8 @@ from convergence.platform import migrate
 from convergence.platform.db import get_engine
 from convergence.platform.errors import SchemaOutdated
 
-TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions",
+TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
+          "budgets", "budget_changes", "alerts",
           "approvals", "stage_transitions"}
 
 
