@@ -252,7 +252,9 @@ def usage_report(*, session: Session, project: str | None = None, since: dt.date
     if until:
         q = q.where(Usage.created_at < until)
     out = []
-    for key, wall, cpu, gpu, kwh, co2, peak, preds, all_measured, n in session.execute(q).all():
+    for key, *sums, preds, all_measured, n in session.execute(q).all():
+        wall, cpu, gpu, kwh, co2, peak = (float(x or 0.0) for x in sums)  # PostgreSQL sums may be Decimal
+        preds = int(preds or 0)
         row = {by: key, "wall_s": wall, "cpu_hours": cpu / 3600, "gpu_hours": gpu / 3600, "kwh": kwh, "gco2e": co2,
                "peak_mem_mb": peak, "measured": bool(all_measured), "rows": n}
         if preds:

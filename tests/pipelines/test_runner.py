@@ -1,0 +1,80 @@
+"""The pipeline runner: run records, metering of steps, and budgets enforced before and during runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from convergence import governance as gov
+from convergence.pipelines._runner import pipeline_run
+from convergence.platform.db import session_scope
+from convergence.platform.errors import BudgetExceeded, InvalidInput
+from tests.governance.test_budgets import reading
+
+THIS_MONTH = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
+
+
+@pytest.fixture
+def project(db_url: str) -> str:
+    with session_scope() as s:
+        gov.ensure_project(session=s, name="desk", actor="admin")
+    return "desk"
+
+
+def _finished_run_with_usage(project: str, kwh: float) -> int:
+    with session_scope() as s:
+        run = gov.start_run(session=s, actor="quant", pipeline="trading", project=project)
+        gov.record_usage(session=s, project=project, reading=reading(kwh), run_id=run.id, family="trading")
+        gov.finish_run(session=s, actor="quant", run_id=run.id)
+        return run.id
+
+
+def test_a_run_that_would_exceed_the_hard_limit_is_refused_before_it_starts(project: str) -> None:
+    _finished_run_with_usage(project, kwh=2.0)  # the estimate for the next run
+    with session_scope() as s:
+        gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH, hard=3.0)
+    with pytest.raises(BudgetExceeded, match="estimated at 2"):
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant", project=project,
+                          family="trading"):
+            pytest.fail("the run must not start")
+    with session_scope(write=False) as s:
+        assert s.execute(select(func.count()).select_from(gov.PipelineRun)).scalar() == 1  # no new run
+        refused = gov.query_events(session=s, action="run.refused")
+        assert len(refused) == 1 and refused[0].payload_obj["estimate"]["kwh"] == 2.0
+
+
+def test_crossing_the_hard_limit_stops_at_the_next_step_boundary(project: str, monkeypatch) -> None:
+    with session_scope() as s:
+        gov.set_budget(session=s, actor="fin", project=project, metric="cpu_hours", period=THIS_MONTH, hard=1e-6)
+    ran = []
+    with pytest.raises(BudgetExceeded, match="stopped after step first"):
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant", project=project,
+                          family="trading") as ctx:
+            assert ctx.metering
+            with ctx.step("first"):
+                sum(i * i for i in range(300_000))  # real CPU work, metered
+                ran.append("first")
+            with ctx.step("second"):
+                ran.append("second")
+    assert ran == ["first"]
+    with session_scope(write=False) as s:
+        run = s.execute(select(gov.PipelineRun)).scalars().one()
+        assert run.status == "stopped" and "budget" in run.error
+        steps = [u.step for u in s.execute(select(gov.Usage).where(gov.Usage.run_id == run.id)).scalars()]
+        assert steps == ["first"]  # the completed step and its usage are kept
+        assert gov.verify(session=s).ok
+
+
+
+
+def test_a_failing_step_is_recorded_and_closes_the_run_as_failed(project: str) -> None:
+    with pytest.raises(InvalidInput):
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant", project=project) as ctx:
+            with ctx.step("features"):
+                raise InvalidInput("no columns")
+    with session_scope(write=False) as s:
+        run = s.execute(select(gov.PipelineRun)).scalars().one()
+        assert run.status == "failed" and run.error == "no columns"
+        assert s.execute(select(func.count()).select_from(gov.Usage)).scalar() == 1
