@@ -123,6 +123,8 @@ def set_budget(*, session: Session, actor: str, project: str, metric: str, perio
                payload={"project": project, "family": family, "metric": metric, "period": period, "hard": hard,
                         "soft": soft, "reason": reason})
         return budget, None
+    if hard == budget.hard_limit and soft == budget.soft_limit:
+        return budget, None  # nothing changes, nothing to record
     if hard <= budget.hard_limit and (soft is None or budget.soft_limit is None or soft <= budget.soft_limit):
         before = {"hard": budget.hard_limit, "soft": budget.soft_limit}
         budget.hard_limit, budget.soft_limit, budget.updated_at = hard, soft, now

@@ -57,6 +57,13 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
 
     from convergence.pipelines import parse_config, run_trading
 
+    month = time.strftime("%Y-%m", time.gmtime())
+    with session_scope() as s:
+        gov.ensure_project(session=s, name="default", actor="fin")
+        budget, _ = gov.set_budget(session=s, actor="fin", project="default", metric="kwh", period=month, hard=1.0,
+                                   soft=0.0001, reason="demo: monthly energy budget for model training")
+    say(f"fin set this month's energy budget: 1 kWh hard, 0.1 Wh soft (budget {budget.id}); every step is metered")
+
     # The trading pipeline on the real E-mini ticks; --quick shrinks the models and the data, not the steps.
     cfg = parse_config(QUICK if quick else {})
     say("trading pipeline on local Ray: E-mini ticks → features → teacher (Ray Train) → distilled student → "
@@ -91,6 +98,14 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
             gov.promote(session=s, version_id=v[key], actor="ops", reason="release")
     say(f"alice approved and ops promoted the student ({v['student']}) and its INT8 copy ({v['int8']}) to production")
 
+    with session_scope(write=False) as s:
+        status = next(b for b in gov.budget_status(session=s, project="default") if b["id"] == budget.id)
+        alerts = gov.list_alerts(session=s, kind="budget.soft_limit")
+    usage = summary["usage"]
+    say(f"budgets: the run used {usage['kwh'] * 1000:.2f} Wh ({'measured' if usage['measured'] else 'estimated'}), "
+        f"{usage['cpu_hours']:.3f} CPU-h, {usage['gco2e']:.2f} gCO2e; this month {status['used'] * 1000:.2f} Wh of "
+        f"{status['hard'] * 1000:.0f} Wh ({status['fraction']:.2%}); soft-limit alerts: {len(alerts)}")
+
     with session_scope() as s:
         cp = gov.checkpoint(session=s, actor="auditor")
     say(f"checkpoint {cp.id}: seq {cp.seq}, head {short(cp.head_hash, 16)} (anchor this outside the database)")
@@ -120,6 +135,8 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
               f"  cvg models history {cfg.name}-student\n"
               f"  cvg audit query --subject model_version:{v['student']}\n"
               "  cvg pipelines runs\n"
+              "  cvg budgets show\n"
+              "  cvg budgets report --by step\n"
               "  cvg audit verify\n"
               f"  python {auditor} {export}")
     return {"ok": result.ok and offline.returncode == 0, "events": result.head_seq, "export": str(export),
