@@ -19,15 +19,20 @@ from convergence.platform.errors import InvalidInput
 
 
 def raise_alert(*, session: Session, actor: str, kind: str, severity: str, dedupe_key: str, subject: Subject,
-                message: str, payload: Mapping[str, Any] | None = None) -> tuple[Alert, bool]:
-    """The alert for ``dedupe_key`` (created and audited the first time); True when it is new."""
+                message: str, payload: Mapping[str, Any] | None = None,
+                cooldown_s: float | None = None) -> tuple[Alert, bool]:
+    """The alert for ``dedupe_key``: counted on the latest one while it is within ``cooldown_s`` (forever when
+    None), else created and audited; True when it is new."""
     if severity not in SEVERITIES:
         raise InvalidInput(f"severity must be one of {', '.join(SEVERITIES)}")
     now = utcnow()
-    existing = session.execute(select(Alert).where(Alert.dedupe_key == dedupe_key)).scalar_one_or_none()
-    if existing is not None:
+    existing = session.execute(select(Alert).where(Alert.dedupe_key == dedupe_key)
+                               .order_by(Alert.last_seen.desc()).limit(1)).scalar_one_or_none()
+    if existing is not None and (cooldown_s is None or (now - existing.last_seen).total_seconds() < cooldown_s):
         existing.count += 1
         existing.last_seen = now
+        if severity == "critical" and existing.severity != "critical":
+            existing.severity = severity  # an escalation is kept, never a downgrade
         return existing, False
     alert = Alert(kind=kind, severity=severity, dedupe_key=dedupe_key, subject_type=subject.type,
                   subject_id=str(subject.id), message=message, payload=dict(payload or {}), count=1,

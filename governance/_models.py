@@ -304,7 +304,7 @@ class Alert(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40), nullable=False)
     severity: Mapped[str] = mapped_column(String(20), nullable=False)
-    dedupe_key: Mapped[str] = mapped_column(String(300), nullable=False, unique=True)
+    dedupe_key: Mapped[str] = mapped_column(String(300), nullable=False, index=True)
     subject_type: Mapped[str] = mapped_column(String(50), nullable=False)
     subject_id: Mapped[str] = mapped_column(String(200), nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
@@ -312,3 +312,97 @@ class Alert(Base):
     count: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "dead")
+WEBHOOK_FORMATS = ("generic", "slack")
+
+
+class PredictionLog(Base):
+    """One served prediction: what went in, what came out, which version, how fast (written by serving)."""
+
+    __tablename__ = "prediction_log"
+    __table_args__ = (Index("ix_prediction_log_version_ts", "model_version_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    prediction_id: Mapped[str] = mapped_column(String(36), nullable=False, unique=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
+    ts: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    features: Mapped[list[float]] = mapped_column(JSON, nullable=False)
+    output: Mapped[float] = mapped_column(nullable=False)
+    latency_ms: Mapped[float | None] = mapped_column()
+
+
+class ReferenceProfile(Base):
+    """What a version's inputs and outputs looked like in training: the baseline drift is measured against."""
+
+    __tablename__ = "reference_profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False, unique=True)
+    columns: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    # which positions of the logged feature vector each column reads (the output is "output")
+    positions: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # per column: quantiles, bins, mean, std
+    sample_uri: Mapped[str] = mapped_column(Text, nullable=False)  # parquet sample for Evidently's report
+    sample_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class DriftReport(Base):
+    __tablename__ = "drift_reports"
+    __table_args__ = (Index("ix_drift_reports_version_created", "model_version_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    window_end: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    columns: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # per column: statistics and verdict
+    drift_share: Mapped[float] = mapped_column(nullable=False)
+    drifted: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    severity: Mapped[str | None] = mapped_column(String(20))
+    evidently_html_uri: Mapped[str | None] = mapped_column(Text)
+    evidently_json_uri: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+class WebhookSubscription(Base):
+    __tablename__ = "webhook_subscriptions"
+    __table_args__ = (CheckConstraint(_in("format", WEBHOOK_FORMATS), name="format"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    secret: Mapped[str] = mapped_column(String(200), nullable=False)
+    event_types: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    format: Mapped[str] = mapped_column(String(20), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+class WebhookDelivery(Base):
+    """The transactional outbox: written with the event, delivered (and retried) by a deliverer."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_subscription_event"),
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"), nullable=False)
+    event_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)  # the exact bytes sent (and signed) on every attempt
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)

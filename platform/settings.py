@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     watts_per_core: float = Field(default=10.0, gt=0, description="Estimated watts per busy CPU core (no RAPL).")
     carbon_g_per_kwh: float = Field(default=400.0, ge=0, description="Grid carbon intensity, gCO2e per kWh.")
     metering: bool = Field(default=True, description="Meter energy and compute of pipeline steps.")
+    drift_critical_share: float = Field(default=0.5, gt=0, le=1, description="Drifting share of columns that is critical.")
+    drift_cooldown_s: float = Field(default=3600.0, ge=0, description="Same model and column within this: one alert, counted.")
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_lease_s: float = Field(default=30.0, gt=0, description="A claimed delivery is retried after this if its deliverer died.")
 
     @field_validator("home", mode="before")
     @classmethod

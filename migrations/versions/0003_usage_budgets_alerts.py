@@ -31,9 +31,9 @@ def upgrade() -> None:
     sa.Column('first_seen', sa.DateTime(timezone=True), nullable=False),
     sa.Column('last_seen', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("severity IN ('info', 'warning', 'critical')", name=op.f('ck_alerts_severity')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_alerts')),
-    sa.UniqueConstraint('dedupe_key', name=op.f('uq_alerts_dedupe_key'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_alerts'))
     )
+    op.create_index(op.f('ix_alerts_dedupe_key'), 'alerts', ['dedupe_key'], unique=False)
     op.create_table('budgets',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('project_id', sa.Integer(), nullable=False),
@@ -115,5 +115,6 @@ def downgrade() -> None:
 
     op.drop_table('budget_changes')
     op.drop_table('budgets')
+    op.drop_index(op.f('ix_alerts_dedupe_key'), table_name='alerts')
     op.drop_table('alerts')
 

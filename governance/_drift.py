@@ -1,0 +1,278 @@
+"""Drift monitoring: reference profiles at registration, a fast vectorised check against them, and
+Evidently's report for the record.
+
+The fast path applies the tests Evidently's DataDriftPreset chooses by default for numeric columns:
+with more than 1,000 reference rows, Wasserstein distance normed by the reference's standard
+deviation (drift at ≥ 0.1); with fewer, a two-sample Kolmogorov–Smirnov test (p < 0.05); columns
+with five or fewer distinct values use Jensen–Shannon distance (≥ 0.1). Reference quantiles are
+cached in the profile, so a check sorts only the current window. PSI on cached bins is reported too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from convergence.governance._alerts import raise_alert
+from convergence.governance._artifacts import get_artifact_store
+from convergence.governance._ledger import Subject, append, serialize_writes
+from convergence.governance._models import DriftReport, ModelVersion, PredictionLog, ReferenceProfile
+from convergence.platform.db import utcnow
+from convergence.platform.errors import InvalidInput, NotFound
+from convergence.platform.settings import get_settings
+
+LEVELS = np.linspace(0.0, 1.0, 2001)  # quantile levels kept per column
+SAMPLE_ROWS = 20_000  # reference rows kept for Evidently's report and small-sample tests
+W_THRESHOLD, JS_THRESHOLD, KS_ALPHA = 0.1, 0.1, 0.05
+
+
+# --- profiles -------------------------------------------------------------------------------------
+
+def column_stats(values: np.ndarray) -> dict[str, Any]:
+    v = values[np.isfinite(values)].astype(np.float64)
+    if v.size == 0:
+        raise InvalidInput("a reference column has no finite values")
+    uniq, counts = np.unique(v, return_counts=True)
+    stats: dict[str, Any] = {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
+                             "quantiles": np.quantile(v, LEVELS).tolist(), "n_unique": int(min(len(uniq), 6))}
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, 11)))
+    stats["psi_edges"] = edges.tolist()
+    stats["psi_fracs"] = (np.histogram(v, bins=edges)[0] / v.size).tolist() if len(edges) > 1 else [1.0]
+    if len(uniq) <= 5:
+        stats["values"] = {repr(float(u)): int(c) for u, c in zip(uniq, counts)}
+    return stats
+
+
+def save_profile(*, session: Session, model_version_id: int, data: np.ndarray, columns: list[str],
+                 positions: list[int], seed: int = 0) -> ReferenceProfile:
+    """Profile ``data`` (rows × columns: the model's monitored inputs and, last, its output)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if data.ndim != 2 or data.shape[1] != len(columns):
+        raise InvalidInput(f"reference data has shape {data.shape}, expected (rows, {len(columns)})")
+    stats = {c: column_stats(data[:, i]) for i, c in enumerate(columns)}
+    rng = np.random.default_rng(seed)
+    sample = data if len(data) <= SAMPLE_ROWS else data[np.sort(rng.choice(len(data), SAMPLE_ROWS, replace=False))]
+    buf = io.BytesIO()
+    pq.write_table(pa.table({c: sample[:, i] for i, c in enumerate(columns)}), buf)
+    stored = get_artifact_store().put_bytes(buf.getvalue())
+    profile = ReferenceProfile(model_version_id=model_version_id, columns=columns, positions=positions,
+                               rows=len(data), stats=stats, sample_uri=stored.uri, sample_sha256=stored.sha256,
+                               created_at=utcnow())
+    session.add(profile)
+    session.flush()
+    return profile
+
+
+def reference_sample(profile: ReferenceProfile) -> Any:
+    import pyarrow.parquet as pq
+
+    path = get_artifact_store().fetch(profile.sample_uri, sha256=profile.sample_sha256)
+    return pq.read_table(path).to_pandas()
+
+
+# --- the fast path --------------------------------------------------------------------------------
+
+def _wasserstein_from_quantiles(q_ref: np.ndarray, q_cur: np.ndarray) -> np.ndarray:
+    """W1 = ∫|Q_ref(p) − Q_cur(p)| dp over the cached levels (trapezoid), per column."""
+    return np.trapezoid(np.abs(q_ref - q_cur), LEVELS, axis=0)
+
+
+def _js(ref_counts: dict[str, int], cur: np.ndarray) -> float:
+    from scipy.spatial.distance import jensenshannon
+
+    keys = sorted(set(ref_counts) | {repr(float(x)) for x in np.unique(cur)})
+    cur_counts = {k: 0 for k in keys}
+    for value, count in zip(*np.unique(cur, return_counts=True)):
+        cur_counts[repr(float(value))] = int(count)
+    p = np.array([ref_counts.get(k, 0) for k in keys], float) + 1e-4
+    q = np.array([cur_counts[k] for k in keys], float) + 1e-4
+    return float(jensenshannon(p / p.sum(), q / q.sum()))
+
+
+def fast_drift(stats: dict[str, dict[str, Any]], columns: list[str], current: np.ndarray,
+               reference_sample: Any = None) -> dict[str, dict[str, Any]]:
+    """Per-column drift statistics and verdicts for ``current`` (rows × columns) against a profile."""
+    from scipy.stats import ks_2samp
+
+    if current.ndim != 2 or current.shape[1] != len(columns):
+        raise InvalidInput(f"current data has {current.shape[1] if current.ndim == 2 else '?'} columns, "
+                           f"the reference has {len(columns)}")
+    if len(current) == 0:
+        raise InvalidInput("the current window is empty")
+    q_cur = np.quantile(current, LEVELS, axis=0)  # the one sort per column this check needs
+    q_ref = np.array([stats[c]["quantiles"] for c in columns]).T
+    w = _wasserstein_from_quantiles(q_ref, q_cur)
+    out: dict[str, dict[str, Any]] = {}
+    for i, c in enumerate(columns):
+        s, cur = stats[c], current[:, i]
+        w_norm = float(w[i] / max(s["std"], 0.001))
+        edges = np.asarray(s["psi_edges"])
+        cur_fracs = np.histogram(np.clip(cur, edges[0], edges[-1]), bins=edges)[0] / len(cur) if len(edges) > 1 else [1.0]
+        ref_fracs = np.asarray(s["psi_fracs"])
+        psi = float(np.sum((np.asarray(cur_fracs) + 1e-4 - ref_fracs - 1e-4)
+                           * np.log((np.asarray(cur_fracs) + 1e-4) / (ref_fracs + 1e-4))))
+        result = {"wasserstein_normed": w_norm, "psi": psi, "reference_mean": s["mean"],
+                  "current_mean": float(cur.mean())}
+        few_values = "values" in s and len(set(s["values"]) | {repr(float(x)) for x in np.unique(cur)}) <= 5
+        if s["n"] <= 1000:  # Evidently's rule for small references (it would use chi-square for few values)
+            if reference_sample is None:
+                raise InvalidInput(f"column {c}: a reference of {s['n']} rows needs its sample for the KS test")
+            p_value = float(ks_2samp(reference_sample[c].to_numpy(), cur).pvalue)
+            result.update(method="K-S p_value", statistic=p_value, threshold=KS_ALPHA, drifted=p_value < KS_ALPHA)
+        elif few_values:
+            js = _js(s["values"], cur)
+            result.update(method="Jensen-Shannon distance", statistic=js, threshold=JS_THRESHOLD,
+                          drifted=js >= JS_THRESHOLD)
+        else:
+            result.update(method="Wasserstein distance (normed)", statistic=w_norm, threshold=W_THRESHOLD,
+                          drifted=w_norm >= W_THRESHOLD)
+        out[c] = result
+    return out
+
+
+def evidently_report(reference: Any, current: Any, out_dir: Path) -> tuple[Path, Path, dict[str, bool]]:
+    """Evidently's DataDriftPreset on the same columns: HTML and JSON for the record, and its verdicts."""
+    import json
+
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    snapshot = Report([DataDriftPreset()]).run(current, reference)
+    html, js = out_dir / "evidently.html", out_dir / "evidently.json"
+    snapshot.save_html(str(html))
+    data = snapshot.dict()
+    js.write_text(json.dumps(data, default=str))
+    verdicts = {}
+    for metric in data["metrics"]:
+        cfg = metric.get("config", {})
+        if cfg.get("type", "").endswith("ValueDrift"):
+            value, threshold, method = metric["value"], cfg["threshold"], cfg["method"]
+            verdicts[cfg["column"]] = bool(value < threshold if "p_value" in method else value >= threshold)
+    return html, js, verdicts
+
+
+# --- the check ------------------------------------------------------------------------------------
+
+def production_version(session: Session, name: str) -> ModelVersion:
+    mv = session.execute(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.stage == "production")
+                         ).scalars().first()
+    if mv is None:
+        known = session.execute(select(ModelVersion.id).where(ModelVersion.name == name)).first()
+        raise NotFound(f"no model called {name!r}" if known is None else f"no version of {name!r} is in production",
+                       hint="`cvg models list` shows the registry")
+    return mv
+
+
+def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime,
+                  until: dt.datetime) -> np.ndarray:
+    rows = session.execute(select(PredictionLog.features, PredictionLog.output).where(
+        PredictionLog.model_version_id == profile.model_version_id, PredictionLog.ts >= since,
+        PredictionLog.ts < until)).all()
+    if not rows:
+        raise InvalidInput(f"no predictions of version {profile.model_version_id} were logged between "
+                           f"{since.isoformat()} and {until.isoformat()}", hint="widen --window or --since/--until")
+    width = max(p for p in profile.positions if p >= 0) + 1
+    short = [i for i, (features, _) in enumerate(rows) if len(features) < width]
+    if short:
+        raise InvalidInput(f"{len(short)} logged predictions have fewer than {width} features: the log lacks "
+                           f"columns the reference profile monitors")
+    feats = np.array([features for features, _ in rows], dtype=np.float64)
+    out = np.array([o for _, o in rows], dtype=np.float64)
+    return np.column_stack([feats[:, p] if p >= 0 else out for p in profile.positions])
+
+
+def check_drift(*, session: Session, name: str, since: dt.datetime, until: dt.datetime, actor: str,
+                evidently: bool = True) -> tuple[DriftReport, list[Any]]:
+    """Compare the window with the production version's profile, store the report, raise alerts and
+    queue their webhooks — all in the caller's transaction. Returns the report and the new alerts."""
+    from convergence.governance._webhooks import enqueue
+
+    if since >= until:
+        raise InvalidInput("the window is empty: --since must be before --until")
+    mv = production_version(session, name)
+    profile = session.execute(select(ReferenceProfile).where(ReferenceProfile.model_version_id == mv.id)
+                              ).scalar_one_or_none()
+    if profile is None:
+        raise NotFound(f"version {mv.id} of {name} has no reference profile",
+                       hint="versions registered by the pipelines carry one")
+    current = window_matrix(session, profile, since, until)
+    sample = reference_sample(profile) if evidently or profile.rows <= 1000 else None
+    results = fast_drift(profile.stats, profile.columns, current, sample)
+    html_uri = json_uri = None
+    if evidently:
+        import pandas as pd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            html, js, verdicts = evidently_report(sample, pd.DataFrame(current, columns=profile.columns), Path(tmp))
+            store = get_artifact_store()
+            html_uri, json_uri = store.put(html).uri, store.put(js).uri
+        for column, verdict in verdicts.items():
+            if column in results:
+                results[column]["evidently_drifted"] = verdict
+    drifted = [c for c, r in results.items() if r["drifted"]]
+    share = len(drifted) / len(results)
+    severity = None if not drifted else "critical" if share >= get_settings().drift_critical_share else "warning"
+    serialize_writes(session=session)
+    report = DriftReport(model_version_id=mv.id, window_start=since, window_end=until, rows=len(current),
+                         columns=results, drift_share=share, drifted=bool(drifted), severity=severity,
+                         evidently_html_uri=html_uri, evidently_json_uri=json_uri, created_at=utcnow(), created_by=actor)
+    session.add(report)
+    session.flush()
+    append(session=session, actor=actor, action="drift.checked", subject=Subject("drift_report", str(report.id)),
+           payload={"model_version_id": mv.id, "rows": len(current), "drift_share": share, "drifted": drifted,
+                    "window": [since.isoformat(), until.isoformat()]})
+    new_alerts = []
+    for column in drifted:
+        r = results[column]
+        alert, created = raise_alert(
+            session=session, actor=actor, kind="drift", severity=severity or "warning",
+            dedupe_key=f"drift:{mv.id}:{column}", subject=Subject("model_version", str(mv.id)),
+            message=f"{name} v{mv.version}: {column} drifted ({r['method']} {r['statistic']:.3g}, "
+                    f"threshold {r['threshold']})",
+            payload={"column": column, "report_id": report.id, **{k: r[k] for k in ("method", "statistic", "threshold")}},
+            cooldown_s=get_settings().drift_cooldown_s)
+        if created:
+            new_alerts.append(alert)
+            enqueue(session=session, event_type="drift.alert", data={
+                "alert_id": alert.id, "model": name, "model_version_id": mv.id, "column": column,
+                "severity": alert.severity, "message": alert.message, "report_id": report.id,
+                "drift_share": share})
+    return report, new_alerts
+
+
+def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple[str, dt.datetime, list[float], float,
+                                                                                 float | None]]) -> int:
+    """Batch-write predictions (prediction id, time, features, output, latency ms); used by serving."""
+    from sqlalchemy import insert
+
+    if not rows:
+        return 0
+    session.execute(insert(PredictionLog), [
+        {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "features": list(map(float, f)),
+         "output": float(o), "latency_ms": lat} for pid, ts, f, o, lat in rows])
+    return len(rows)
+
+
+def drift_history(*, session: Session, name: str, limit: int = 50) -> list[DriftReport]:
+    ids = select(ModelVersion.id).where(ModelVersion.name == name)
+    reports = list(session.execute(select(DriftReport).where(DriftReport.model_version_id.in_(ids))
+                                   .order_by(DriftReport.id.desc()).limit(limit)).scalars())
+    if not reports and session.execute(ids).first() is None:
+        raise NotFound(f"no model called {name!r}")
+    return reports
+
+
+def get_report(*, session: Session, report_id: int) -> DriftReport:
+    report = session.get(DriftReport, report_id)
+    if report is None:
+        raise NotFound(f"no drift report with id {report_id}")
+    return report

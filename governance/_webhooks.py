@@ -1,0 +1,214 @@
+"""Signed, durable webhooks: subscriptions, a transactional outbox, and the deliverer.
+
+An event's deliveries are written in the same transaction as the event (an alert), so an event
+that commits is never lost and one that rolls back is never sent. A deliverer claims due
+deliveries under a lease, POSTs them with an HMAC-SHA256 signature over ``timestamp.body``, and
+records the outcome; a deliverer killed mid-flight leaves its lease to expire and the next one
+finishes the job. Receivers deduplicate on the event id (also sent as ``Idempotency-Key``), which
+is the same on every retry. Retries back off exponentially with jitter up to a maximum number of
+attempts, then the delivery is dead-lettered until someone redelivers it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import random
+import secrets
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from convergence.governance._ledger import Subject, append
+from convergence.governance._models import WEBHOOK_FORMATS, WebhookDelivery, WebhookSubscription
+from convergence.platform.db import session_scope, utcnow
+from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
+from convergence.platform.settings import get_settings
+
+SIGNATURE_HEADER, TIMESTAMP_HEADER, EVENT_HEADER = "Convergence-Signature", "Convergence-Timestamp", "Convergence-Event-Id"
+
+
+def sign(secret: str, timestamp: int, body: str) -> str:
+    return "v1=" + hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, headers: Mapping[str, str], body: str, *, tolerance_s: int = 300,
+                     now: float | None = None) -> bool:
+    """What a receiver runs (README): the signature matches and the timestamp is within the replay window."""
+    try:
+        timestamp = int(headers[TIMESTAMP_HEADER])
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
+        return False  # too old (a replay) or from the future
+    return hmac.compare_digest(headers.get(SIGNATURE_HEADER, ""), sign(secret, timestamp, body))
+
+
+def _check_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidInput(f"webhook URL must be http(s)://host/…, got {url!r}")
+    return url
+
+
+def subscribe(*, session: Session, actor: str, url: str, events: list[str], fmt: str = "generic",
+              secret: str | None = None) -> WebhookSubscription:
+    _check_url(url)
+    if fmt not in WEBHOOK_FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(WEBHOOK_FORMATS)}, got {fmt!r}")
+    if not events:
+        raise InvalidInput("subscribe to at least one event type (e.g. drift.alert, or * for all)")
+    sub = WebhookSubscription(url=url, secret=secret or secrets.token_hex(32), event_types=sorted(set(events)),
+                              format=fmt, active=True, created_at=utcnow(), created_by=actor)
+    session.add(sub)
+    session.flush()
+    append(session=session, actor=actor, action="webhook.subscribed", subject=Subject("webhook_subscription", str(sub.id)),
+           payload={"url": url, "events": sub.event_types, "format": fmt})  # never the secret
+    return sub
+
+
+def _body(sub: WebhookSubscription, event_id: str, event_type: str, created: str, data: Mapping[str, Any]) -> str:
+    if sub.format == "slack":
+        text = f":rotating_light: {data.get('message', event_type)}" if event_type.endswith("alert") else event_type
+        return json.dumps({"text": text, "event_id": event_id}, sort_keys=True)
+    return json.dumps({"id": event_id, "type": event_type, "created": created, "data": dict(data)}, sort_keys=True,
+                      default=str)
+
+
+def enqueue(*, session: Session, event_type: str, data: Mapping[str, Any]) -> list[WebhookDelivery]:
+    """Queue one event for every active subscription that wants it, inside the caller's transaction."""
+    event_id, now = str(uuid.uuid4()), utcnow()
+    subs = session.execute(select(WebhookSubscription).where(WebhookSubscription.active.is_(True))).scalars()
+    out = []
+    for sub in subs:
+        if event_type in sub.event_types or "*" in sub.event_types:
+            d = WebhookDelivery(subscription_id=sub.id, event_id=event_id, event_type=event_type,
+                                body=_body(sub, event_id, event_type, now.isoformat(), data), status="pending",
+                                attempts=0, next_attempt_at=now, created_at=now)
+            session.add(d)
+            out.append(d)
+    session.flush()
+    return out
+
+
+def post(url: str, body: str, headers: dict[str, str], timeout: float) -> tuple[int | None, str | None]:
+    """(status, error); a transport failure is (None, reason)."""
+    req = urllib.request.Request(url, data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "User-Agent": "convergence-webhooks",
+                                          **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) checked at subscribe
+            return resp.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        return None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+
+
+def _claim(limit: int) -> list[tuple[int, str, str, str, str, str]]:
+    settings, now = get_settings(), utcnow()
+    with session_scope() as session:
+        due = session.execute(
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
+                or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until < now))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(limit)
+            .with_for_update(skip_locked=True)).scalars().all()
+        if not due:
+            return []
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(due))
+                        .values(locked_until=now + dt.timedelta(seconds=settings.webhook_lease_s)))
+        rows = session.execute(select(WebhookDelivery.id, WebhookSubscription.url, WebhookSubscription.secret,
+                                      WebhookDelivery.event_id, WebhookDelivery.body, WebhookDelivery.event_type)
+                               .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
+                               .where(WebhookDelivery.id.in_(due))).all()
+        return [tuple(r) for r in rows]
+
+
+def _backoff(attempts: int) -> float:
+    base = get_settings().webhook_backoff_s
+    return min(base * 2 ** (attempts - 1), 3600.0) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
+
+
+def deliver_due(*, limit: int = 100) -> dict[str, int]:
+    """One pass of the deliverer: claim due deliveries, send them, record each outcome."""
+    settings = get_settings()
+    counts = {"delivered": 0, "retry": 0, "dead": 0}
+    for delivery_id, url, secret, event_id, body, event_type in _claim(limit):
+        ts = int(time.time())
+        status, error = post(url, body, {SIGNATURE_HEADER: sign(secret, ts, body), TIMESTAMP_HEADER: str(ts),
+                                         EVENT_HEADER: event_id, "Idempotency-Key": event_id,
+                                         "Convergence-Event-Type": event_type}, settings.webhook_timeout_s)
+        with session_scope() as session:
+            d = session.get(WebhookDelivery, delivery_id)
+            if d is None or d.status != "pending":
+                continue
+            d.attempts += 1
+            d.last_status, d.locked_until = status, None
+            if status is not None and 200 <= status < 300:
+                d.status, d.delivered_at, d.last_error = "delivered", utcnow(), None
+                counts["delivered"] += 1
+            elif d.attempts >= settings.webhook_max_attempts:
+                d.status, d.last_error = "dead", error
+                counts["dead"] += 1
+                append(session=session, actor="webhook-deliverer", action="webhook.dead_lettered",
+                       subject=Subject("webhook_delivery", str(d.id)),
+                       payload={"event_id": event_id, "attempts": d.attempts, "error": error})
+            else:
+                d.last_error = error
+                d.next_attempt_at = utcnow() + dt.timedelta(seconds=_backoff(d.attempts))
+                counts["retry"] += 1
+    return counts
+
+
+def deliver_until_idle(*, deadline_s: float = 30.0) -> dict[str, int]:
+    """Deliver passes until nothing is due now (retries scheduled later are left for later runs)."""
+    total = {"delivered": 0, "retry": 0, "dead": 0}
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        counts = deliver_due()
+        for k, v in counts.items():
+            total[k] += v
+        if not any(counts.values()):
+            break
+    return total
+
+
+def redeliver(*, session: Session, delivery_id: int, actor: str) -> WebhookDelivery:
+    d = session.get(WebhookDelivery, delivery_id)
+    if d is None:
+        raise NotFound(f"no webhook delivery with id {delivery_id}")
+    if d.status == "pending":
+        raise PolicyViolation(f"delivery {delivery_id} is still pending; the deliverer will retry it")
+    d.status, d.attempts, d.next_attempt_at, d.locked_until, d.last_error = "pending", 0, utcnow(), None, None
+    append(session=session, actor=actor, action="webhook.redelivery_requested",
+           subject=Subject("webhook_delivery", str(d.id)), payload={"event_id": d.event_id})
+    return d
+
+
+def list_deliveries(*, session: Session, failed: bool = False, limit: int = 100) -> list[WebhookDelivery]:
+    q = select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(limit)
+    if failed:
+        q = q.where(or_(WebhookDelivery.status == "dead", WebhookDelivery.last_error.is_not(None)))
+    return list(session.execute(q).scalars())
+
+
+def send_test(url: str, secret: str) -> dict[str, Any]:
+    """Send one signed test event now (nothing stored) and report what the receiver answered."""
+    _check_url(url)
+    event_id, ts = str(uuid.uuid4()), int(time.time())
+    body = json.dumps({"id": event_id, "type": "test", "created": utcnow().isoformat(), "data": {}}, sort_keys=True)
+    status, error = post(url, body, {SIGNATURE_HEADER: sign(secret, ts, body), TIMESTAMP_HEADER: str(ts),
+                                     EVENT_HEADER: event_id, "Idempotency-Key": event_id,
+                                     "Convergence-Event-Type": "test"}, get_settings().webhook_timeout_s)
+    return {"url": url, "event_id": event_id, "status": status, "error": error,
+            "ok": status is not None and 200 <= status < 300}
