@@ -31,6 +31,7 @@ from convergence.governance._drift import (
     fast_drift,
     get_report,
     log_predictions,
+    production_params,
     save_profile,
 )
 from convergence.governance._export import FORMATS, export_events
@@ -180,6 +181,7 @@ __all__ = [
     "log_predictions",
     "model_to_dict",
     "parse_period",
+    "production_params",
     "promote",
     "query_events",
     "raise_alert",

@@ -172,6 +172,11 @@ def production_version(session: Session, name: str) -> ModelVersion:
     return mv
 
 
+def production_params(*, session: Session, name: str) -> dict[str, Any]:
+    """The registry params of NAME's production version (a retraining run reuses its config)."""
+    return dict(production_version(session, name).params or {})
+
+
 def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime,
                   until: dt.datetime) -> np.ndarray:
     rows = session.execute(select(PredictionLog.features, PredictionLog.output).where(

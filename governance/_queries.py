@@ -67,7 +67,8 @@ def lineage(*, session: Session, version_id: int, _depth: int = 0) -> dict[str, 
         run = mv.run
         out["run"] = {"id": run.id, "pipeline": run.pipeline, "status": run.status, "code_version": run.code_version,
                       "code_dirty": run.code_dirty, "started_at": run.started_at.isoformat(),
-                      "finished_at": run.finished_at.isoformat() if run.finished_at else None}
+                      "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                      "trigger": (run.params or {}).get("trigger")}
     approvals = session.execute(select(Approval).where(Approval.model_version_id == mv.id)
                                 .order_by(Approval.created_at, Approval.id)).scalars()
     out["approvals"] = [{"decision": a.decision, "actor": a.actor, "reason": a.reason,

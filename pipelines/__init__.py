@@ -9,7 +9,7 @@ from convergence.pipelines._kfp import build_pipeline, compile_pipeline
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
 from convergence.pipelines._steps import run_step
-from convergence.pipelines._trading_pipeline import run_trading, walk_forward
+from convergence.pipelines._trading_pipeline import retrain_after_alerts, run_trading, walk_forward
 
 __all__ = [
     "STEP_DEPENDENCIES",
@@ -18,6 +18,7 @@ __all__ = [
     "compile_pipeline",
     "load_config",
     "parse_config",
+    "retrain_after_alerts",
     "run_step",
     "run_trading",
     "submit_pipeline",

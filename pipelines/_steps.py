@@ -102,6 +102,7 @@ def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state:
     fs, models, test = f["fs"], m["models"], f["test"]
     assessed = assess(models, fs, f["prepared"], test, cfg)
     evidence = {"pipeline": "trading", "run_id": state["run_id"], "config": cfg.to_dict(), "dataset": state["dataset"],
+                "split": {"train": [f["train"].start, f["train"].stop], "holdout": [test.start, test.stop]},
                 "cleaning": state.get("cleaning"), "rows": len(fs), "features": fs.feature_names,
                 "teacher_training": m["teacher_metrics"], "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
                 **assessed}

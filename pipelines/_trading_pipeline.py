@@ -74,7 +74,7 @@ def assess(models: dict[str, Any], fs: FeatureSet, p: T.Prepared, test: range,
 
 
 def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = None, progress: Progress | None = None,
-                project: str = "default") -> dict[str, Any]:
+                project: str = "default", trigger: dict[str, Any] | None = None) -> dict[str, Any]:
     from convergence import governance as gov
 
     started = time.perf_counter()
@@ -88,7 +88,8 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
         dataset = {"id": ds.id, "sha256": ds.sha256, "rows": ds.rows, "name": ds.name}
     say("load_data", "done", f"{ticks.report['rows_out']:,} ticks, sha256 {dataset['sha256'][:12]}…")
 
-    with pipeline_run(pipeline="trading", params=cfg.to_dict(), dataset_id=dataset["id"], actor=actor,
+    params = {**cfg.to_dict(), **({"trigger": trigger} if trigger else {})}
+    with pipeline_run(pipeline="trading", params=params, dataset_id=dataset["id"], actor=actor,
                       project=project, family="trading", progress=progress) as ctx:
         with ctx.step("build_features"):
             fs = features_for(cfg, ticks)
@@ -128,6 +129,34 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
             "walk_forward_mean": evidence["walk_forward"]["mean"], "latency": latencies, "size": sizes,
             "evidence": str(ctx.workdir / "evidence.json"), "timings": ctx.timings,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: TradingConfig | None = None,
+                         progress: Progress | None = None) -> dict[str, Any]:
+    """A drift alert's retraining run: the trading pipeline on local Ray, its trigger recorded on the run
+    (so lineage reads alert → run → candidate); the new versions are candidates like any others."""
+    from convergence import governance as gov
+    from convergence.pipelines._config import parse_config
+
+    with session_scope(write=False) as s:
+        params = gov.production_params(session=s, name=name)
+    cfg = cfg or parse_config({k: v for k, v in (params.get("config") or {}).items()})
+    with session_scope() as s:
+        gov.append(session=s, actor=actor, action="drift.retrain_requested", subject=gov.Subject("model", name),
+                   payload={"alert_ids": alert_ids})
+    summary = run_trading(cfg, actor=actor, progress=progress, trigger={"kind": "drift", "alert_ids": alert_ids,
+                                                                        "model": name})
+    return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"]}
+
+
+def _reference(net: Any, p: T.Prepared, fs: FeatureSet, train: list[int]) -> tuple[np.ndarray, list[str], list[int]]:
+    """What drift is measured on: the newest bar's features (raw, as served) and the model's output."""
+    lo, hi = train
+    width = len(fs.feature_names)
+    positions = list(range((fs.window - 1) * width, fs.window * width))
+    output = nets.predict(net, p.Xn[lo:hi]) * p.y_scale
+    data = np.column_stack([fs.X[lo:hi][:, positions].astype(np.float64), output.astype(np.float64)])
+    return data, [*fs.feature_names, "output"], [*positions, -1]
 
 
 def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepared, fs: FeatureSet,
@@ -171,6 +200,8 @@ def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepare
                                         description=f"trading pipeline run {ctx.run_id}")
                 versions[key] = mv.id
                 parent = mv.id
+                data, columns, positions = _reference(models[key], p, fs, evidence["split"]["train"])
+                gov.save_profile(session=s, model_version_id=mv.id, data=data, columns=columns, positions=positions)
             gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id,
                            summary={"versions": versions, "evidence_sha256": stored.sha256})
         else:

@@ -60,13 +60,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convergence.platform.cli import audit, budgets, db, demo, doctor, models, pipelines
+    from convergence.platform.cli import audit, budgets, db, demo, doctor, drift, models, pipelines, webhooks
 
     app.add_typer(db.app, name="db")
     app.add_typer(models.app, name="models")
     app.add_typer(audit.app, name="audit")
     app.add_typer(pipelines.app, name="pipelines")
     app.add_typer(budgets.app, name="budgets")
+    app.add_typer(drift.app, name="drift")
+    app.add_typer(webhooks.app, name="webhooks")
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
 
