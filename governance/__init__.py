@@ -78,6 +78,8 @@ from convergence.governance._models import (
 )
 from convergence.governance._queries import history, in_production_at, lineage, query_events
 from convergence.governance._webhooks import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     deliver_due,
     deliver_until_idle,
     enqueue,
@@ -132,10 +134,12 @@ __all__ = [
     "ROLES",
     "RUN_STATUSES",
     "ReferenceProfile",
+    "SIGNATURE_HEADER",
     "STAGES",
     "StageTransition",
     "StoredArtifact",
     "Subject",
+    "TIMESTAMP_HEADER",
     "TRANSITIONS",
     "Usage",
     "VerifyResult",
