@@ -132,20 +132,25 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
 
 
 def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: TradingConfig | None = None,
-                         progress: Progress | None = None) -> dict[str, Any]:
-    """A drift alert's retraining run: the trading pipeline on local Ray, its trigger recorded on the run
-    (so lineage reads alert → run → candidate); the new versions are candidates like any others."""
+                         progress: Progress | None = None, kubernetes: bool = False, api: Any = None) -> dict[str, Any]:
+    """A drift alert's retraining run — on local Ray, or as a Kubernetes Job — with its trigger recorded on
+    the run (so lineage reads alert → run → candidate); the new versions are candidates like any others."""
     from convergence import governance as gov
     from convergence.pipelines._config import parse_config
 
     with session_scope(write=False) as s:
         params = gov.production_params(session=s, name=name)
-    cfg = cfg or parse_config({k: v for k, v in (params.get("config") or {}).items()})
+    config = cfg.to_dict() if cfg else dict(params.get("config") or {})
+    cfg = parse_config(config)
+    trigger = {"kind": "drift", "alert_ids": alert_ids, "model": name}
     with session_scope() as s:
         gov.append(session=s, actor=actor, action="drift.retrain_requested", subject=gov.Subject("model", name),
-                   payload={"alert_ids": alert_ids})
-    summary = run_trading(cfg, actor=actor, progress=progress, trigger={"kind": "drift", "alert_ids": alert_ids,
-                                                                        "model": name})
+                   payload={"alert_ids": alert_ids, "where": "kubernetes" if kubernetes else "local"})
+    if kubernetes:
+        from convergence.pipelines._kubernetes import job_manifest, submit_job
+
+        return submit_job(job_manifest(family="trading", actor=actor, overrides=config, trigger=trigger), api=api)
+    summary = run_trading(cfg, actor=actor, progress=progress, trigger=trigger)
     return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"]}
 
 

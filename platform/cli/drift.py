@@ -43,6 +43,7 @@ def check(
     deliver: Annotated[bool, typer.Option("--deliver/--no-deliver", help="Deliver queued webhooks after the check.")] = True,
     retrain: Annotated[bool, typer.Option("--retrain", help="When a new alert is raised, start a retraining run "
                                           "(local Ray); its model still needs validation and approval.")] = False,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="With --retrain: create a Kubernetes Job instead.")] = False,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -65,7 +66,8 @@ def check(
     if retrain and alerts:
         from convergence.pipelines import retrain_after_alerts
 
-        data["retraining"] = retrain_after_alerts(name=name, alert_ids=[a["id"] for a in data["new_alerts"]], actor=who)
+        data["retraining"] = retrain_after_alerts(name=name, alert_ids=[a["id"] for a in data["new_alerts"]], actor=who,
+                                                  kubernetes=kubernetes)
     if json_out:
         print_json(data)
         return
@@ -76,7 +78,10 @@ def check(
         console().print("webhooks: " + ", ".join(f"{k} {v}" for k, v in data["webhooks"].items()))
     if "retraining" in data:
         r = data["retraining"]
-        console().print(f"retraining run {r['run_id']}: {r['status']}; new candidates {r['versions']} await validation")
+        if "job" in r:
+            console().print(f"retraining Job {r['job']} created in {r['namespace']}")
+        else:
+            console().print(f"retraining run {r['run_id']}: {r['status']}; new candidates {r['versions']} await validation")
 
 
 @app.command()

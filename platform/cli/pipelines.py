@@ -81,6 +81,8 @@ def run(
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="ray://host:10001 (default: "
                                                     "$CVG_RAY_ADDRESS, else a local Ray).")] = None,
     project: Annotated[str, typer.Option("--project")] = "default",
+    trigger: Annotated[str | None, typer.Option("--trigger", hidden=True, help="What started this run (JSON); set "
+                                                "by drift retraining Jobs, recorded in lineage.")] = None,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -91,7 +93,9 @@ def run(
 
     cfg = _config(family, config, overrides)
     who = actor_or_fail(actor)
-    summary = run_trading(cfg, actor=who, ray_address=ray_address, progress=_progress(), project=project)
+    trigger_obj = parse_json_option(trigger, "--trigger")
+    summary = run_trading(cfg, actor=who, ray_address=ray_address, progress=_progress(), project=project,
+                          trigger=trigger_obj)
     if json_out:
         print_json(summary)
     else:
@@ -162,6 +166,29 @@ def step(
     cfg = _config(family, config, config_json)
     state = run_step(name, cfg, list(inputs or []), out, actor=actor_or_fail(actor))
     console(stderr=True).print(f"step {name} done: {json.dumps(state, default=str)[:300]}")
+
+
+@app.command()
+def trigger(
+    family: FamilyArg,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Create a Kubernetes Job (the only target so far).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the Job manifest instead of submitting it.")] = False,
+    overrides: SetOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Start a pipeline run on Kubernetes as a batch/v1 Job running this CLI in the project's image."""
+    from convergence.pipelines import job_manifest, submit_job
+    from convergence.platform.errors import InvalidInput
+
+    if not kubernetes:
+        raise InvalidInput("say where: --kubernetes (to run here, use `cvg pipelines run`)")
+    _config(family, None, overrides)  # validate the overrides before anything leaves this machine
+    manifest = job_manifest(family=family, actor=actor_or_fail(actor), overrides=parse_json_option(overrides, "--set"))
+    if dry_run:
+        print_json(manifest)
+        return
+    result = submit_job(manifest)
+    console().print(f"created Job {result['job']} in namespace {result['namespace']}")
 
 
 @app.command()

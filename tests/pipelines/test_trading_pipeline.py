@@ -126,3 +126,40 @@ def test_sigkill_mid_run_leaves_nothing_half_registered(db_url: str, tmp_path: P
         assert gov.get_run(session=s, run_id=beat).status == "failed"
         assert s.execute(select(func.count()).select_from(gov.ModelVersion)).scalar() == 0
         assert gov.verify(session=s).ok
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # one backend: it is a second full run
+def test_drift_retraining_run_links_alert_run_and_candidate(db_url: str, ray_session, small_config,
+                                                           evidence_file: Path) -> None:
+    import datetime as dt
+    import uuid
+
+    import numpy as np
+
+    first = run_trading(small_config, actor="quant")
+    student = first["versions"]["student"]
+    with session_scope() as s:
+        profile = s.execute(select(gov.ReferenceProfile).where(gov.ReferenceProfile.model_version_id == student)).scalar_one()
+        assert profile.columns[-1] == "output" and len(profile.columns) == 14 and profile.rows > 100
+        gov.validate(session=s, version_id=student, actor="val", evidence=evidence_file)
+        gov.approve(session=s, version_id=student, actor="boss", reason="ok")
+        gov.promote(session=s, version_id=student, actor="ops")
+        # SYNTHETIC traffic: the reference's feature vectors shifted far away, logged as if served
+        width = max(profile.positions) + 1
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = [(str(uuid.uuid4()), now, list(np.full(width, 50.0 + i % 7)), 5.0, 0.2) for i in range(300)]
+        gov.log_predictions(session=s, model_version_id=student, rows=rows)
+    with session_scope() as s:
+        report, alerts = gov.check_drift(session=s, name="es-trading-student", since=now - dt.timedelta(minutes=1),
+                                         until=now + dt.timedelta(minutes=1), actor="monitor", evidently=False)
+        alert_ids = [a.id for a in alerts]
+    assert report.drifted and alert_ids
+    from convergence.pipelines import retrain_after_alerts
+
+    result = retrain_after_alerts(name="es-trading-student", alert_ids=alert_ids, actor="monitor", cfg=small_config)
+    with session_scope(write=False) as s:
+        new_student = gov.get_model(session=s, version_id=result["versions"]["student"])
+        assert new_student.stage == "candidate"  # validation and approval still required
+        tree = gov.lineage(session=s, version_id=new_student.id)
+        assert tree["run"]["trigger"] == {"kind": "drift", "alert_ids": alert_ids, "model": "es-trading-student"}
+        assert gov.query_events(session=s, action="drift.retrain_requested")[0].payload_obj["alert_ids"] == alert_ids

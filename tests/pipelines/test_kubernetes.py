@@ -1,0 +1,98 @@
+"""Pipeline Jobs for Kubernetes. No API server can run here: the manifest is checked against the official
+client's V1Job model, and submission goes to `RecordingBatchApi`, a recorded fake named as such."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from convergence.pipelines import job_manifest, submit_job
+from convergence.platform.errors import InvalidInput, Unavailable
+
+
+class RecordingBatchApi:
+    """FAKE BatchV1Api (no Kubernetes API server can run here): records create_namespaced_job calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_namespaced_job(self, namespace: str, body: dict) -> object:
+        from kubernetes.client import V1Job, V1ObjectMeta
+
+        self.calls.append((namespace, body))
+        return V1Job(metadata=V1ObjectMeta(name=body["metadata"]["name"], namespace=namespace))
+
+
+def _as_v1job(manifest: dict):  # type: ignore[no-untyped-def]
+    """Deserialize through the official client: unknown or mistyped fields do not survive this."""
+    from kubernetes.client import ApiClient
+
+    class _Response:
+        data = json.dumps(manifest)
+
+    return ApiClient().deserialize(_Response(), "V1Job")
+
+
+def test_manifest_is_a_valid_locked_down_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.setenv("CVG_IMAGE", "registry.example/convergence:1.2.3")
+    monkeypatch.setenv("CVG_K8S_NAMESPACE", "quant")
+    get_settings.cache_clear()
+    trigger = {"kind": "drift", "alert_ids": [4, 5], "model": "es-trading-student"}
+    manifest = job_manifest(family="trading", actor="monitor", overrides={"eval": {"folds": 2}}, trigger=trigger)
+    get_settings.cache_clear()
+    job = _as_v1job(manifest)
+    pod = job.spec.template.spec
+    container = pod.containers[0]
+    assert job.metadata.namespace == "quant" and job.spec.backoff_limit == 0
+    assert pod.service_account_name == "convergence-pipelines" and pod.restart_policy == "Never"
+    assert pod.security_context.run_as_non_root and container.security_context.read_only_root_filesystem
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert container.image == "registry.example/convergence:1.2.3"
+    assert container.command[:6] == ["cvg", "pipelines", "run", "trading", "--as", "monitor"]
+    assert json.loads(container.command[container.command.index("--trigger") + 1]) == trigger
+    assert json.loads(container.command[container.command.index("--set") + 1]) == {"eval": {"folds": 2}}
+    assert [e.config_map_ref.name if e.config_map_ref else e.secret_ref.name for e in container.env_from] == [
+        "convergence-config", "convergence-secrets"]
+    assert job.metadata.labels["convergence.dev/trigger"] == "drift"
+
+
+def test_submission_goes_through_the_client_call() -> None:
+    fake = RecordingBatchApi()
+    manifest = job_manifest(family="trading", actor="ops")
+    result = submit_job(manifest, api=fake)
+    assert fake.calls == [("convergence", manifest)] and result == {"job": manifest["metadata"]["name"],
+                                                                   "namespace": "convergence"}
+
+
+def test_without_a_cluster_the_error_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(Unavailable, match="no Kubernetes configuration"):
+        submit_job(job_manifest(family="trading", actor="ops"))
+    with pytest.raises(InvalidInput, match="unknown pipeline family"):
+        job_manifest(family="crypto", actor="ops")
+
+
+def test_drift_retraining_on_kubernetes_submits_the_same_job(db_url: str, model_file, evidence_file) -> None:
+    from convergence import governance as gov
+    from convergence.pipelines import retrain_after_alerts
+    from convergence.platform.db import session_scope
+
+    with session_scope() as s:
+        mv = gov.register_model(session=s, actor="quant", name="es-trading-student", artifact=model_file,
+                                family="trading", role="student", params={"config": {"eval": {"folds": 3}}})
+        gov.validate(session=s, version_id=mv.id, actor="val", evidence=evidence_file)
+        gov.approve(session=s, version_id=mv.id, actor="boss", reason="ok")
+        gov.promote(session=s, version_id=mv.id, actor="ops")
+    fake = RecordingBatchApi()
+    result = retrain_after_alerts(name="es-trading-student", alert_ids=[7], actor="monitor", kubernetes=True, api=fake)
+    [(namespace, body)] = fake.calls
+    command = body["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert json.loads(command[command.index("--trigger") + 1])["alert_ids"] == [7]
+    assert json.loads(command[command.index("--set") + 1])["eval"]["folds"] == 3  # the production config reused
+    assert result["job"] == body["metadata"]["name"]
+    with session_scope(write=False) as s:
+        assert gov.query_events(session=s, action="drift.retrain_requested")[0].payload_obj["where"] == "kubernetes"
