@@ -32,6 +32,7 @@ from convergence.governance._drift import (
     get_report,
     log_predictions,
     production_params,
+    report_html_path,
     save_profile,
 )
 from convergence.governance._export import FORMATS, export_events
@@ -79,6 +80,7 @@ from convergence.governance._models import (
 from convergence.governance._queries import history, in_production_at, lineage, query_events
 from convergence.governance._webhooks import (
     SIGNATURE_HEADER,
+    ReferenceReceiver,
     TIMESTAMP_HEADER,
     deliver_due,
     deliver_until_idle,
@@ -134,6 +136,7 @@ __all__ = [
     "ROLES",
     "RUN_STATUSES",
     "ReferenceProfile",
+    "ReferenceReceiver",
     "SIGNATURE_HEADER",
     "STAGES",
     "StageTransition",
@@ -194,6 +197,7 @@ __all__ = [
     "register_dataset",
     "register_model",
     "reject",
+    "report_html_path",
     "rollback",
     "run_usage",
     "save_profile",

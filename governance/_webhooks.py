@@ -212,3 +212,45 @@ def send_test(url: str, secret: str) -> dict[str, Any]:
                                      "Convergence-Event-Type": "test"}, get_settings().webhook_timeout_s)
     return {"url": url, "event_id": event_id, "status": status, "error": error,
             "ok": status is not None and 200 <= status < 300}
+
+
+class ReferenceReceiver:
+    """A minimal receiver that does what the README asks of one: verify, reject replays, dedupe by event id.
+
+    Runs on localhost in a thread (the demo's "Slack"); ``events`` holds each accepted event once."""
+
+    def __init__(self, secret: str, port: int = 0) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+        self.secret, self.events, self.rejected = secret, {}, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                if not verify_signature(receiver.secret, dict(self.headers), body):
+                    receiver.rejected += 1
+                    self.send_response(401)
+                else:
+                    receiver.events.setdefault(self.headers.get("Idempotency-Key", ""), json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/convergence"
+
+    def __enter__(self) -> ReferenceReceiver:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -10,7 +10,7 @@ from convergence.pipelines._kubernetes import job_manifest, submit_job
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
 from convergence.pipelines._steps import run_step
-from convergence.pipelines._trading_pipeline import retrain_after_alerts, run_trading, walk_forward
+from convergence.pipelines._trading_pipeline import replay_holdout, retrain_after_alerts, run_trading, walk_forward
 
 __all__ = [
     "STEP_DEPENDENCIES",
@@ -20,6 +20,7 @@ __all__ = [
     "job_manifest",
     "load_config",
     "parse_config",
+    "replay_holdout",
     "retrain_after_alerts",
     "run_step",
     "run_trading",

@@ -7,6 +7,7 @@ versions; nothing is deleted.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -98,6 +99,31 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
             gov.promote(session=s, version_id=v[key], actor="ops", reason="release")
     say(f"alice approved and ops promoted the student ({v['student']}) and its INT8 copy ({v['int8']}) to production")
 
+    # Drift: the student scores the later (holdout) ticks as production traffic, a local receiver listens.
+    from convergence.pipelines import replay_holdout
+
+    secret = "demo-signing-secret"
+    with gov.ReferenceReceiver(secret) as receiver:
+        with session_scope() as s:
+            sub = gov.subscribe(session=s, actor="ops", url=receiver.url, events=["drift.alert"], secret=secret)
+        rows = replay_holdout(version_id=v["student"])
+        with session_scope() as s:
+            gov.log_predictions(session=s, model_version_id=v["student"], rows=rows)
+        say(f"ops subscribed a local receiver ({receiver.url}, subscription {sub.id}); the student scored "
+            f"{len(rows):,} later ticks in process as production traffic (logged with its version id)")
+        since = rows[0][1] - dt.timedelta(seconds=1)
+        with session_scope() as s:
+            report, alerts = gov.check_drift(session=s, name=f"{cfg.name}-student", since=since,
+                                             until=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1),
+                                             actor="monitor")
+            drifted = [c for c, r in report.columns.items() if r["drifted"]]
+            html = gov.report_html_path(report)
+        delivered = gov.deliver_until_idle(deadline_s=15)
+        say(f"drift check (report {report.id}): {len(drifted)} of {len(report.columns)} columns drifted"
+            + (f" ({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})" if drifted else "")
+            + f"; {len(alerts)} new alerts; the receiver verified and accepted {len(receiver.events)} signed "
+              f"webhook(s) ({delivered['delivered']} delivered, {receiver.rejected} rejected); Evidently report {html}")
+
     with session_scope(write=False) as s:
         status = next(b for b in gov.budget_status(session=s, project="default") if b["id"] == budget.id)
         alerts = gov.list_alerts(session=s, kind="budget.soft_limit")
@@ -136,6 +162,8 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
               f"  cvg audit query --subject model_version:{v['student']}\n"
               "  cvg pipelines runs\n"
               "  cvg budgets show\n"
+              f"  cvg drift history {cfg.name}-student\n"
+              "  cvg webhooks list\n"
               "  cvg budgets report --by step\n"
               "  cvg audit verify\n"
               f"  python {auditor} {export}")

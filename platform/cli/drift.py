@@ -14,7 +14,10 @@ app = typer.Typer(help="Drift monitoring: compare recent predictions with the tr
 
 
 def _report_dict(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "model_version_id": r.model_version_id, "window_start": r.window_start.isoformat(),
+    from convergence.governance._drift import report_html_path
+
+    html = report_html_path(r)
+    return {"html_report": str(html) if html else None,"id": r.id, "model_version_id": r.model_version_id, "window_start": r.window_start.isoformat(),
             "window_end": r.window_end.isoformat(), "rows": r.rows, "drift_share": r.drift_share,
             "drifted": r.drifted, "severity": r.severity, "columns": r.columns,
             "evidently_html": r.evidently_html_uri, "evidently_json": r.evidently_json_uri,
@@ -28,8 +31,8 @@ def _render(report: dict[str, Any]) -> None:
                 ((c, r["method"], f"{r['statistic']:.4g}", r["threshold"], "DRIFT" if r["drifted"] else "ok",
                   {True: "DRIFT", False: "ok"}.get(r.get("evidently_drifted"), "—"), f"{r['psi']:.3f}",
                   f"{r['reference_mean']:.4g}", f"{r['current_mean']:.4g}") for c, r in report["columns"].items()))
-    if report["evidently_html"]:
-        console().print(f"Evidently report: {report['evidently_html']}")
+    if report["html_report"]:
+        console().print(f"Evidently report: {report['html_report']}")
 
 
 @app.command()

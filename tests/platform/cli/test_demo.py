@@ -14,7 +14,8 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("CVG_DATABASE_URL", raising=False)
     result = cvg("demo", "--quick", env=env)
     assert result.code == 0, result.err[-3000:]
-    for fragment in ("migrated", "energy budget", "train_teacher", "registered teacher", "validated", "refused", "budgets:",
+    for fragment in ("migrated", "energy budget", "train_teacher", "registered teacher", "validated", "refused",
+                     "drift check", "signed webhook", "budgets:",
                      "promoted the student", "audit chain verified", "OK:", "summary"):
         assert fragment in result.out, fragment
     assert (tmp_path / "home" / "convergence.db").exists()
