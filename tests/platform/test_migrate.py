@@ -10,7 +10,8 @@ from convergence.platform.db import get_engine
 from convergence.platform.errors import SchemaOutdated
 
 TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
-          "budgets", "budget_changes", "alerts",
+          "budgets", "budget_changes", "alerts", "prediction_log", "reference_profiles", "drift_reports",
+          "webhook_subscriptions", "webhook_deliveries",
           "approvals", "stage_transitions"}
 
 
