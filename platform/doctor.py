@@ -133,6 +133,7 @@ def run_checks() -> list[Check]:
         _package("torch", "torch", "pip install torch==2.13.0 (CPU build; needed for training and serving)"),
         _package("kfp", "kfp", "pip install 'kfp==2.17.*' (needed to compile and submit Kubeflow pipelines)"),
         _tick_data(),
+        _package("evidently", "evidently", "pip install 'evidently==0.7.23' 'pandas<3' (drift reports for the record)"),
         _gpu(),
         _meters(),
         _helm(),
