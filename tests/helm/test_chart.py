@@ -1,0 +1,118 @@
+"""The Helm chart, with a real helm 3 binary and real schemas: Kubernetes' (kubernetes-validate, offline)
+and KubeRay's own CRD schema for the RayCluster."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.helm.conftest import CHART
+
+K8S_VERSION = "1.30.0"
+CRDS = Path(__file__).parent / "crds"
+EVERYTHING = CHART / "ci" / "everything-values.yaml"
+
+
+def _crd_schema(file: str, version: str = "v1") -> dict:
+    crd = yaml.safe_load((CRDS / file).read_text())
+    return next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
+
+
+def _validate(doc: dict) -> None:
+    import kubernetes_validate
+
+    if doc["apiVersion"] == "ray.io/v1":
+        jsonschema.validate(doc, _crd_schema("ray.io_rayclusters.yaml"))
+    elif doc["apiVersion"].startswith("monitoring.coreos.com"):
+        assert doc["kind"] == "ServiceMonitor" and doc["spec"]["endpoints"]  # no offline schema for this CRD
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(EVERYTHING)]], ids=["defaults", "gpu-external-db-everything"])
+def test_lint_template_and_every_manifest_validates(helm: str, render, values: list[str]) -> None:
+    lint = subprocess.run([helm, "lint", str(CHART), *values], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    code, docs, err = render(*values)
+    assert code == 0, err
+    for doc in docs:
+        _validate(doc)
+    kinds = {d["kind"] for d in docs}
+    assert {"Job", "ConfigMap", "RayCluster", "CronJob", "Role", "RoleBinding", "ServiceAccount"} <= kinds
+    if values:
+        assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
+                "ServiceMonitor", "Secret"} <= kinds
+
+
+def _pods(docs: list[dict]) -> list[tuple[str, dict]]:
+    out = []
+    for d in docs:
+        spec = d.get("spec", {})
+        if d["kind"] in ("Deployment", "Job"):
+            out.append((d["metadata"]["name"], spec["template"]["spec"]))
+        elif d["kind"] == "CronJob":
+            out.append((d["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]))
+        elif d["kind"] == "RayCluster":
+            out.append((d["metadata"]["name"] + "-head", spec["headGroupSpec"]["template"]["spec"]))
+            out += [(d["metadata"]["name"] + "-" + g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    return out
+
+
+def test_security_defaults_and_gpu_requests(render) -> None:
+    code, docs, err = render("-f", str(EVERYTHING))
+    assert code == 0, err
+    for name, pod in _pods(docs):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for c in pod["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+            assert c["image"] == "registry.example/convergence:0.1.0", name
+    gpu = {name: c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") for name, pod in _pods(docs)
+           for c in pod["containers"]}
+    assert gpu["cvg-convergence-ray-gpu"] == 2 and gpu["cvg-convergence-serve-trading"] == 1
+    migrate = next(d for d in docs if d["kind"] == "Job")
+    assert "pre-upgrade" in migrate["metadata"]["annotations"]["helm.sh/hook"]
+    assert migrate["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
+    env = {e["name"]: e for e in migrate["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CVG_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "convergence-db"
+    # least privilege: one Role, bound only to the trigger; only that pod gets an API token
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert {r["apiGroups"][0]: r["resources"] for r in role["rules"]} == {"batch": ["jobs"], "ray.io": ["rayjobs"]}
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert [s["name"] for s in binding["subjects"]] == ["cvg-convergence-trigger"]
+    tokens = {name for name, pod in _pods(docs) if pod.get("automountServiceAccountToken")}
+    assert tokens == {"cvg-convergence-drift-es-trading-student"}  # retraining creates Jobs
+
+
+def test_secret_values_are_not_in_the_defaults(render) -> None:
+    code, docs, err = render()
+    assert code == 0, err
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert not any("url" in k.lower() or "secret" in k.lower() for k in configmap["data"] if k != "CVG_K8S_SECRET")
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"serving": {"trading": {"enabled": True, "replicas": -1}}}, "serving.trading.replicas: Must be greater than or equal to 0"),
+    ({"rayCluster": {"gpuWorkers": {"enabled": True, "gpus": 1.5}}}, "rayCluster.gpuWorkers.gpus: Invalid type. Expected: integer"),
+    ({"database": {"embedded": False}}, "database.existingSecret: String length must be greater than or equal to 1"),
+    ({"drift": {"window": "an hour"}}, "drift.window"),
+])
+def test_invalid_values_fail_with_the_schema_message(render, tmp_path: Path, values: dict, message: str) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(values))
+    code, _, err = render("-f", str(file))
+    assert code != 0 and message in err, err
+
+
+def test_the_pipeline_trigger_job_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job `cvg pipelines trigger --kubernetes` (and drift retraining) would submit."""
+    from convergence.pipelines import job_manifest
+
+    job = job_manifest(family="trading", actor="ops", trigger={"kind": "drift", "alert_ids": [1]})
+    _validate(job)
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "convergence-pipelines"
