@@ -1,9 +1,10 @@
-"""Pipeline runs as Kubernetes Jobs: the manifest, and its submission with the official client.
+"""Pipeline runs on Kubernetes: KubeRay RayJobs (RayCronJobs when scheduled) where KubeRay is
+installed, else batch/v1 Jobs (CronJobs) running the CLI; submitted with the official client.
 
-The Job runs ``cvg pipelines run FAMILY`` in the project's image with the settings the Helm chart
-provides (a ConfigMap and a Secret mapped to ``CVG_`` variables), as a non-root user with a
-read-only root filesystem. Submission loads the in-cluster configuration, else the kubeconfig;
-without either, it fails with one clear line.
+Every variant runs ``cvg pipelines run FAMILY`` in the project's image with the settings the Helm
+chart provides (a ConfigMap and a Secret mapped to ``CVG_`` variables), as a non-root user. The
+manifests are pure data, so they are validated offline against the Kubernetes and KubeRay schemas.
+Submission loads the in-cluster configuration, else the kubeconfig; without either, one clear line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+import shlex
 from typing import Any
 
 from convergence.platform.errors import InvalidInput, Unavailable
@@ -25,11 +27,7 @@ def job_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = 
     settings = get_settings()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     name = f"cvg-{family}-{stamp}-{secrets.token_hex(2)}"
-    command = ["cvg", "pipelines", "run", family, "--as", actor, "--json"]
-    if overrides:
-        command += ["--set", json.dumps(overrides, sort_keys=True)]
-    if trigger:
-        command += ["--trigger", json.dumps(trigger, sort_keys=True)]
+    command = _command(family, actor, overrides, trigger)
     labels = {"app.kubernetes.io/name": "convergence", "app.kubernetes.io/component": "pipeline",
               "convergence.dev/family": family,
               "convergence.dev/trigger": (trigger or {}).get("kind", "manual")}
@@ -67,21 +65,105 @@ def job_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = 
     }
 
 
+def _command(family: str, actor: str, overrides: dict[str, Any] | None, trigger: dict[str, Any] | None) -> list[str]:
+    command = ["cvg", "pipelines", "run", family, "--as", actor, "--json"]
+    if overrides:
+        command += ["--set", json.dumps(overrides, sort_keys=True)]
+    if trigger:
+        command += ["--trigger", json.dumps(trigger, sort_keys=True)]
+    return command
+
+
+def rayjob_spec(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+                trigger: dict[str, Any] | None = None, image: str | None = None) -> dict[str, Any]:
+    """A RayJob spec that runs the pipeline as the entrypoint on the chart's RayCluster."""
+    settings = get_settings()
+    return {
+        "entrypoint": shlex.join(_command(family, actor, overrides, trigger)),
+        "clusterSelector": {"ray.io/cluster": settings.k8s_ray_cluster},
+        "ttlSecondsAfterFinished": 86400,
+        "submitterPodTemplate": {"spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": settings.k8s_service_account,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+            "containers": [{"name": "ray-job-submitter", "image": image or settings.image,
+                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+        }},
+    }
+
+
+def rayjob_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+                    trigger: dict[str, Any] | None = None, schedule: str | None = None,
+                    image: str | None = None) -> dict[str, Any]:
+    """A ray.io/v1 RayJob, or with ``schedule`` a RayCronJob whose template is that RayJob."""
+    if family not in ("trading", "language"):
+        raise InvalidInput(f"unknown pipeline family {family!r}")
+    settings = get_settings()
+    spec = rayjob_spec(family=family, actor=actor, overrides=overrides, trigger=trigger, image=image)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    labels = {"app.kubernetes.io/name": "convergence", "app.kubernetes.io/component": "pipeline",
+              "convergence.dev/family": family, "convergence.dev/trigger": (trigger or {}).get("kind", "manual")}
+    if schedule:
+        return {"apiVersion": "ray.io/v1", "kind": "RayCronJob",
+                "metadata": {"name": f"cvg-{family}-schedule", "namespace": settings.k8s_namespace, "labels": labels},
+                "spec": {"schedule": schedule, "jobTemplate": spec}}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob",
+            "metadata": {"name": f"cvg-{family}-{stamp}-{secrets.token_hex(2)}", "namespace": settings.k8s_namespace,
+                         "labels": labels},
+            "spec": spec}
+
+
+def _clients() -> Any:
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        config.load_incluster_config()
+    except ConfigException:
+        try:
+            config.load_kube_config()
+        except (ConfigException, OSError) as exc:
+            raise Unavailable(f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({exc})",
+                              hint="run inside the cluster, or set KUBECONFIG") from None
+    return client
+
+
+def kuberay_installed(apis: Any) -> bool:
+    """Whether the API server serves the ray.io group (KubeRay's CRDs are installed)."""
+    try:
+        return any(group.name == "ray.io" for group in apis.get_api_versions().groups)
+    except Exception as exc:
+        raise Unavailable(f"cannot reach the Kubernetes API to look for KubeRay: {type(exc).__name__}") from exc
+
+
+def trigger_run(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+                trigger: dict[str, Any] | None = None, apis: Any = None, batch: Any = None,
+                custom: Any = None) -> dict[str, Any]:
+    """Start a run on Kubernetes: a RayJob where KubeRay is installed, else a batch/v1 Job.
+
+    ``apis``, ``batch`` and ``custom`` are the client's ApisApi, BatchV1Api and CustomObjectsApi (built from
+    the cluster configuration when omitted)."""
+    if apis is None:
+        client = _clients()
+        apis, batch, custom = client.ApisApi(), client.BatchV1Api(), client.CustomObjectsApi()
+    if kuberay_installed(apis):
+        manifest = rayjob_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger)
+        namespace = manifest["metadata"]["namespace"]
+        try:
+            custom.create_namespaced_custom_object(group="ray.io", version="v1", namespace=namespace,
+                                                   plural="rayjobs", body=manifest)
+        except Exception as exc:
+            raise Unavailable(f"Kubernetes refused RayJob {manifest['metadata']['name']}: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        return {"kind": "RayJob", "job": manifest["metadata"]["name"], "namespace": namespace}
+    result = submit_job(job_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger), api=batch)
+    return {"kind": "Job", **result}
+
+
 def submit_job(manifest: dict[str, Any], *, api: Any = None) -> dict[str, Any]:
     """Create the Job; ``api`` is a BatchV1Api (built from in-cluster config or kubeconfig when omitted)."""
     if api is None:
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
-
-        try:
-            config.load_incluster_config()
-        except ConfigException:
-            try:
-                config.load_kube_config()
-            except (ConfigException, OSError) as exc:
-                raise Unavailable(f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({exc})",
-                                  hint="run inside the cluster, or set KUBECONFIG") from None
-        api = client.BatchV1Api()
+        api = _clients().BatchV1Api()
     namespace = manifest["metadata"]["namespace"]
     try:
         created = api.create_namespaced_job(namespace=namespace, body=manifest)

@@ -132,7 +132,8 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
 
 
 def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: TradingConfig | None = None,
-                         progress: Progress | None = None, kubernetes: bool = False, api: Any = None) -> dict[str, Any]:
+                         progress: Progress | None = None, kubernetes: bool = False,
+                         api: dict[str, Any] | None = None) -> dict[str, Any]:
     """A drift alert's retraining run — on local Ray, or as a Kubernetes Job — with its trigger recorded on
     the run (so lineage reads alert → run → candidate); the new versions are candidates like any others."""
     from convergence import governance as gov
@@ -147,9 +148,9 @@ def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: Tr
         gov.append(session=s, actor=actor, action="drift.retrain_requested", subject=gov.Subject("model", name),
                    payload={"alert_ids": alert_ids, "where": "kubernetes" if kubernetes else "local"})
     if kubernetes:
-        from convergence.pipelines._kubernetes import job_manifest, submit_job
+        from convergence.pipelines._kubernetes import trigger_run
 
-        return submit_job(job_manifest(family="trading", actor=actor, overrides=config, trigger=trigger), api=api)
+        return trigger_run(family="trading", actor=actor, overrides=config, trigger=trigger, **(api or {}))
     summary = run_trading(cfg, actor=actor, progress=progress, trigger=trigger)
     return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"]}
 

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     k8s_service_account: str = Field(default="convergence-pipelines", description="ServiceAccount of pipeline Jobs.")
     k8s_config_map: str = Field(default="convergence-config", description="ConfigMap with the CVG_ settings.")
     k8s_secret: str = Field(default="convergence-secrets", description="Secret with the database URL and signing secrets.")
+    k8s_ray_cluster: str = Field(default="convergence-ray", description="The chart's RayCluster that RayJobs run on.")
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
     webhook_timeout_s: float = Field(default=5.0, gt=0)

@@ -171,24 +171,63 @@ def step(
 @app.command()
 def trigger(
     family: FamilyArg,
-    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Create a Kubernetes Job (the only target so far).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the Job manifest instead of submitting it.")] = False,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Submit to Kubernetes (the only target so far).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the manifest instead of submitting it.")] = False,
+    ray: Annotated[bool, typer.Option("--rayjob/--job", help="With --dry-run: show the KubeRay RayJob or the "
+                                      "batch/v1 Job. When submitting, KubeRay's presence decides.")] = True,
     overrides: SetOpt = None,
     actor: ActorOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Start a pipeline run on Kubernetes as a batch/v1 Job running this CLI in the project's image."""
-    from convergence.pipelines import job_manifest, submit_job
+    """Start a pipeline run on Kubernetes: a KubeRay RayJob on the chart's RayCluster where KubeRay is
+    installed, else a batch/v1 Job running this CLI in the project's image."""
+    from convergence.pipelines import job_manifest, rayjob_manifest, trigger_run
     from convergence.platform.errors import InvalidInput
 
     if not kubernetes:
         raise InvalidInput("say where: --kubernetes (to run here, use `cvg pipelines run`)")
     _config(family, None, overrides)  # validate the overrides before anything leaves this machine
-    manifest = job_manifest(family=family, actor=actor_or_fail(actor), overrides=parse_json_option(overrides, "--set"))
+    who, extra = actor_or_fail(actor), parse_json_option(overrides, "--set")
     if dry_run:
-        print_json(manifest)
+        build = rayjob_manifest if ray else job_manifest
+        print_json(build(family=family, actor=who, overrides=extra))
         return
-    result = submit_job(manifest)
-    console().print(f"created Job {result['job']} in namespace {result['namespace']}")
+    result = trigger_run(family=family, actor=who, overrides=extra)
+    print_json(result) if json_out else console().print(
+        f"created {result['kind']} {result['job']} in namespace {result['namespace']}")
+
+
+@app.command()
+def schedule(
+    family: FamilyArg,
+    cron: Annotated[str, typer.Option("--cron", help="Cron expression, e.g. '0 6 * * 1-5'.")],
+    host: Annotated[str | None, typer.Option("--host", help="Kubeflow Pipelines endpoint: create a recurring run.")] = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Print a KubeRay RayCronJob for the cluster "
+                                             "instead (apply it with kubectl, or let the chart's CronJobs do it).")] = False,
+    config: ConfigOpt = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Schedule recurring runs: a KFP recurring run (--host) or a KubeRay RayCronJob manifest (--kubernetes)."""
+    from convergence.platform.errors import InvalidInput
+
+    cfg = _config(family, config, None)
+    if kubernetes:
+        from convergence.pipelines import rayjob_manifest
+
+        print_json(rayjob_manifest(family=family, actor=actor_or_fail(actor), overrides=cfg.to_dict(), schedule=cron))
+        return
+    if not host:
+        raise InvalidInput("say where: --host URL (Kubeflow Pipelines) or --kubernetes (KubeRay RayCronJob)")
+    import tempfile
+
+    from convergence.pipelines import compile_pipeline, submit_pipeline
+    from convergence.platform.settings import get_settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = compile_pipeline(cfg, Path(tmp) / f"{family}.yaml", get_settings().image)
+        result = submit_pipeline(pkg, host=host, cron=cron)
+    print_json(result) if json_out else console().print(" ".join(f"{k}={v}" for k, v in result.items()))
 
 
 @app.command()

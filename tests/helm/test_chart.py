@@ -26,7 +26,9 @@ def _validate(doc: dict) -> None:
     import kubernetes_validate
 
     if doc["apiVersion"] == "ray.io/v1":
-        jsonschema.validate(doc, _crd_schema("ray.io_rayclusters.yaml"))
+        crd = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+               "RayCronJob": "ray.io_raycronjobs.yaml"}[doc["kind"]]
+        jsonschema.validate(doc, _crd_schema(crd))
     elif doc["apiVersion"].startswith("monitoring.coreos.com"):
         assert doc["kind"] == "ServiceMonitor" and doc["spec"]["endpoints"]  # no offline schema for this CRD
     else:
@@ -109,10 +111,17 @@ def test_invalid_values_fail_with_the_schema_message(render, tmp_path: Path, val
     assert code != 0 and message in err, err
 
 
-def test_the_pipeline_trigger_job_validates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Job `cvg pipelines trigger --kubernetes` (and drift retraining) would submit."""
-    from convergence.pipelines import job_manifest
+def test_what_the_trigger_would_submit_validates() -> None:
+    """The Job, RayJob and RayCronJob `cvg pipelines trigger|schedule --kubernetes` (and retraining) build."""
+    from convergence.pipelines import job_manifest, rayjob_manifest
 
-    job = job_manifest(family="trading", actor="ops", trigger={"kind": "drift", "alert_ids": [1]})
-    _validate(job)
+    trigger = {"kind": "drift", "alert_ids": [1]}
+    job = job_manifest(family="trading", actor="ops", trigger=trigger)
+    rayjob = rayjob_manifest(family="trading", actor="ops", trigger=trigger, overrides={"eval": {"folds": 2}})
+    cron = rayjob_manifest(family="trading", actor="ops", schedule="0 6 * * 1-5")
+    for manifest in (job, rayjob, cron):
+        _validate(manifest)
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "convergence-pipelines"
+    assert rayjob["spec"]["clusterSelector"] == {"ray.io/cluster": "convergence-ray"}
+    assert rayjob["spec"]["entrypoint"].startswith("cvg pipelines run trading --as ops --json")
+    assert cron["spec"]["schedule"] == "0 6 * * 1-5" and cron["spec"]["jobTemplate"]["entrypoint"]

@@ -4,6 +4,7 @@ client's V1Job model, and submission goes to `RecordingBatchApi`, a recorded fak
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -22,6 +23,35 @@ class RecordingBatchApi:
 
         self.calls.append((namespace, body))
         return V1Job(metadata=V1ObjectMeta(name=body["metadata"]["name"], namespace=namespace))
+
+
+class RecordingCustomObjectsApi:
+    """FAKE CustomObjectsApi (no API server here): records create_namespaced_custom_object calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def create_namespaced_custom_object(self, **kwargs: object) -> dict:
+        self.calls.append(kwargs)
+        return dict(kwargs["body"])  # type: ignore[arg-type]
+
+
+class FakeApisApi:
+    """FAKE ApisApi: answers API discovery as a cluster with (or without) KubeRay's ray.io group would."""
+
+    def __init__(self, kuberay: bool) -> None:
+        self.kuberay = kuberay
+
+    def get_api_versions(self) -> object:
+        from kubernetes.client import V1APIGroup, V1APIGroupList, V1GroupVersionForDiscovery
+
+        names = ["apps", "batch"] + (["ray.io"] if self.kuberay else [])
+        gv = [V1GroupVersionForDiscovery(group_version=f"{n}/v1", version="v1") for n in names]
+        return V1APIGroupList(groups=[V1APIGroup(name=n, versions=[g]) for n, g in zip(names, gv)])
+
+
+def fake_cluster(kuberay: bool) -> dict:
+    return {"apis": FakeApisApi(kuberay), "batch": RecordingBatchApi(), "custom": RecordingCustomObjectsApi()}
 
 
 def _as_v1job(manifest: dict):  # type: ignore[no-untyped-def]
@@ -87,12 +117,19 @@ def test_drift_retraining_on_kubernetes_submits_the_same_job(db_url: str, model_
         gov.validate(session=s, version_id=mv.id, actor="val", evidence=evidence_file)
         gov.approve(session=s, version_id=mv.id, actor="boss", reason="ok")
         gov.promote(session=s, version_id=mv.id, actor="ops")
-    fake = RecordingBatchApi()
-    result = retrain_after_alerts(name="es-trading-student", alert_ids=[7], actor="monitor", kubernetes=True, api=fake)
-    [(namespace, body)] = fake.calls
-    command = body["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert json.loads(command[command.index("--trigger") + 1])["alert_ids"] == [7]
-    assert json.loads(command[command.index("--set") + 1])["eval"]["folds"] == 3  # the production config reused
-    assert result["job"] == body["metadata"]["name"]
+    for kuberay in (False, True):
+        fakes = fake_cluster(kuberay)
+        result = retrain_after_alerts(name="es-trading-student", alert_ids=[7], actor="monitor", kubernetes=True,
+                                      api=fakes)
+        if kuberay:
+            [call] = fakes["custom"].calls
+            assert (call["group"], call["plural"], result["kind"]) == ("ray.io", "rayjobs", "RayJob")
+            command = shlex.split(call["body"]["spec"]["entrypoint"])
+        else:
+            [(namespace, body)] = fakes["batch"].calls
+            assert result["kind"] == "Job" and result["job"] == body["metadata"]["name"]
+            command = body["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert json.loads(command[command.index("--trigger") + 1])["alert_ids"] == [7]
+        assert json.loads(command[command.index("--set") + 1])["eval"]["folds"] == 3  # the production config reused
     with session_scope(write=False) as s:
         assert gov.query_events(session=s, action="drift.retrain_requested")[0].payload_obj["where"] == "kubernetes"
