@@ -6,7 +6,7 @@ Importing this package is cheap: torch, ray and kfp load inside the functions th
 
 from convergence.pipelines._config import TradingConfig, load_config, parse_config
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
-from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, submit_job, trigger_run
+from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, schedule_run, submit_job, trigger_run
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
 from convergence.pipelines._steps import run_step
@@ -25,6 +25,7 @@ __all__ = [
     "retrain_after_alerts",
     "run_step",
     "run_trading",
+    "schedule_run",
     "submit_job",
     "submit_pipeline",
     "trigger_run",

@@ -160,6 +160,25 @@ def trigger_run(*, family: str, actor: str, overrides: dict[str, Any] | None = N
     return {"kind": "Job", **result}
 
 
+def schedule_run(*, family: str, actor: str, cron: str, overrides: dict[str, Any] | None = None,
+                 apis: Any = None, custom: Any = None) -> dict[str, Any]:
+    """Create a KubeRay RayCronJob for recurring runs (without KubeRay, the chart's CronJobs do this)."""
+    if apis is None:
+        client = _clients()
+        apis, custom = client.ApisApi(), client.CustomObjectsApi()
+    if not kuberay_installed(apis):
+        raise Unavailable("KubeRay is not installed in this cluster, so there is no RayCronJob",
+                          hint="enable the chart's pipelines.schedules CronJobs instead")
+    manifest = rayjob_manifest(family=family, actor=actor, overrides=overrides, schedule=cron)
+    namespace = manifest["metadata"]["namespace"]
+    try:
+        custom.create_namespaced_custom_object(group="ray.io", version="v1", namespace=namespace,
+                                               plural="raycronjobs", body=manifest)
+    except Exception as exc:
+        raise Unavailable(f"Kubernetes refused RayCronJob {manifest['metadata']['name']}: {type(exc).__name__}") from exc
+    return {"kind": "RayCronJob", "job": manifest["metadata"]["name"], "namespace": namespace, "schedule": cron}
+
+
 def submit_job(manifest: dict[str, Any], *, api: Any = None) -> dict[str, Any]:
     """Create the Job; ``api`` is a BatchV1Api (built from in-cluster config or kubeconfig when omitted)."""
     if api is None:

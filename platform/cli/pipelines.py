@@ -202,8 +202,9 @@ def schedule(
     family: FamilyArg,
     cron: Annotated[str, typer.Option("--cron", help="Cron expression, e.g. '0 6 * * 1-5'.")],
     host: Annotated[str | None, typer.Option("--host", help="Kubeflow Pipelines endpoint: create a recurring run.")] = None,
-    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Print a KubeRay RayCronJob for the cluster "
-                                             "instead (apply it with kubectl, or let the chart's CronJobs do it).")] = False,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Create a KubeRay RayCronJob in the cluster "
+                                             "instead (needs KubeRay; else use the chart's CronJobs).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --kubernetes: print the RayCronJob only.")] = False,
     config: ConfigOpt = None,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -213,9 +214,14 @@ def schedule(
 
     cfg = _config(family, config, None)
     if kubernetes:
-        from convergence.pipelines import rayjob_manifest
+        from convergence.pipelines import rayjob_manifest, schedule_run
 
-        print_json(rayjob_manifest(family=family, actor=actor_or_fail(actor), overrides=cfg.to_dict(), schedule=cron))
+        who = actor_or_fail(actor)
+        if dry_run:
+            print_json(rayjob_manifest(family=family, actor=who, overrides=cfg.to_dict(), schedule=cron))
+            return
+        result = schedule_run(family=family, actor=who, cron=cron, overrides=cfg.to_dict())
+        print_json(result) if json_out else console().print(f"created RayCronJob {result['job']} ({cron})")
         return
     if not host:
         raise InvalidInput("say where: --host URL (Kubeflow Pipelines) or --kubernetes (KubeRay RayCronJob)")

@@ -133,3 +133,15 @@ def test_drift_retraining_on_kubernetes_submits_the_same_job(db_url: str, model_
         assert json.loads(command[command.index("--set") + 1])["eval"]["folds"] == 3  # the production config reused
     with session_scope(write=False) as s:
         assert gov.query_events(session=s, action="drift.retrain_requested")[0].payload_obj["where"] == "kubernetes"
+
+
+def test_scheduled_runs_are_raycronjobs_where_kuberay_is() -> None:
+    from convergence.pipelines import schedule_run
+
+    fakes = fake_cluster(kuberay=True)
+    result = schedule_run(family="trading", actor="ops", cron="0 6 * * 1-5", apis=fakes["apis"], custom=fakes["custom"])
+    [call] = fakes["custom"].calls
+    assert (call["plural"], call["body"]["kind"], result["schedule"]) == ("raycronjobs", "RayCronJob", "0 6 * * 1-5")
+    without = fake_cluster(kuberay=False)
+    with pytest.raises(Unavailable, match="KubeRay is not installed"):
+        schedule_run(family="trading", actor="ops", cron="0 6 * * *", apis=without["apis"], custom=without["custom"])
