@@ -136,6 +136,18 @@ def kuberay_installed(apis: Any) -> bool:
         raise Unavailable(f"cannot reach the Kubernetes API to look for KubeRay: {type(exc).__name__}") from exc
 
 
+def _create_ray(custom: Any, manifest: dict[str, Any], plural: str) -> dict[str, Any]:
+    """Create a ray.io/v1 object (RayJob, RayCronJob) with the CustomObjectsApi."""
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    try:
+        custom.create_namespaced_custom_object(group="ray.io", version="v1", namespace=namespace, plural=plural,
+                                               body=manifest)
+    except Exception as exc:  # ApiException or transport errors: all mean "the cluster said no"
+        raise Unavailable(f"Kubernetes refused {manifest['kind']} {name} in {namespace}: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+    return {"kind": manifest["kind"], "job": name, "namespace": namespace}
+
+
 def trigger_run(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
                 trigger: dict[str, Any] | None = None, apis: Any = None, batch: Any = None,
                 custom: Any = None) -> dict[str, Any]:
@@ -147,15 +159,8 @@ def trigger_run(*, family: str, actor: str, overrides: dict[str, Any] | None = N
         client = _clients()
         apis, batch, custom = client.ApisApi(), client.BatchV1Api(), client.CustomObjectsApi()
     if kuberay_installed(apis):
-        manifest = rayjob_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger)
-        namespace = manifest["metadata"]["namespace"]
-        try:
-            custom.create_namespaced_custom_object(group="ray.io", version="v1", namespace=namespace,
-                                                   plural="rayjobs", body=manifest)
-        except Exception as exc:
-            raise Unavailable(f"Kubernetes refused RayJob {manifest['metadata']['name']}: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
-        return {"kind": "RayJob", "job": manifest["metadata"]["name"], "namespace": namespace}
+        return _create_ray(custom, rayjob_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger),
+                           "rayjobs")
     result = submit_job(job_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger), api=batch)
     return {"kind": "Job", **result}
 
@@ -170,13 +175,7 @@ def schedule_run(*, family: str, actor: str, cron: str, overrides: dict[str, Any
         raise Unavailable("KubeRay is not installed in this cluster, so there is no RayCronJob",
                           hint="enable the chart's pipelines.schedules CronJobs instead")
     manifest = rayjob_manifest(family=family, actor=actor, overrides=overrides, schedule=cron)
-    namespace = manifest["metadata"]["namespace"]
-    try:
-        custom.create_namespaced_custom_object(group="ray.io", version="v1", namespace=namespace,
-                                               plural="raycronjobs", body=manifest)
-    except Exception as exc:
-        raise Unavailable(f"Kubernetes refused RayCronJob {manifest['metadata']['name']}: {type(exc).__name__}") from exc
-    return {"kind": "RayCronJob", "job": manifest["metadata"]["name"], "namespace": namespace, "schedule": cron}
+    return {**_create_ray(custom, manifest, "raycronjobs"), "schedule": cron}
 
 
 def submit_job(manifest: dict[str, Any], *, api: Any = None) -> dict[str, Any]:

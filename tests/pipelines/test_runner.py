@@ -11,24 +11,9 @@ from convergence import governance as gov
 from convergence.pipelines._runner import pipeline_run
 from convergence.platform.db import session_scope
 from convergence.platform.errors import BudgetExceeded, InvalidInput
-from tests.governance.test_budgets import reading
+from tests.governance.test_budgets import _finished_run_with_usage, project  # noqa: F401 - a shared fixture
 
 THIS_MONTH = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
-
-
-@pytest.fixture
-def project(db_url: str) -> str:
-    with session_scope() as s:
-        gov.ensure_project(session=s, name="desk", actor="admin")
-    return "desk"
-
-
-def _finished_run_with_usage(project: str, kwh: float) -> int:
-    with session_scope() as s:
-        run = gov.start_run(session=s, actor="quant", pipeline="trading", project=project)
-        gov.record_usage(session=s, project=project, reading=reading(kwh), run_id=run.id, family="trading")
-        gov.finish_run(session=s, actor="quant", run_id=run.id)
-        return run.id
 
 
 def test_a_run_that_would_exceed_the_hard_limit_is_refused_before_it_starts(project: str) -> None:
