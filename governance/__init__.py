@@ -90,6 +90,7 @@ from convergence.governance._webhooks import (
     send_test,
     sign,
     subscribe,
+    unsubscribe,
     verify_signature,
 )
 from convergence.governance._registry import (
@@ -208,6 +209,7 @@ __all__ = [
     "sign",
     "start_run",
     "subscribe",
+    "unsubscribe",
     "usage_report",
     "validate",
     "verify",

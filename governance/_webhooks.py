@@ -76,6 +76,20 @@ def subscribe(*, session: Session, actor: str, url: str, events: list[str], fmt:
     return sub
 
 
+def unsubscribe(*, session: Session, subscription_id: int, actor: str) -> WebhookSubscription:
+    """Stop sending to a receiver; its pending deliveries are dead-lettered (and can be redelivered)."""
+    sub = session.get(WebhookSubscription, subscription_id)
+    if sub is None:
+        raise NotFound(f"no webhook subscription with id {subscription_id}")
+    sub.active = False
+    session.execute(update(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id,
+                                                  WebhookDelivery.status == "pending")
+                    .values(status="dead", last_error="subscription removed"))
+    append(session=session, actor=actor, action="webhook.unsubscribed",
+           subject=Subject("webhook_subscription", str(sub.id)), payload={"url": sub.url})
+    return sub
+
+
 def _body(sub: WebhookSubscription, event_id: str, event_type: str, created: str, data: Mapping[str, Any]) -> str:
     if sub.format == "slack":
         text = f":rotating_light: {data.get('message', event_type)}" if event_type.endswith("alert") else event_type

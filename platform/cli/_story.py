@@ -119,6 +119,8 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
             drifted = [c for c, r in report.columns.items() if r["drifted"]]
             html = gov.report_html_path(report)
         delivered = gov.deliver_until_idle(deadline_s=15)
+        with session_scope() as s:  # the receiver goes away with the demo; so does its subscription
+            gov.unsubscribe(session=s, subscription_id=sub.id, actor="ops")
         say(f"drift check (report {report.id}): {len(drifted)} of {len(report.columns)} columns drifted"
             + (f" ({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})" if drifted else "")
             + f"; {len(alerts)} new alerts; the receiver verified and accepted {len(receiver.events)} signed "

@@ -38,6 +38,19 @@ def subscribe(
                         f"signing secret (store it now; it is not shown again): {data['secret']}")
 
 
+@app.command()
+def unsubscribe(subscription_id: int, actor: ActorOpt = None) -> None:
+    """Stop delivering to a receiver; its pending deliveries are dead-lettered."""
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+
+    who = actor_or_fail(actor)
+    with session_scope() as session:
+        sub = gov.unsubscribe(session=session, subscription_id=subscription_id, actor=who)
+        url = sub.url
+    console().print(f"subscription {subscription_id} ({url}) removed")
+
+
 @app.command("list")
 def list_(failed: Annotated[bool, typer.Option("--failed", help="Only dead-lettered or erroring deliveries.")] = False,
           limit: Annotated[int, typer.Option()] = 100, json_out: JsonOpt = False) -> None:

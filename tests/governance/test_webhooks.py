@@ -211,3 +211,15 @@ def test_test_endpoint_and_bad_urls(db_url: str) -> None:
     assert not down["ok"] and down["status"] is None
     with pytest.raises(InvalidInput, match="http"), session_scope() as s:
         gov.subscribe(session=s, actor="ops", url="ftp://x", events=["drift.alert"])
+
+
+def test_unsubscribe_stops_deliveries(db_url: str) -> None:
+    with session_scope() as s:
+        sub = gov.subscribe(session=s, actor="ops", url="http://127.0.0.1:9/hooks", events=["*"], secret=SECRET)
+        sub_id = sub.id
+    _alerts(2)
+    with session_scope() as s:
+        gov.unsubscribe(session=s, subscription_id=sub_id, actor="ops")
+    _alerts(1)  # nothing is queued for an inactive subscription
+    assert [d.status for d in _deliveries()] == ["dead", "dead"]
+    assert gov.deliver_due() == {"delivered": 0, "retry": 0, "dead": 0}

@@ -16,4 +16,6 @@ def test_drift_and_webhook_errors(db_url: str, cvg) -> None:
               "ops", "--json")
     assert sub.code == 0 and sub.json["events"] == ["budget.alert", "drift.alert"] and len(sub.json["secret"]) == 64
     assert cvg("webhooks", "list", "--json").json == []
+    assert_one_line_error(cvg("webhooks", "unsubscribe", "999", "--as", "ops"), 3, "no webhook subscription")
+    assert cvg("webhooks", "unsubscribe", str(sub.json["id"]), "--as", "ops").code == 0
     assert cvg("webhooks", "deliver", "--json").json == {"delivered": 0, "retry": 0, "dead": 0}
