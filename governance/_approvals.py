@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from convergence.governance._artifacts import get_artifact_store
-from convergence.governance._ledger import Subject, append, serialize_writes
+from convergence.governance._ledger import Subject, append, commit_refusal, serialize_writes
 from convergence.governance._models import Approval, ModelVersion, StageTransition
 from convergence.governance._registry import get_model
 from convergence.platform.db import utcnow
@@ -51,10 +51,8 @@ def _move(session: Session, mv: ModelVersion, to: str, *, actor: str, reason: st
 
 def _refuse(session: Session, mv: ModelVersion, *, actor: str, attempted: str, message: str) -> NoReturn:
     """Commit an audit record of the refused attempt, then raise: the refusal is evidence too."""
-    session.rollback()
-    append(session=session, actor=actor, action=f"model.{attempted}_refused", subject=_subject(mv),
-           payload={"reason": message, "registrant": mv.created_by})
-    session.commit()
+    commit_refusal(session=session, actor=actor, action=f"model.{attempted}_refused", subject=_subject(mv),
+                   payload={"reason": message, "registrant": mv.created_by})
     raise PolicyViolation(message, hint="a different person must do this (four-eyes principle)")
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from convergence.governance._alerts import raise_alert
-from convergence.governance._ledger import Subject, append, serialize_writes
+from convergence.governance._ledger import Subject, append, commit_refusal, serialize_writes
 from convergence.governance._models import FAMILIES, METRICS, Budget, BudgetChange, PipelineRun, Project, Usage
 from convergence.governance._registry import ensure_project
 from convergence.platform.db import utcnow
@@ -151,11 +151,9 @@ def decide_change(*, session: Session, change_id: int, actor: str, approve: bool
         raise PolicyViolation(f"budget change {change_id} is already {change.status}")
     verb = "approve" if approve else "reject"
     if actor == change.requested_by:
-        session.rollback()
-        append(session=session, actor=actor, action=f"budget.{verb}_refused",
-               subject=Subject("budget", str(change.budget_id)),
-               payload={"change_id": change_id, "reason": "requester cannot decide their own raise"})
-        session.commit()
+        commit_refusal(session=session, actor=actor, action=f"budget.{verb}_refused",
+                       subject=Subject("budget", str(change.budget_id)),
+                       payload={"change_id": change_id, "reason": "requester cannot decide their own raise"})
         raise PolicyViolation(f"{actor} requested budget change {change_id} and cannot {verb} it",
                               hint="a different person must decide (four-eyes principle)")
     budget = session.get(Budget, change.budget_id)

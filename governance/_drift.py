@@ -120,10 +120,11 @@ def fast_drift(stats: dict[str, dict[str, Any]], columns: list[str], current: np
         s, cur = stats[c], current[:, i]
         w_norm = float(w[i] / max(s["std"], 0.001))
         edges = np.asarray(s["psi_edges"])
-        cur_fracs = np.histogram(np.clip(cur, edges[0], edges[-1]), bins=edges)[0] / len(cur) if len(edges) > 1 else [1.0]
+        cur_fracs = (np.histogram(np.clip(cur, edges[0], edges[-1]), bins=edges)[0] / len(cur)
+                     if len(edges) > 1 else np.ones(1))
         ref_fracs = np.asarray(s["psi_fracs"])
-        psi = float(np.sum((np.asarray(cur_fracs) + 1e-4 - ref_fracs - 1e-4)
-                           * np.log((np.asarray(cur_fracs) + 1e-4) / (ref_fracs + 1e-4))))
+        # PSI = Σ (cur − ref) · ln(cur / ref); the 1e-4 floor only keeps empty bins out of the logarithm
+        psi = float(np.sum((cur_fracs - ref_fracs) * np.log((cur_fracs + 1e-4) / (ref_fracs + 1e-4))))
         # K-S statistic on the cached grid: the largest gap between the reference's levels and the share of
         # the window below each reference quantile (exact at the 2,001 grid points).
         below = np.searchsorted(ordered[:, i], q_ref[:, i], side="right") / len(cur)

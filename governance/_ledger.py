@@ -161,7 +161,6 @@ def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 500
     sqlite = not is_postgres(conn.engine)
     out: list[Event] = []
     rows: list[tuple[Any, ...]] = []
-    sha256, enc = hashlib.sha256, encode_basestring
     for ev in events:
         _validate(ev.actor, ev.action, ev.subject)
         ts = ev.ts or utcnow()
@@ -169,8 +168,7 @@ def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 500
         payload = canonical_payload(ev.payload)
         seq += 1
         sid = str(ev.subject.id)
-        digest = sha256(f"[{seq},{enc(ts_text)},{enc(ev.actor)},{enc(ev.action)},{enc(ev.subject.type)},"
-                        f"{enc(sid)},{payload},{enc(prev)}]".encode()).hexdigest()
+        digest = event_hash(seq, ts_text, ev.actor, ev.action, ev.subject.type, sid, payload, prev)
         out.append(Event(seq, ts, ev.actor, ev.action, ev.subject.type, sid, payload, prev, digest))
         # Straight to the driver: SQLite gets SQLAlchemy's own text form of the UTC time, PostgreSQL the datetime.
         rows.append((seq, ts_text[:10] + " " + ts_text[11:-1] if sqlite else ts, ev.actor, ev.action,
@@ -329,6 +327,15 @@ def checkpoint(*, session: Session, actor: str) -> AuditCheckpoint:
     append(session=session, actor=actor, action="audit.checkpoint", subject=Subject("audit_checkpoint", str(cp.id)),
            payload={"seq": seq, "head_hash": digest, "event_count": count})
     return cp
+
+
+def commit_refusal(*, session: Session, actor: str, action: str, subject: Subject,
+                   payload: Mapping[str, Any] | None = None) -> None:
+    """Record a refused attempt and commit it on its own: the attempted change is rolled back, but the
+    refusal itself is evidence (four-eyes violations, budget refusals)."""
+    session.rollback()
+    append(session=session, actor=actor, action=action, subject=subject, payload=payload)
+    session.commit()
 
 
 def serialize_writes(*, session: Session) -> None:

@@ -99,9 +99,9 @@ def _refuse_over_budget(*, pipeline: str, project: str, family: str | None, acto
         try:
             gov.check_before(session=session, project=project, family=family, estimate=estimate)
         except BudgetExceeded as exc:
-            gov.append(session=session, actor=actor, action="run.refused", subject=gov.Subject("pipeline", pipeline),
-                       payload={"reason": exc.message, "estimate": estimate, "project": project})
-            session.commit()
+            gov.commit_refusal(session=session, actor=actor, action="run.refused",
+                               subject=gov.Subject("pipeline", pipeline),
+                               payload={"reason": exc.message, "estimate": estimate, "project": project})
             raise
 
 

@@ -95,17 +95,15 @@ def run_step(step: str, cfg: TradingConfig, inputs: list[Path], out: Path, *, ac
 def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state: dict[str, Any],
                        actor: str) -> dict[str, Any]:
     from convergence.pipelines._runner import RunContext
-    from convergence.pipelines._trading_pipeline import _mean_metrics, _register, assess
+    from convergence.pipelines._trading_pipeline import _register, assess, build_evidence
 
     f, m = _load(inputs[0] / "features.pkl"), _load(inputs[1] / "models.pkl")
     folds = json.loads((inputs[2] / "folds.json").read_text())
     fs, models, test = f["fs"], m["models"], f["test"]
     assessed = assess(models, fs, f["prepared"], test, cfg)
-    evidence = {"pipeline": "trading", "run_id": state["run_id"], "config": cfg.to_dict(), "dataset": state["dataset"],
-                "split": {"train": [f["train"].start, f["train"].stop], "holdout": [test.start, test.stop]},
-                "cleaning": state.get("cleaning"), "rows": len(fs), "features": fs.feature_names,
-                "teacher_training": m["teacher_metrics"], "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
-                **assessed}
+    evidence = build_evidence(cfg=cfg, run_id=state["run_id"], dataset=state["dataset"], cleaning=state.get("cleaning"),
+                              fs=fs, train=f["train"], test=test, teacher_training=m["teacher_metrics"], folds=folds,
+                              assessed=assessed)
     ctx = RunContext(state["run_id"], actor, out, lambda *a: None)
     versions = _register(ctx, cfg, models, f["prepared"], fs, evidence, state["dataset"], "default")
     return {**state, "versions": versions, "gates_passed": assessed["gates"]["passed"]}

@@ -65,6 +65,18 @@ def measure(models: dict[str, Any], n_in: int, repeats: int) -> tuple[dict[str, 
     return latencies, sizes
 
 
+def build_evidence(*, cfg: TradingConfig, run_id: int, dataset: dict[str, Any], cleaning: dict[str, Any] | None,
+                   fs: FeatureSet, train: range, test: range, teacher_training: dict[str, Any],
+                   folds: list[dict[str, Any]], assessed: dict[str, Any]) -> dict[str, Any]:
+    """The validation evidence a run attaches to its versions (the local runner and Kubeflow's last step)."""
+    return {"pipeline": "trading", "run_id": run_id, "config": cfg.to_dict(), "dataset": dataset,
+            "cleaning": cleaning, "rows": len(fs), "bars": fs.bars, "features": fs.feature_names,
+            "split": {"train": [train.start, train.stop], "holdout": [test.start, test.stop],
+                      "train_label_end": str(fs.label_end[train.stop - 1]), "holdout_start": str(fs.times[test.start])},
+            "teacher_training": teacher_training, "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
+            **assessed}
+
+
 def assess(models: dict[str, Any], fs: FeatureSet, p: T.Prepared, test: range,
            cfg: TradingConfig) -> dict[str, Any]:
     """Holdout scores, latency and size of every model, and the gates' verdict on them."""
@@ -112,14 +124,9 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
         with ctx.step("evaluate"):
             assessed = assess(models, fs, p, test, cfg)
         holdout, latencies, sizes, verdict = (assessed[k] for k in ("holdout", "latency", "size", "gates"))
-        evidence = {
-            "pipeline": "trading", "run_id": ctx.run_id, "config": cfg.to_dict(), "dataset": dataset,
-            "cleaning": ticks.report, "rows": len(fs), "bars": fs.bars, "features": fs.feature_names,
-            "split": {"train": [train.start, train.stop], "holdout": [test.start, test.stop],
-                      "train_label_end": str(fs.label_end[train.stop - 1]), "holdout_start": str(fs.times[test.start])},
-            "teacher_training": train_metrics, "walk_forward": {"folds": folds, "mean": _mean_metrics(folds)},
-            **assessed,
-        }
+        evidence = build_evidence(cfg=cfg, run_id=ctx.run_id, dataset=dataset, cleaning=ticks.report, fs=fs,
+                                  train=train, test=test, teacher_training=train_metrics, folds=folds,
+                                  assessed=assessed)
         with ctx.step("register"):
             versions = _register(ctx, cfg, models, p, fs, evidence, dataset, project)
     with session_scope(write=False) as s:
@@ -202,17 +209,13 @@ def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepare
     meta = {"feature_names": fs.feature_names, "window": fs.window, "horizon": fs.horizon,
             "bar": cfg.features.bar, "bar_size": cfg.features.bar_size, "run_id": ctx.run_id}
     n_in = fs.X.shape[1]
-    files = {
-        "teacher": nets.save_artifact(ctx.workdir / "teacher.pt", net=models["teacher"], role="teacher",
-                                      arch=nets.teacher_arch(n_in, cfg.model), quantized=False, mean=p.mean,
-                                      std=p.std, y_scale=p.y_scale, meta=meta),
-        "student": nets.save_artifact(ctx.workdir / "student.pt", net=models["student"], role="student",
-                                      arch=nets.student_arch(n_in, cfg.model), quantized=False, mean=p.mean,
-                                      std=p.std, y_scale=p.y_scale, meta=meta),
-        "int8": nets.save_artifact(ctx.workdir / "student-int8.pt", net=models["int8"], role="quantized",
-                                   arch=nets.student_arch(n_in, cfg.model), quantized=True, mean=p.mean,
-                                   std=p.std, y_scale=p.y_scale, meta=meta),
-    }
+    student_arch = nets.student_arch(n_in, cfg.model)
+    layout = {"teacher": ("teacher.pt", "teacher", nets.teacher_arch(n_in, cfg.model), False),
+              "student": ("student.pt", "student", student_arch, False),
+              "int8": ("student-int8.pt", "quantized", student_arch, True)}
+    files = {key: nets.save_artifact(ctx.workdir / file, net=models[key], role=role, arch=arch, quantized=quantized,
+                                     mean=p.mean, std=p.std, y_scale=p.y_scale, meta=meta)
+             for key, (file, role, arch, quantized) in layout.items()}
     verdict, holdout = evidence["gates"], evidence["holdout"]
     stored = gov.get_artifact_store().put(evidence_path)
     versions: dict[str, int] = {}
