@@ -1,11 +1,12 @@
-"""Pipelines: market data and features, teacher/student training and distillation on Ray, Kubeflow.
+"""Pipelines: market data and text corpora, teacher/student training and distillation on Ray, Kubeflow.
 
 Builds on governance (registry, lineage, audit); talks to serving only through the registry.
 Importing this package is cheap: torch, ray and kfp load inside the functions that need them.
 """
 
-from convergence.pipelines._config import TradingConfig, load_config, parse_config
+from convergence.pipelines._config import LanguageConfig, TradingConfig, load_config, parse_config
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
+from convergence.pipelines._language_pipeline import run_language
 from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, schedule_run, submit_job, trigger_run
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
@@ -13,6 +14,7 @@ from convergence.pipelines._steps import run_step
 from convergence.pipelines._trading_pipeline import replay_holdout, retrain_after_alerts, run_trading, walk_forward
 
 __all__ = [
+    "LanguageConfig",
     "STEP_DEPENDENCIES",
     "TradingConfig",
     "build_pipeline",
@@ -23,6 +25,7 @@ __all__ = [
     "rayjob_manifest",
     "replay_holdout",
     "retrain_after_alerts",
+    "run_language",
     "run_step",
     "run_trading",
     "schedule_run",

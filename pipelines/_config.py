@@ -1,7 +1,7 @@
-"""Trading pipeline configuration: one pydantic model, unknown keys refused, loaded from JSON or TOML.
+"""Pipeline configuration, one pydantic model per family, unknown keys refused, loaded from JSON or TOML.
 
-Defaults are the full run on the real E-mini ticks sized for a 2-core laptop; tests pass smaller
-values. Gate thresholds live here too, so a run's evidence records exactly what it was held to.
+Defaults are the full run on the real data sized for a 2-core laptop; tests pass smaller values.
+Gate thresholds live here too, so a run's evidence records exactly what it was held to.
 """
 
 from __future__ import annotations
@@ -84,6 +84,90 @@ class TradingConfig(_Strict):
         return self.model_dump(mode="json")
 
 
+class CorpusConfig(_Strict):
+    holdout_from_year: int = Field(default=2010, ge=1791, le=2021, description="SOTU addresses from this year on "
+                                   "are held out (a split by document, never by line).")
+    max_train_docs: int | None = Field(default=None, ge=1, description="Use only the first N training addresses.")
+    reuters: bool = Field(default=True, description="Also score the Reuters-21578 finance slice (acq, crude).")
+
+
+class TokenizerConfig(_Strict):
+    vocab_size: int = Field(default=4096, ge=300, le=65536, description="Byte-level BPE vocabulary (≥ 256 bytes "
+                            "+ the special token + merges).")
+    min_frequency: int = Field(default=2, ge=1)
+
+
+class TransformerConfig(_Strict):
+    d_model: int = Field(ge=8, le=8192)
+    layers: int = Field(ge=1, le=64)
+    heads: int = Field(ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class LanguageTrainConfig(_Strict):
+    context: int = Field(default=128, ge=8, le=4096, description="Tokens per training window (and the model's "
+                         "maximum context).")
+    batch_size: int = Field(default=16, ge=1, description="Windows per step per worker.")
+    teacher_steps: int = Field(default=200, ge=1)
+    student_steps: int = Field(default=300, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    student_lr: float = Field(default=2e-3, gt=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    temperature: float = Field(default=2.0, gt=0, description="Softening of the teacher's logits for distillation.")
+    distill_alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the KL term (the rest is "
+                                 "cross-entropy on the true next token).")
+    workers: int = Field(default=2, ge=1, description="Ray Train data-parallel workers for the teacher.")
+    amp: bool = Field(default=True, description="bf16 autocast on CUDA (ignored on CPU).")
+
+
+class LanguageEvalConfig(_Strict):
+    eval_tokens: int = Field(default=40_000, ge=64, description="Held-out tokens scored per slice (from the start).")
+    gen_tokens: int = Field(default=32, ge=1, description="New tokens per generation timing.")
+    gen_repeats: int = Field(default=3, ge=1)
+    batch: int = Field(default=16, ge=2, description="Concurrent sequences for the batched tokens/s figure.")
+    prompts: tuple[str, ...] = ("The state of the Union is", "Oil prices fell", "We must")
+    sample_tokens: int = Field(default=40, ge=1)
+
+
+class LanguageGateConfig(_Strict):
+    max_ppl_ratio: float = Field(default=1.2, gt=0, description="Student ÷ teacher held-out perplexity, at most.")
+    min_param_ratio: float = Field(default=4.0, ge=0, description="Teacher ÷ student parameters, at least.")
+    min_speedup: float = Field(default=3.0, ge=0, description="Student ÷ teacher tokens/s at batch 1, at least.")
+    distill_must_help: bool = Field(default=True, description="The distilled student must beat the label-only one.")
+
+
+class LanguageConfig(_Strict):
+    seed: int = 7
+    corpus: CorpusConfig = CorpusConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    teacher: TransformerConfig = TransformerConfig(d_model=192, layers=6, heads=6)
+    student: TransformerConfig = TransformerConfig(d_model=96, layers=2, heads=2)
+    train: LanguageTrainConfig = LanguageTrainConfig()
+    eval: LanguageEvalConfig = LanguageEvalConfig()
+    gates: LanguageGateConfig = LanguageGateConfig()
+    name: str = Field(default="sotu-lm", description="Registry name prefix for the versions.")
+
+    @model_validator(mode="after")
+    def _student_smaller(self) -> LanguageConfig:
+        t, s = self.teacher, self.student
+        if s.d_model > t.d_model or s.layers > t.layers or (s.d_model, s.layers) == (t.d_model, t.layers):
+            raise ValueError(f"the student (d_model {s.d_model}, {s.layers} layers) must be smaller than the teacher "
+                             f"(d_model {t.d_model}, {t.layers} layers): no wider, no deeper, and not the same")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+CONFIGS: dict[str, type[TradingConfig] | type[LanguageConfig]] = {"trading": TradingConfig, "language": LanguageConfig}
+
+
 def _explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -93,14 +177,17 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_config(data: dict[str, Any] | None = None) -> TradingConfig:
+def parse_config(data: dict[str, Any] | None = None, family: str = "trading") -> Any:
+    """Validate ``data`` as the config of ``family`` (trading or language)."""
+    if family not in CONFIGS:
+        raise InvalidInput(f"unknown pipeline family {family!r}: use {' or '.join(CONFIGS)}")
     try:
-        return TradingConfig.model_validate(data or {})
+        return CONFIGS[family].model_validate(data or {})
     except ValidationError as exc:
-        raise InvalidInput(f"invalid trading config: {_explain(exc)}") from None
+        raise InvalidInput(f"invalid {family} config: {_explain(exc)}") from None
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TradingConfig:
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None, family: str = "trading") -> Any:
     """Read a JSON or TOML config file (or none) and apply dotted-key-free nested overrides."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -117,4 +204,4 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             data[key] = {**data.get(key, {}), **value}
         else:
             data[key] = value
-    return parse_config(data)
+    return parse_config(data, family)

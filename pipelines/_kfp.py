@@ -1,6 +1,6 @@
-"""Kubeflow Pipelines: the trading steps compiled to a KFP v2 pipeline, and submission with kfp.Client.
+"""Kubeflow Pipelines: a family's steps compiled to a KFP v2 pipeline, and submission with kfp.Client.
 
-Each component runs ``cvg pipelines step trading STEP`` in the project's image (``CVG_IMAGE``), so
+Each component runs ``cvg pipelines step FAMILY STEP`` in the project's image (``CVG_IMAGE``), so
 the steps are the very code the local runner executes. Artifacts pass between pods as KFP
 Artifacts (directories); the database URL and Ray address reach the pods through the environment
 the Helm chart sets (``CVG_DATABASE_URL``, ``CVG_RAY_ADDRESS``).
@@ -11,19 +11,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from convergence.pipelines._config import TradingConfig
-from convergence.pipelines._steps import DEPENDS
+from convergence.pipelines._config import LanguageConfig, TradingConfig
+from convergence.pipelines._steps import graph
 from convergence.platform.errors import InvalidInput, Unavailable
 
-PIPELINE_NAME = "convergence-trading"
+DESCRIPTIONS = {
+    "trading": "Ticks → features → Ray Train teacher → distilled student → INT8 → walk-forward → gates → "
+               "registration (convergence)",
+    "language": "SOTU + Reuters corpora → byte-level BPE → Ray Train transformer teacher → distilled student "
+                "and label-only control → perplexity, tokens/s → gates → registration (convergence)",
+}
+HEAVY = ("train_teacher", "walk_forward", "distill_student")  # steps that get 2 CPUs and 8 GB
 
 
-def _component(step: str, image: str) -> Any:
+def family_of(cfg: TradingConfig | LanguageConfig) -> str:
+    return "language" if isinstance(cfg, LanguageConfig) else "trading"
+
+
+def _component(step: str, image: str, family: str, deps: tuple[str, ...]) -> Any:
     """A container component for ``step`` whose signature names its inputs after the steps it reads."""
     from kfp import dsl
 
-    deps = DEPENDS[step]
-    command = ["cvg", "pipelines", "step", "trading", step]
+    command = ["cvg", "pipelines", "step", family, step]
 
     def spec(config_json: str, actor: str, out: Any, **inputs: Any) -> Any:
         args = ["--config-json", config_json, "--as", actor, "--out", out.path]
@@ -43,26 +52,26 @@ def _component(step: str, image: str) -> Any:
     return dsl.container_component(namespace[step])
 
 
-def build_pipeline(cfg: TradingConfig, image: str) -> Any:
+def build_pipeline(cfg: TradingConfig | LanguageConfig, image: str) -> Any:
     from kfp import dsl
 
-    components = {step: _component(step, image) for step in DEPENDS}
+    family, steps = family_of(cfg), graph(cfg)
+    components = {step: _component(step, image, family, deps) for step, deps in steps.items()}
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Ticks → features → Ray Train teacher → distilled student → "
-                  "INT8 → walk-forward → gates → registration (convergence)")
-    def trading(actor: str = "kubeflow", config_json: str = config_json) -> None:
+    @dsl.pipeline(name=f"convergence-{family}", description=DESCRIPTIONS[family])
+    def pipeline(actor: str = "kubeflow", config_json: str = config_json) -> None:
         tasks: dict[str, Any] = {}
-        for step, deps in DEPENDS.items():
+        for step, deps in steps.items():
             kwargs = {dep: tasks[dep].outputs["out"] for dep in deps}
             tasks[step] = components[step](config_json=config_json, actor=actor, **kwargs).set_display_name(step)
-            if step in ("train_teacher", "walk_forward"):
+            if step in HEAVY:
                 tasks[step].set_cpu_limit("2").set_memory_limit("8G")
 
-    return trading
+    return pipeline
 
 
-def compile_pipeline(cfg: TradingConfig, output: Path, image: str) -> Path:
+def compile_pipeline(cfg: TradingConfig | LanguageConfig, output: Path, image: str) -> Path:
     from kfp import compiler
 
     if output.suffix not in (".yaml", ".yml", ".json"):
@@ -77,12 +86,12 @@ def submit(package: Path, *, host: str, run_name: str | None = None, cron: str |
     import kfp
 
     if not package.is_file():
-        raise InvalidInput(f"no compiled pipeline at {package}: run `cvg pipelines compile trading -o {package}`")
+        raise InvalidInput(f"no compiled pipeline at {package}: run `cvg pipelines compile FAMILY -o {package}`")
     try:
         client = kfp.Client(host=host)
         if cron:
             exp = client.create_experiment(experiment)
-            job = client.create_recurring_run(experiment_id=exp.experiment_id, job_name=run_name or PIPELINE_NAME,
+            job = client.create_recurring_run(experiment_id=exp.experiment_id, job_name=run_name or f"convergence-{package.stem}",
                                               cron_expression=cron, pipeline_package_path=str(package))
             return {"recurring_run_id": getattr(job, "recurring_run_id", None), "host": host, "cron": cron}
         run = client.create_run_from_pipeline_package(str(package), arguments={}, run_name=run_name,

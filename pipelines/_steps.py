@@ -1,9 +1,9 @@
-"""Single steps of the trading pipeline over directories: what each Kubeflow component runs.
+"""Single pipeline steps over directories: what each Kubeflow component runs.
 
-``cvg pipelines step trading STEP --config-json … --in DIR … --out DIR`` reads the artifacts of the
+``cvg pipelines step FAMILY STEP --config-json … --in DIR … --out DIR`` reads the artifacts of the
 steps it depends on from their directories and writes its own, so Kubeflow can pass them between
 pods. The code is the same the local runner calls in memory; ``state.json`` carries the run id and
-dataset from step to step, and the last step registers and closes the run.
+dataset from step to step (merged over every input), and the last step registers and closes the run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from convergence.pipelines import _trading as T
-from convergence.pipelines._config import TradingConfig
+from convergence.pipelines._config import LanguageConfig, TradingConfig
 from convergence.pipelines._runner import connect_ray
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput, NotFound
@@ -30,6 +30,15 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def graph(cfg: Any) -> dict[str, tuple[str, ...]]:
+    """The step graph of the config's family."""
+    if isinstance(cfg, LanguageConfig):
+        from convergence.pipelines._language_pipeline import DEPENDS as LANGUAGE
+
+        return LANGUAGE
+    return DEPENDS
+
+
 def _save(obj: Any, path: Path) -> None:
     with open(path, "wb") as fh:
         pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -43,24 +52,35 @@ def _load(path: Path) -> Any:
 
 
 def _state(inputs: list[Path]) -> dict[str, Any]:
-    return json.loads((inputs[0] / "state.json").read_text()) if inputs else {}
+    state: dict[str, Any] = {}
+    for d in inputs:
+        if not (d / "state.json").is_file():
+            raise NotFound(f"{d / 'state.json'} is missing: did the step before this one finish?")
+        state.update(json.loads((d / "state.json").read_text()))
+    return state
 
 
-def run_step(step: str, cfg: TradingConfig, inputs: list[Path], out: Path, *, actor: str) -> dict[str, Any]:
-    """Run one step; ``inputs`` are the output directories of ``DEPENDS[step]``, in that order."""
+def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path], out: Path, *,
+             actor: str) -> dict[str, Any]:
+    """Run one step; ``inputs`` are the output directories of the step's dependencies, in order."""
     from convergence import governance as gov
     from convergence.pipelines._data import load_ticks
     from convergence.pipelines._features import time_folds
     from convergence.pipelines._trading_pipeline import features_for, walk_forward
 
-    if step not in DEPENDS:
-        raise InvalidInput(f"unknown step {step!r}; steps: {', '.join(DEPENDS)}")
-    if len(inputs) != len(DEPENDS[step]):
-        raise InvalidInput(f"step {step} reads {len(DEPENDS[step])} input dir(s) "
-                           f"({', '.join(DEPENDS[step]) or 'none'}), got {len(inputs)}")
+    steps = graph(cfg)
+    if step not in steps:
+        raise InvalidInput(f"unknown step {step!r}; steps: {', '.join(steps)}")
+    if len(inputs) != len(steps[step]):
+        raise InvalidInput(f"step {step} reads {len(steps[step])} input dir(s) "
+                           f"({', '.join(steps[step]) or 'none'}), got {len(inputs)}")
     out.mkdir(parents=True, exist_ok=True)
     state = _state(inputs)
-    if step == "load_data":
+    if isinstance(cfg, LanguageConfig):
+        from convergence.pipelines._language_pipeline import run_language_step
+
+        state = run_language_step(step, cfg, inputs, out, actor=actor, state=state)
+    elif step == "load_data":
         ticks = load_ticks(source=cfg.data.source, path=cfg.data.path, max_ticks=cfg.data.max_ticks)
         with session_scope() as s:
             ds = gov.register_dataset(session=s, actor=actor, path=ticks.path, rows=ticks.report["rows_out"],

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="ray://host:10001 for a cluster; default: local Ray.")
     heartbeat_interval_s: float = Field(default=10.0, gt=0, description="How often a running pipeline says it is alive.")
     stale_after_s: float = Field(default=120.0, gt=0, description="A running pipeline silent this long is dead.")
+    corpus_dir: Path | None = Field(default=None, description="Where the language corpora are unpacked "
+                                    "(sotu/, reuters/); default: share/convergence-data in the Python prefix.")
     image: str = Field(default="convergence:0.1.0", description="Container image Kubeflow components run.")
     watts_per_core: float = Field(default=10.0, gt=0, description="Estimated watts per busy CPU core (no RAPL).")
     carbon_g_per_kwh: float = Field(default=400.0, ge=0, description="Grid carbon intensity, gCO2e per kWh.")

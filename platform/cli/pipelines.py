@@ -21,25 +21,24 @@ from convergence.platform.cli._common import (
 app = typer.Typer(help="Training pipelines: run on Ray (local or a cluster), compile for Kubeflow, submit, "
                        "list runs.", no_args_is_help=True)
 
-FamilyArg = Annotated[str, typer.Argument(help="Pipeline family: trading (language: not in this version).")]
+FamilyArg = Annotated[str, typer.Argument(help="Pipeline family: trading (E-mini ticks → return forecaster) or "
+                                          "language (State of the Union text → small transformer).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file (JSON or TOML); unknown keys "
                                                 "are refused.")]
 SetOpt = Annotated[str | None, typer.Option("--set", help='Inline overrides as JSON, e.g. \'{"eval": {"folds": 2}}\'.')]
 
 
 def _config(family: str, config: Path | None, overrides: str | None) -> Any:
-    from convergence.platform.errors import InvalidInput, Unavailable
+    from convergence.platform.errors import InvalidInput
 
-    if family == "language":
-        raise Unavailable("the language pipeline is not available in this version; `trading` is")
-    if family != "trading":
-        raise InvalidInput(f"unknown pipeline family {family!r}: use trading")
+    if family not in ("trading", "language"):
+        raise InvalidInput(f"unknown pipeline family {family!r}: use trading or language")
     from convergence.pipelines._config import load_config
 
     extra = parse_json_option(overrides, "--set")
     if extra is not None and not isinstance(extra, dict):
         raise InvalidInput("--set must be a JSON object")
-    return load_config(config, extra)
+    return load_config(config, extra, family)
 
 
 def _progress() -> Any:
@@ -52,11 +51,38 @@ def _progress() -> Any:
     return show
 
 
+def _render_gates(summary: dict[str, Any]) -> None:
+    print_table("gates", ("check", "value", "needs", "result"),
+                ((c["check"], f"{c['value']:.4g}", f"{c['op']} {c['threshold']}", "pass" if c["passed"] else "FAIL")
+                 for c in summary["gates"]["checks"]))
+    if summary["versions"]:
+        console().print("registered as candidates: " + ", ".join(f"{k} → version {v}" for k, v in
+                                                                summary["versions"].items())
+                        + f"\nevidence: {summary['evidence']}")
+
+
+def _render_language(summary: dict[str, Any]) -> None:
+    ppl, speed, size = summary["perplexity"], summary["speed"], summary["size"]
+    batched = next((k for k in speed["teacher"] if k != "tokens_per_s_batch1"), None)
+    print_table("held-out perplexity, generation speed, size",
+                ("model", "params", "ppl SOTU 2010+", "ppl Reuters", "tokens/s b1",
+                 f"tokens/s b{batched.rsplit('batch', 1)[-1]}" if batched else "batched"),
+                ((k, f"{size[k]['params']:,}", f"{ppl[k]['sotu_holdout']:.1f}",
+                  f"{ppl[k]['reuters']:.1f}" if "reuters" in ppl[k] else "-",
+                  f"{speed[k]['tokens_per_s_batch1']:.0f}", f"{speed[k][batched]:.0f}" if batched else "-")
+                 for k in ("teacher", "student", "label_only")))
+    for sample in summary["samples"].get("student", [])[:2]:
+        console().print(f"[dim]student sample:[/dim] {sample['prompt']}[italic]{sample['text'][:160]!r}[/italic]")
+
+
 def _render_summary(summary: dict[str, Any]) -> None:
     out = console()
-    gates = summary["gates"]
     out.print(f"run {summary['run_id']}: [bold]{summary['status']}[/bold] in {summary['seconds']} s; dataset "
               f"{summary['dataset']['name']} (sha256 {summary['dataset']['sha256'][:12]}…)")
+    if "perplexity" in summary:
+        _render_language(summary)
+        _render_gates(summary)
+        return
     keys = [k for k in ("teacher", "student", "int8", "label_only") if k in summary["holdout"]]
     print_table("holdout (out of sample) and latency", ("model", "params", "mse ×1e8", "IC", "hit rate", "Sharpe",
                                                         "fidelity", "batch 1 µs", "batch 64 µs/row"),
@@ -65,12 +91,7 @@ def _render_summary(summary: dict[str, Any]) -> None:
                   f"{summary['holdout'][k]['sharpe']:.2f}", f"{summary['holdout'][k].get('fidelity', 1.0):.3f}",
                   f"{summary['latency'][k]['batch1_s'] * 1e6:.1f}", f"{summary['latency'][k]['batch64_row_s'] * 1e6:.2f}")
                  for k in keys))
-    print_table("gates", ("check", "value", "needs", "result"),
-                ((c["check"], f"{c['value']:.4g}", f"{c['op']} {c['threshold']}", "pass" if c["passed"] else "FAIL")
-                 for c in gates["checks"]))
-    if summary["versions"]:
-        out.print("registered as candidates: " + ", ".join(f"{k} → version {v}" for k, v in summary["versions"].items())
-                  + f"\nevidence: {summary['evidence']}")
+    _render_gates(summary)
 
 
 @app.command()
@@ -86,16 +107,20 @@ def run(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a pipeline end to end: data, features, teacher (Ray Train), distilled student, INT8, walk-forward,
-    gates, and registration of candidates with lineage and evidence. Exits 4 when a gate fails."""
-    from convergence.pipelines import run_trading
+    """Run a pipeline end to end and register candidates with lineage and evidence. Exits 4 when a gate fails.
+
+    trading: ticks, features, teacher (Ray Train), distilled student, INT8, walk-forward, holdout gates.
+    language: corpus, BPE tokenizer, transformer teacher (Ray Train), distilled student and label-only control
+    (Ray tasks), held-out perplexity on SOTU and Reuters, tokens/s, fixed-seed samples, gates."""
+    from convergence.pipelines import run_language, run_trading
     from convergence.platform.errors import PolicyViolation
 
     cfg = _config(family, config, overrides)
     who = actor_or_fail(actor)
     trigger_obj = parse_json_option(trigger, "--trigger")
-    summary = run_trading(cfg, actor=who, ray_address=ray_address, progress=_progress(), project=project,
-                          trigger=trigger_obj)
+    runner = run_language if family == "language" else run_trading
+    summary = runner(cfg, actor=who, ray_address=ray_address, progress=_progress(), project=project,
+                     trigger=trigger_obj)
     if json_out:
         print_json(summary)
     else:
@@ -151,8 +176,9 @@ def submit(
 @app.command()
 def step(
     family: FamilyArg,
-    name: Annotated[str, typer.Argument(help="load_data, build_features, train_teacher, distill_student, "
-                                        "walk_forward or evaluate_register.")],
+    name: Annotated[str, typer.Argument(help="trading: load_data, build_features, train_teacher, distill_student, "
+                                        "walk_forward, evaluate_register; language: load_corpus, tokenize, "
+                                        "train_teacher, distill_student, evaluate_register.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for this step's artifacts.")],
     inputs: Annotated[list[Path] | None, typer.Option("--in", help="Output directory of each step this one "
                                                        "reads, in order.")] = None,

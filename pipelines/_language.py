@@ -1,0 +1,259 @@
+"""The language pipeline's steps: corpus → tokenizer → teacher (Ray Train) → distilled and label-only
+students (parallel Ray tasks) → held-out perplexity, generation speed, samples → gates.
+
+Each step is a plain function of plain inputs, so the local Ray runner, ``cvg pipelines step language``
+(what Kubeflow's components run) and the tests call the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convergence.pipelines import _lm as lm
+from convergence.pipelines._boundary import bounded
+from convergence.pipelines._config import LanguageConfig
+from convergence.pipelines._corpus import Corpus
+from convergence.platform.errors import StepFailed
+
+STEPS = ("load_corpus", "tokenize", "train_teacher", "distill_student", "evaluate_register")
+MODEL_KEYS = ("teacher", "student", "label_only")
+
+
+@dataclasses.dataclass
+class Tokenized:
+    """The tokenizer and the three token streams it produced."""
+
+    tokenizer: Any
+    train: np.ndarray
+    holdout: np.ndarray
+    reuters: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "holdout": len(self.holdout), "reuters": len(self.reuters)}
+
+
+def tokenize(corpus: Corpus, cfg: LanguageConfig) -> Tokenized:
+    """Train the BPE on the training split only, then encode every split."""
+    texts = [d.text for d in corpus.train]
+    tok = lm.train_tokenizer(texts, vocab_size=cfg.tokenizer.vocab_size, min_frequency=cfg.tokenizer.min_frequency)
+    out = Tokenized(tok, lm.encode_documents(tok, texts), lm.encode_documents(tok, [d.text for d in corpus.holdout]),
+                    lm.encode_documents(tok, [d.text for d in corpus.reuters]) if corpus.reuters else
+                    np.zeros(0, dtype=np.int32))
+    lm.check_stream(out.train, cfg.train.context, "training split")
+    lm.check_stream(out.holdout, cfg.train.context, "held-out split")
+    return out
+
+
+def specs(cfg: LanguageConfig, vocab: int) -> dict[str, dict[str, Any]]:
+    t, s, ctx = cfg.teacher, cfg.student, cfg.train.context
+    student = lm.arch(vocab=vocab, context=ctx, d_model=s.d_model, layers=s.layers, heads=s.heads)
+    return {"teacher": lm.arch(vocab=vocab, context=ctx, d_model=t.d_model, layers=t.layers, heads=t.heads,
+                               dropout=cfg.train.dropout),
+            "student": student, "label_only": student}
+
+
+# --- the teacher on Ray Train ----------------------------------------------------------------------
+
+def _teacher_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: DDP, each rank drawing its own seeded windows; checkpoints on the way."""
+    import torch
+    from ray import train
+    from ray.train.torch import get_device, prepare_model
+    from torch.nn import functional as F
+
+    torch.set_num_threads(max(1, config["threads"]))
+    torch.manual_seed(config["seed"])  # every rank builds the same initial weights
+    ctx = train.get_context()
+    rank = ctx.get_world_rank()
+    device = get_device()
+    model = prepare_model(lm.build(config["arch"]))
+    opt = lm.optimizer(model, config["lr"])
+    gen = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    amp = config["amp"] and device.type == "cuda"
+    steps, every = config["steps"], max(1, config["steps"] // 4)
+    running = 0.0
+    for step in range(steps):
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lm.lr_at(step, total=steps, warmup=config["warmup"], lr=config["lr"])
+        w = lm.batch_windows(config["tokens"], context=config["context"], batch=config["batch"], gen=gen).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(w[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = float(loss.detach()) if step == 0 else 0.9 * running + 0.1 * float(loss.detach())
+        if (step + 1) % every == 0 or step + 1 == steps:
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:
+                    module = model.module if hasattr(model, "module") else model
+                    torch.save({k: v.cpu() for k, v in module.state_dict().items()}, os.path.join(d, "teacher.pt"))
+                    checkpoint = train.Checkpoint.from_directory(d)
+                train.report({"step": step + 1, "loss": running}, checkpoint=checkpoint)
+
+
+def train_teacher_ray(tokens: np.ndarray, spec: dict[str, Any], cfg: LanguageConfig, storage: Path,
+                      run_name: str) -> tuple[Any, dict[str, Any]]:
+    """Train the teacher with Ray Train's TorchTrainer; return it (CPU, eval mode) and its last metrics."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    use_gpu = torch.cuda.is_available()
+    trainer = TorchTrainer(
+        _teacher_loop,
+        train_loop_config={"tokens": tokens, "arch": spec, "steps": t.teacher_steps, "batch": t.batch_size,
+                           "context": t.context, "lr": t.lr, "warmup": t.warmup_steps, "seed": cfg.seed,
+                           "amp": t.amp, "threads": 1},
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": 1}),
+        run_config=RunConfig(storage_path=str(storage), name=run_name),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise StepFailed("Ray Train finished without a checkpoint", step="train_teacher")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "teacher.pt"), map_location="cpu")
+    model = lm.build(spec)
+    model.load_state_dict(state)
+    return model.eval(), dict(result.metrics or {})
+
+
+# --- students: distilled and label-only, as parallel Ray tasks ---------------------------------------
+
+def train_student(tokens: np.ndarray, spec: dict[str, Any], teacher: dict[str, Any] | None,
+                  cfg: LanguageConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the student; with ``teacher`` ({"arch", "state"}) by distillation (KL to its softened logits plus
+    cross-entropy), without it on the next token only. Returns the state dict and the final loss."""
+    import torch
+    from torch.nn import functional as F
+
+    torch.set_num_threads(1)
+    t = cfg.train
+    device = lm.pick_device()
+    teacher_net = None
+    if teacher is not None:
+        teacher_net = lm.build(teacher["arch"])
+        teacher_net.load_state_dict(teacher["state"])
+        teacher_net.to(device).eval()
+    torch.manual_seed(cfg.seed + 1)  # both students start from the same weights: only the target differs
+    model = lm.build(spec).to(device)
+    opt = lm.optimizer(model, t.student_lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)  # ... and see the same windows
+    T, alpha = t.temperature, t.distill_alpha
+    running = 0.0
+    for step in range(t.student_steps):
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lm.lr_at(step, total=t.student_steps, warmup=t.warmup_steps, lr=t.student_lr)
+        w = lm.batch_windows(tokens, context=t.context, batch=t.batch_size, gen=gen).to(device)
+        logits = model(w[:, :-1])
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss = F.cross_entropy(flat, w[:, 1:].reshape(-1))
+        if teacher_net is not None:
+            with torch.no_grad():
+                soft = F.log_softmax(teacher_net(w[:, :-1]).reshape(-1, flat.shape[-1]) / T, dim=-1)
+            kl = F.kl_div(F.log_softmax(flat / T, dim=-1), soft, log_target=True, reduction="batchmean") * T * T
+            loss = alpha * kl + (1 - alpha) * loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = float(loss.detach()) if step == 0 else 0.9 * running + 0.1 * float(loss.detach())
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return state, {"loss": running, "steps": t.student_steps, "distilled": teacher is not None}
+
+
+bounded_student = bounded("distill_student")(train_student)
+
+
+def train_students(tokens: np.ndarray, teacher: Any, spec_map: dict[str, dict[str, Any]], cfg: LanguageConfig,
+                   *, parallel: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The distilled student and its label-only control, side by side on Ray (or in a loop)."""
+    teacher_blob = {"arch": spec_map["teacher"], "state": {k: v.cpu() for k, v in teacher.state_dict().items()}}
+    jobs = {"student": teacher_blob, "label_only": None}
+    if parallel:
+        import ray
+
+        from convergence.pipelines._runner import ray_get_all
+
+        remote = ray.remote(num_cpus=1)(bounded_student)
+        tokens_ref = ray.put(tokens)
+        results = dict(zip(jobs, ray_get_all([remote.remote(tokens_ref, spec_map[k], blob, cfg)
+                                              for k, blob in jobs.items()], "distill_student")))
+    else:
+        results = {k: bounded_student(tokens, spec_map[k], blob, cfg) for k, blob in jobs.items()}
+    models, metrics = {}, {}
+    for key, (state, m) in results.items():
+        net = lm.build(spec_map[key])
+        net.load_state_dict(state)
+        models[key], metrics[key] = net.eval(), m
+    return models, metrics
+
+
+# --- evaluation and gates -------------------------------------------------------------------------
+
+def evaluate(models: dict[str, Any], spec_map: dict[str, dict[str, Any]], tokens: Tokenized,
+             cfg: LanguageConfig) -> dict[str, Any]:
+    """Held-out perplexity on both slices, tokens/s at batch 1 and batch N, size, and fixed-seed samples."""
+    e, ctx = cfg.eval, cfg.train.context
+    tok = tokens.tokenizer
+    prompt = lm.encode(tok, e.prompts[0]) if e.prompts else [tok.token_to_id(lm.EOS)]
+    new_tokens = min(e.gen_tokens, ctx - 1)
+    result: dict[str, Any] = {"perplexity": {}, "speed": {}, "size": {}, "samples": {}}
+    for key, model in models.items():
+        ppl = {"sotu_holdout": lm.perplexity(model, tokens.holdout[:e.eval_tokens + 1], context=ctx)}
+        if len(tokens.reuters) > ctx + 1:
+            ppl["reuters"] = lm.perplexity(model, tokens.reuters[:e.eval_tokens + 1], context=ctx)
+        result["perplexity"][key] = ppl
+        result["size"][key] = {"params": lm.n_params(model), **lm.memory(model, spec_map[key])}
+        if key == "label_only":  # the same network as the student: same speed
+            result["speed"][key] = result["speed"]["student"]
+            continue
+        result["speed"][key] = {
+            "tokens_per_s_batch1": lm.tokens_per_second(model, prompt, batch=1, new_tokens=new_tokens,
+                                                        repeats=e.gen_repeats),
+            f"tokens_per_s_batch{e.batch}": lm.tokens_per_second(model, prompt, batch=e.batch, new_tokens=new_tokens,
+                                                                 repeats=e.gen_repeats)}
+        result["samples"][key] = [
+            {"prompt": p, "temperature": 0.8, "seed": cfg.seed,
+             "text": lm.decode(tok, lm.generate(model, [lm.encode(tok, p) or prompt],
+                                                max_new_tokens=min(e.sample_tokens, ctx - 1),
+                                                temperature=0.8, seed=cfg.seed)[0])}
+            for p in e.prompts]
+    result["gates"] = gate(result, cfg)
+    return result
+
+
+def gate(result: dict[str, Any], cfg: LanguageConfig) -> dict[str, Any]:
+    """Check the thresholds in ``cfg.gates``; every check is reported, passed or not."""
+    g, ppl, size, speed = cfg.gates, result["perplexity"], result["size"], result["speed"]
+    checks = [
+        ("student / teacher held-out perplexity", ppl["student"]["sotu_holdout"] / ppl["teacher"]["sotu_holdout"],
+         "<=", g.max_ppl_ratio),
+        ("teacher / student parameters", size["teacher"]["params"] / size["student"]["params"], ">=",
+         g.min_param_ratio),
+        ("student / teacher tokens/s at batch 1",
+         speed["student"]["tokens_per_s_batch1"] / speed["teacher"]["tokens_per_s_batch1"], ">=", g.min_speedup),
+    ]
+    if g.distill_must_help:
+        checks.append(("distilled / label-only perplexity",
+                       ppl["student"]["sotu_holdout"] / ppl["label_only"]["sotu_holdout"], "<", 1.0))
+    ops = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
+    results = [{"check": name, "value": float(value), "op": op, "threshold": limit,
+                "passed": bool(ops[op](value, limit))} for name, value, op, limit in checks]
+    return {"passed": all(r["passed"] for r in results), "checks": results,
+            "failed": [f"{r['check']} = {r['value']:.4g}, needs {r['op']} {r['threshold']}" for r in results
+                       if not r["passed"]]}
