@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from convergence.governance._budgets import run_usage
 from convergence.governance._ledger import Event, Subject
-from convergence.governance._models import Approval, AuditEvent, ModelVersion, StageTransition
+from convergence.governance._models import Approval, AuditEvent, Dataset, ModelVersion, StageTransition
 from convergence.governance._registry import get_model, model_to_dict
 from convergence.platform.errors import InvalidInput, NotFound
 
@@ -54,13 +54,24 @@ def _transitions(session: Session, version_id: int) -> list[dict[str, Any]]:
              "at": t.at.isoformat()} for t in rows]
 
 
+def _dataset(session: Session, ds: Dataset, depth: int = 0) -> dict[str, Any]:
+    """A dataset and, when its record names one (a tokenizer names its corpus), the dataset it was derived from."""
+    out: dict[str, Any] = {"id": ds.id, "name": ds.name, "sha256": ds.sha256, "rows": ds.rows, "uri": ds.uri}
+    schema = ds.schema or {}
+    if schema.get("kind"):
+        out["kind"] = schema["kind"]
+    source = schema.get("derived_from")
+    if isinstance(source, int) and depth < 10 and (parent := session.get(Dataset, source)) is not None:
+        out["derived_from"] = _dataset(session, parent, depth + 1)
+    return out
+
+
 def lineage(*, session: Session, version_id: int, _depth: int = 0) -> dict[str, Any]:
     """The version with its dataset, run and code, approvals, deployments and, recursively, its parent."""
     mv = get_model(session=session, version_id=version_id)
     out = model_to_dict(mv)
     if mv.dataset is not None:
-        ds = mv.dataset
-        out["dataset"] = {"id": ds.id, "name": ds.name, "sha256": ds.sha256, "rows": ds.rows, "uri": ds.uri}
+        out["dataset"] = _dataset(session, mv.dataset)
     if mv.run_id is not None:
         out["usage"] = run_usage(session=session, run_id=mv.run_id)
     if mv.run is not None:

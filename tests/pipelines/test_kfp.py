@@ -57,3 +57,19 @@ def test_bad_output_name_and_unreachable_server(tmp_path: Path, spec) -> None:
     path, _ = spec
     with pytest.raises(Unavailable, match="did not accept"):
         submit_pipeline(path, host="http://127.0.0.1:9")
+
+
+def test_language_pipeline_compiles_its_own_graph(tmp_path: Path) -> None:
+    from convergence.pipelines._language_pipeline import DEPENDS
+
+    path = compile_pipeline(parse_config({"train": {"teacher_steps": 50}}, "language"), tmp_path / "lm.yaml", "img:2")
+    doc = yaml.safe_load(path.read_text())
+    assert doc["pipelineInfo"]["name"] == "convergence-language"
+    tasks = doc["root"]["dag"]["tasks"]
+    assert set(tasks) == {s.replace("_", "-") for s in DEPENDS}
+    for step, deps in DEPENDS.items():
+        container = doc["deploymentSpec"]["executors"][f"exec-{step.replace('_', '-')}"]["container"]
+        assert container["command"] == ["cvg", "pipelines", "step", "language", step]
+        assert sorted(tasks[step.replace("_", "-")].get("dependentTasks", [])) == sorted(d.replace("_", "-") for d in deps)
+    config = doc["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
+    assert '"teacher_steps": 50' in config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,27 @@ def test_step_chain_registers_like_the_local_runner(db_url: str, ray_session, sm
         assert student.parent_id == state["versions"]["teacher"] and student.run_id == run.id
         assert gov.verify(session=s).ok
     assert (dirs["evaluate_register"] / "evidence.json").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_language_steps_chain_registers_like_the_local_runner(db_url: str, ray_session, tiny_lm_config,
+                                                              tmp_path: Path) -> None:
+    from convergence.pipelines._steps import graph
+
+    steps = graph(tiny_lm_config)
+    assert list(steps) == ["load_corpus", "tokenize", "train_teacher", "distill_student", "evaluate_register"]
+    dirs = {step: tmp_path / step for step in steps}
+    state = {}
+    for step, deps in steps.items():
+        state = run_step(step, tiny_lm_config, [dirs[d] for d in deps], dirs[step], actor="kubeflow")
+    assert state["gates_passed"] and set(state["versions"]) == {"teacher", "student"}
+    assert set(state["training"]) == {"teacher", "student", "label_only"}  # states merge across inputs
+    with session_scope(write=False) as s:
+        run = gov.get_run(session=s, run_id=state["run_id"])
+        assert run.status == "succeeded" and run.pipeline == "language" and run.created_by == "kubeflow"
+        teacher = gov.get_model(session=s, version_id=state["versions"]["teacher"])
+        assert teacher.dataset_id == state["tokenizer"]["id"]
+        assert gov.verify(session=s).ok
+    evidence = json.loads((dirs["evaluate_register"] / "evidence.json").read_text())
+    assert evidence["corpus"]["documents"]["train"] == 30 and evidence["tokens"]["train"] > 0

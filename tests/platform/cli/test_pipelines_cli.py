@@ -11,7 +11,13 @@ from tests.platform.cli.conftest import assert_one_line_error
 
 
 def test_pipeline_input_errors(db_url: str, cvg, tmp_path: Path) -> None:
-    assert_one_line_error(cvg("pipelines", "run", "language", "--as", "q"), 6, "language pipeline is not available")
+    assert_one_line_error(cvg("pipelines", "run", "language", "--as", "q", "--set",
+                              '{"student": {"d_model": 512, "layers": 2, "heads": 2}}'), 2,
+                          "must be smaller than the teacher")
+    assert_one_line_error(cvg("pipelines", "run", "language", "--as", "q", "--set", '{"tokeniser": {}}'), 2,
+                          "tokeniser: unknown key")
+    assert_one_line_error(cvg("pipelines", "step", "language", "load_data", "--out", str(tmp_path), "--as", "q"), 2,
+                          "unknown step 'load_data'; steps: load_corpus, tokenize")
     assert_one_line_error(cvg("pipelines", "run", "crypto", "--as", "q"), 2, "unknown pipeline family")
     assert_one_line_error(cvg("pipelines", "run", "trading", "--as", "q", "--set", '{"modle": 1}'), 2,
                           "modle: unknown key")
@@ -29,6 +35,15 @@ def test_compile_writes_a_spec(cvg, tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     assert doc["pipelineInfo"]["name"] == "convergence-trading"
     assert all(e["container"]["image"] == "img:1" for e in doc["deploymentSpec"]["executors"].values())
+
+
+def test_compile_language(cvg, tmp_path: Path) -> None:
+    out = tmp_path / "language.yaml"
+    result = cvg("pipelines", "compile", "language", "-o", str(out), "--image", "img:1")
+    assert result.code == 0, result.err
+    doc = yaml.safe_load(out.read_text())
+    assert doc["pipelineInfo"]["name"] == "convergence-language"
+    assert {e["container"]["command"][3] for e in doc["deploymentSpec"]["executors"].values()} == {"language"}
 
 
 def test_steps_over_directories(db_url: str, cvg, tmp_path: Path) -> None:
