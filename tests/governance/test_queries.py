@@ -75,3 +75,20 @@ def test_lineage_includes_the_parent_teacher(db_url: str, model_file: Path) -> N
         tree = gov.lineage(session=s, version_id=student.id)
     assert tree["parent"]["id"] == teacher.id and tree["parent"]["role"] == "teacher"
     assert tree["stages"][0]["to"] == "candidate"
+
+
+def test_lineage_follows_a_dataset_to_the_one_it_was_derived_from(db_url: str, model_file: Path,
+                                                                  tmp_path: Path) -> None:
+    corpus_file, tokenizer_file = tmp_path / "corpus.jsonl", tmp_path / "tokenizer.json"
+    corpus_file.write_text('{"text": "synthetic"}\n')
+    tokenizer_file.write_text('{"model": "synthetic"}')
+    with session_scope() as s:
+        corpus = gov.register_dataset(session=s, actor="bob", path=corpus_file)
+        tokenizer = gov.register_dataset(session=s, actor="bob", path=tokenizer_file,
+                                         schema={"kind": "tokenizer", "derived_from": corpus.id})
+        teacher = gov.register_model(session=s, actor="bob", name="lm", artifact=model_file, family="language",
+                                     role="teacher", dataset=tokenizer.id)
+    with session_scope(write=False) as s:
+        ds = gov.lineage(session=s, version_id=teacher.id)["dataset"]
+    assert (ds["id"], ds["kind"]) == (tokenizer.id, "tokenizer")
+    assert ds["derived_from"]["id"] == corpus.id and "derived_from" not in ds["derived_from"]

@@ -45,6 +45,9 @@ def test_lint_template_and_every_manifest_validates(helm: str, render, values: l
         _validate(doc)
     kinds = {d["kind"] for d in docs}
     assert {"Job", "ConfigMap", "RayCluster", "CronJob", "Role", "RoleBinding", "ServiceAccount"} <= kinds
+    runs = [d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] for d in docs
+            if d["kind"] == "CronJob" and d["metadata"]["name"].endswith(("-pipeline-trading", "-pipeline-language"))]
+    assert sorted(a[:3] for a in runs) == [["pipelines", "run", "language"], ["pipelines", "run", "trading"]]
     if values:
         assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
                 "ServiceMonitor", "Secret"} <= kinds

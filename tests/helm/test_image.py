@@ -18,7 +18,10 @@ DOCKERFILE = ROOT / "helm" / "Dockerfile"
 def test_dockerfile_is_multistage_slim_pinned_and_non_root() -> None:
     text = DOCKERFILE.read_text()
     stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", text, re.M)
-    assert [name for _, name in stages] == ["build", "runtime"]
+    assert [name for _, name in stages] == ["build", "corpora", "runtime"]
+    corpora = text.split("AS corpora", 1)[1].split("AS runtime", 1)[0]
+    assert "sha256sum -c" in corpora and "apt-get download r-cran-tm" in corpora  # package data, checked
+    assert "COPY --from=corpora /data /usr/local/share/convergence-data" in text  # sys.prefix of the base
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M).group(1)
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
     assert re.search(r"^USER 10001:10001$", text, re.M) and "COPY --from=build /wheels" in text

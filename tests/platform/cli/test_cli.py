@@ -115,3 +115,11 @@ def test_verify_exits_5_and_names_the_seq(db_url: str, backend: str, cvg, model_
     assert_one_line_error(cvg("audit", "verify"), 5, "broken at seq 3: hash mismatch")
     data = json.loads(cvg("audit", "verify", "--json").out)
     assert data["first_bad_seq"] == 3 and not data["ok"]
+
+
+def test_doctor_reports_the_language_corpora(db_url: str, cvg, tmp_path: Path) -> None:
+    present = next(c for c in cvg("doctor", "--json").json if c["name"] == "language data")
+    assert present["ok"] and "convergence-data" in present["detail"]
+    gone = cvg("doctor", "--json", env={"CVG_CORPUS_DIR": str(tmp_path)})
+    missing = next(c for c in gone.json if c["name"] == "language data")
+    assert not missing["ok"] and "State of the Union" in missing["detail"] and "bootstrap" in missing["fix"]
