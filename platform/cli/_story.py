@@ -33,7 +33,7 @@ LM_QUICK = {"corpus": {"max_train_docs": 60}, "tokenizer": {"vocab_size": 2048},
             "gates": {"max_ppl_ratio": 1.5, "min_param_ratio": 2.0, "min_speedup": 1.5, "distill_must_help": False}}
 
 
-def _language(say: Any, out: Any, quick: bool) -> dict[str, int]:
+def _language(say: Any, out: Any, quick: bool) -> tuple[dict[str, int], dict[str, Any]]:
     """Train and distill the language model, then validate, approve and promote its student (four eyes)."""
     from convergence import governance as gov
     from convergence.pipelines import parse_config, run_language
@@ -47,7 +47,7 @@ def _language(say: Any, out: Any, quick: bool) -> dict[str, int]:
     if summary["status"] != "succeeded":
         say(f"language gates failed, nothing registered: {'; '.join(summary['gates']['failed'])} "
             f"(evidence {summary['evidence']}); the story goes on with the trading models")
-        return {}
+        return {}, summary["usage"]
     v = summary["versions"]
     sample = summary["samples"]["student"][0]
     say(f"nina's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']}: "
@@ -63,7 +63,7 @@ def _language(say: Any, out: Any, quick: bool) -> dict[str, int]:
     say(f"carol validated, alice approved and ops promoted the language student ({v['student']}); "
         f"lineage: corpus {summary['dataset']['id']} → tokenizer {summary['tokenizer']['id']} → teacher "
         f"{v['teacher']} → student {v['student']}")
-    return v
+    return v, summary["usage"]
 
 
 def _indented(out: Any) -> Any:
@@ -168,14 +168,15 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
             + f"; {len(alerts)} new alerts; the receiver verified and accepted {len(receiver.events)} signed "
               f"webhook(s) ({delivered['delivered']} delivered, {receiver.rejected} rejected); Evidently report {html}")
 
-    lm_versions = _language(say, out, quick)
+    lm_versions, lm_usage = _language(say, out, quick)
 
     with session_scope(write=False) as s:
         status = next(b for b in gov.budget_status(session=s, project="default") if b["id"] == budget.id)
         alerts = gov.list_alerts(session=s, kind="budget.soft_limit")
     usage = summary["usage"]
-    say(f"budgets: the run used {usage['kwh'] * 1000:.2f} Wh ({'measured' if usage['measured'] else 'estimated'}), "
-        f"{usage['cpu_hours']:.3f} CPU-h, {usage['gco2e']:.2f} gCO2e; this month {status['used'] * 1000:.2f} Wh of "
+    say(f"budgets: the trading run used {usage['kwh'] * 1000:.2f} Wh, the language run {lm_usage['kwh'] * 1000:.2f} Wh "
+        f"({'measured' if usage['measured'] else 'estimated'}; {usage['cpu_hours'] + lm_usage['cpu_hours']:.3f} CPU-h, "
+        f"{usage['gco2e'] + lm_usage['gco2e']:.2f} gCO2e together); this month {status['used'] * 1000:.2f} Wh of "
         f"{status['hard'] * 1000:.0f} Wh ({status['fraction']:.2%}); soft-limit alerts: {len(alerts)}")
 
     with session_scope() as s:
