@@ -35,7 +35,8 @@ def main() -> None:
     summary = run_language(cfg, actor="bench", progress=lambda s, state, d: print(f"  {state:6} {s} {d}"))
     ppl, speed, size = summary["perplexity"], summary["speed"], summary["size"]
     batched = f"tokens_per_s_batch{cfg.eval.batch}"
-    print(f"\n{'model':<11} {'params':>10} {'ppl SOTU':>9} {'ppl Reuters':>12} {'tok/s b1':>9} {'tok/s b' + str(cfg.eval.batch):>10}")
+    head = f"tok/s b{cfg.eval.batch}"
+    print(f"\n{'model':<11} {'params':>10} {'ppl SOTU':>9} {'ppl Reuters':>12} {'tok/s b1':>9} {head:>10}")
     for key in ("teacher", "student", "label_only"):
         print(f"{key:<11} {size[key]['params']:>10,} {ppl[key]['sotu_holdout']:>9.1f} {ppl[key]['reuters']:>12.1f} "
               f"{speed[key]['tokens_per_s_batch1']:>9.0f} {speed[key][batched]:>10.0f}")
@@ -52,7 +53,8 @@ def main() -> None:
     }
     print(f"\nteacher ÷ student parameters   {ratios['param_ratio']:.2f}x   (goal ≥ 4)")
     print(f"student ÷ teacher tokens/s b1  {ratios['speedup_batch1']:.2f}x   (goal ≥ 3)")
-    print(f"student ÷ teacher perplexity   {ratios['ppl_ratio_sotu']:.3f}   (goal ≤ 1.2; Reuters {ratios['ppl_ratio_reuters']:.3f})")
+    print(f"student ÷ teacher perplexity   {ratios['ppl_ratio_sotu']:.3f}   "
+          f"(goal ≤ 1.2; Reuters {ratios['ppl_ratio_reuters']:.3f})")
     print(f"distilled ÷ label-only ppl     {ratios['distilled_vs_label_only_sotu']:.3f}   (goal < 1; Reuters "
           f"{ratios['distilled_vs_label_only_reuters']:.3f})")
     print(f"run {summary['run_id']} took {summary['seconds']} s: {summary['timings']}")

@@ -191,8 +191,8 @@ def train_students(tokens: np.ndarray, teacher: Any, spec_map: dict[str, dict[st
 
         remote = ray.remote(num_cpus=1)(bounded_student)
         tokens_ref = ray.put(tokens)
-        results = dict(zip(jobs, ray_get_all([remote.remote(tokens_ref, spec_map[k], blob, cfg)
-                                              for k, blob in jobs.items()], "distill_student")))
+        refs = [remote.remote(tokens_ref, spec_map[k], blob, cfg) for k, blob in jobs.items()]
+        results = dict(zip(jobs, ray_get_all(refs, "distill_student"), strict=True))
     else:
         results = {k: bounded_student(tokens, spec_map[k], blob, cfg) for k, blob in jobs.items()}
     models, metrics = {}, {}

@@ -36,7 +36,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def register_corpus(cfg: LanguageConfig, *, actor: str, project: str, out: Path | None = None) -> tuple[Corpus, dict[str, Any]]:
+def register_corpus(cfg: LanguageConfig, *, actor: str, project: str,
+                    out: Path | None = None) -> tuple[Corpus, dict[str, Any]]:
     """Load and split the corpora, store the exact text used, and register it as a dataset (SHA-256, counts)."""
     from convergence import governance as gov
 

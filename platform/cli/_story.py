@@ -8,7 +8,6 @@ versions; nothing is deleted.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import subprocess
 import sys
 import time

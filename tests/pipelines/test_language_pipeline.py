@@ -84,9 +84,10 @@ def test_distillation_changes_only_the_target(tiny_lm_config) -> None:
     no_kl = parse_config({**TINY_LM, "train": {**TINY_LM["train"], "distill_alpha": 0.0}}, "language")
     same, _ = L.train_students(tokens.train, teacher, specs, no_kl, parallel=False)
     differ, metrics = L.train_students(tokens.train, teacher, specs, tiny_lm_config, parallel=False)
-    for a, b in zip(same["student"].parameters(), same["label_only"].parameters()):
+    for a, b in zip(same["student"].parameters(), same["label_only"].parameters(), strict=True):
         assert torch.equal(a, b)
-    assert any(not torch.equal(a, b) for a, b in zip(differ["student"].parameters(), differ["label_only"].parameters()))
+    pairs = zip(differ["student"].parameters(), differ["label_only"].parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
     assert metrics["student"]["distilled"] and metrics["student"]["steps"] == TINY_LM["train"]["student_steps"]
 
 
