@@ -36,6 +36,7 @@ from convergence.governance._drift import (
     save_profile,
 )
 from convergence.governance._export import FORMATS, export_events
+from convergence.governance._killswitch import kill, kill_states, list_switches, resume
 from convergence.governance._ledger import (
     GENESIS_HASH,
     Event,
@@ -67,6 +68,7 @@ from convergence.governance._models import (
     Budget,
     BudgetChange,
     DriftReport,
+    KillSwitch,
     PredictionLog,
     ReferenceProfile,
     WebhookDelivery,
@@ -129,6 +131,7 @@ __all__ = [
     "FAMILIES",
     "FORMATS",
     "GENESIS_HASH",
+    "KillSwitch",
     "LocalArtifactStore",
     "METRICS",
     "ModelVersion",
@@ -183,10 +186,13 @@ __all__ = [
     "heartbeat",
     "history",
     "in_production_at",
+    "kill",
+    "kill_states",
     "lineage",
     "list_alerts",
     "list_deliveries",
     "list_models",
+    "list_switches",
     "load_artifact",
     "log_predictions",
     "model_to_dict",
@@ -201,6 +207,7 @@ __all__ = [
     "register_model",
     "reject",
     "report_html_path",
+    "resume",
     "rollback",
     "run_usage",
     "save_profile",

@@ -318,6 +318,20 @@ DELIVERY_STATUSES = ("pending", "delivered", "dead")
 WEBHOOK_FORMATS = ("generic", "slack")
 
 
+class KillSwitch(Base):
+    """Whether a model may serve: state in the database so every replica sees it (read by serving, audited)."""
+
+    __tablename__ = "kill_switches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    safe_output: Mapped[float | None] = mapped_column()  # answer this instead of 503 (trading: 0.0 = flat)
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class PredictionLog(Base):
     """One served prediction: what went in, what came out, which version, how fast (written by serving)."""
 

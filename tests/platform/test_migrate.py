@@ -11,7 +11,7 @@ from convergence.platform.errors import SchemaOutdated
 
 TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
           "budgets", "budget_changes", "alerts", "prediction_log", "reference_profiles", "drift_reports",
-          "webhook_subscriptions", "webhook_deliveries",
+          "webhook_subscriptions", "webhook_deliveries", "kill_switches",
           "approvals", "stage_transitions"}
 
 
