@@ -7,6 +7,9 @@ Importing this package is cheap: torch, ray and kfp load inside the functions th
 from convergence.pipelines._config import LanguageConfig, TradingConfig, load_config, parse_config
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
 from convergence.pipelines._language_pipeline import run_language
+from convergence.pipelines._lm import generate
+from convergence.pipelines._lm import load_artifact as load_language_artifact
+from convergence.pipelines._nets import load_artifact as load_trading_artifact
 from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, schedule_run, submit_job, trigger_run
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
@@ -19,8 +22,11 @@ __all__ = [
     "TradingConfig",
     "build_pipeline",
     "compile_pipeline",
+    "generate",
     "job_manifest",
     "load_config",
+    "load_language_artifact",
+    "load_trading_artifact",
     "parse_config",
     "rayjob_manifest",
     "replay_holdout",

@@ -199,12 +199,14 @@ def perplexity(model: Any, tokens: np.ndarray, *, context: int, batch: int = 8) 
     return math.exp(total / count)
 
 
-def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, eos_id: int | None = None) -> list[list[int]]:
+def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, temperature: float | list[float] = 0.0,
+             seed: int | list[int] = 0, eos_id: int | None = None) -> list[list[int]]:
     """New tokens for each prompt, all prompts in shared forward passes with a KV cache.
 
     Prompts are left-padded and the padding masked; a prompt longer than the context keeps its end.
-    Temperature 0 is greedy; otherwise sampling is reproducible for a seed.
+    Temperature 0 is greedy; otherwise sampling is reproducible for a seed. Temperature and seed may be
+    given per prompt (concurrent requests batched by serving), and a row's result does not depend on
+    the other rows of its batch.
     """
     import torch
 
@@ -213,8 +215,13 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
         raise InvalidInput(f"max_tokens must be between 1 and {context - 1} (the model's context is {context})")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InvalidInput("every prompt needs at least one token")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise InvalidInput(f"temperature must be ≥ 0, got {temperature}")
+    temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(prompts)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
+    if len(temps) != len(prompts) or len(seeds) != len(prompts):
+        raise InvalidInput("give one temperature and one seed per prompt, or one for all")
+    for t in temps:
+        if t < 0 or not math.isfinite(t):
+            raise InvalidInput(f"temperature must be ≥ 0, got {t}")
     keep = context - max_new_tokens
     prompts = [list(p[-keep:]) for p in prompts]
     device = next(model.parameters()).device
@@ -225,7 +232,8 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
         idx[row, width - len(p):] = torch.tensor(p)
         valid[row, width - len(p):] = True
     idx, valid = idx.to(device), valid.to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gens = [torch.Generator(device=device).manual_seed(int(sd)) for sd in seeds]
+    sampled = [i for i, t in enumerate(temps) if t > 0]
     ragged = not bool(valid.all())
     positions = (valid.long().cumsum(1) - 1).clamp(min=0)
     if ragged:
@@ -242,11 +250,10 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
         logits = model(idx, positions=positions, mask=mask, cache=cache)[:, -1]
         pos = positions[:, -1]
         for t in range(max_new_tokens):
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits.float() / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            nxt = logits.argmax(-1)
+            for i in sampled:  # each sampled row draws from its own generator: batching never changes it
+                probs = torch.softmax(logits[i].float() / temps[i], dim=-1)
+                nxt[i] = torch.multinomial(probs, 1, generator=gens[i])[0]
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id

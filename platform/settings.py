@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(default=120.0, gt=0, description="A running pipeline silent this long is dead.")
     corpus_dir: Path | None = Field(default=None, description="Where the language corpora are unpacked "
                                     "(sotu/, reuters/); default: share/convergence-data in the Python prefix.")
+    serve_max_batch_rows: int = Field(default=512, ge=1, description="Most feature rows in one forward pass.")
+    serve_max_generate_batch: int = Field(default=16, ge=1, description="Most prompts generated together.")
+    serve_max_rows: int = Field(default=1024, ge=1, description="Most rows in one /predict request.")
+    serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body (413 above).")
+    serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches.")
+    serve_log_sample: float = Field(default=1.0, ge=0, le=1, description="Share of predictions written to the log.")
+    serve_log_flush_s: float = Field(default=0.5, gt=0, description="Prediction-log batch interval.")
     image: str = Field(default="convergence:0.1.0", description="Container image Kubeflow components run.")
     watts_per_core: float = Field(default=10.0, gt=0, description="Estimated watts per busy CPU core (no RAPL).")
     carbon_g_per_kwh: float = Field(default=400.0, ge=0, description="Grid carbon intensity, gCO2e per kWh.")

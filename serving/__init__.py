@@ -1,6 +1,10 @@
-"""Serving: BentoML services for approved models, kill switch, prediction logging.
+"""Serving: BentoML services for approved models, adaptive batching inside the service, kill switch,
+batched prediction logging, Prometheus metrics.
 
-Loads models only through the governance registry, which checks approvals and artifact hashes.
+Finds models only through the governance registry (approved or production versions, SHA-256 checked);
+reads their artifacts with the pipelines' format readers. BentoML and torch load only when serving.
 """
 
-__all__: list[str] = []
+from convergence.serving._check import check_servable, serve_command
+
+__all__ = ["check_servable", "serve_command"]

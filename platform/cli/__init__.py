@@ -60,7 +60,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convergence.platform.cli import audit, budgets, db, demo, doctor, drift, models, pipelines, webhooks
+    from convergence.platform.cli import audit, budgets, db, demo, doctor, drift, models, pipelines, serve, webhooks
 
     app.add_typer(db.app, name="db")
     app.add_typer(models.app, name="models")
@@ -69,6 +69,7 @@ def _register() -> None:
     app.add_typer(budgets.app, name="budgets")
     app.add_typer(drift.app, name="drift")
     app.add_typer(webhooks.app, name="webhooks")
+    app.add_typer(serve.app, name="serve")
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
 

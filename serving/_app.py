@@ -1,0 +1,268 @@
+"""The HTTP surface of a serving replica: ``/predict`` (trading) and ``/generate`` (language).
+
+A plain ASGI app mounted inside the BentoML service: BentoML's per-endpoint machinery (schema
+generation, its dispatcher) was the cost measured in DESIGN.md, so requests are parsed and batched
+here. Every error is a 4xx/503 with one JSON line ``{"error", "message"}``; nothing reaches a 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+import uuid
+from typing import Any
+
+import numpy as np
+
+from convergence.platform.errors import ConvergenceError, InvalidInput, Unavailable
+from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher, timer
+from convergence.serving._runtime import KillWatcher, Metrics, PredictionLogger
+
+BINARY = "application/octet-stream"  # body: uint32 rows, uint32 columns (little-endian), then float32 row-major
+
+
+class PayloadTooLarge(InvalidInput):
+    http_status = 413
+
+
+class MalformedBody(InvalidInput):
+    http_status = 400
+
+
+@dataclasses.dataclass
+class Replica:
+    """Everything one serving process holds: the model, its batcher, the kill watcher, the log, metrics."""
+
+    loaded: Loaded
+    batcher: TradingBatcher | LanguageBatcher
+    watcher: KillWatcher
+    logger: PredictionLogger
+    metrics: Metrics
+    max_body: int
+    max_rows: int
+
+    def ready(self) -> bool:
+        return self.watcher.polled.is_set() and self.watcher.is_alive()
+
+    def close(self) -> None:
+        self.watcher.stop.set()
+        self.logger.stop.set()
+        self.logger.join(timeout=10)
+
+
+REPLICAS: dict[str, Replica] = {}
+
+
+def start_replica(family: str, *, name: str | None = None, version_id: int | None = None) -> Replica:
+    from convergence.platform.settings import get_settings
+    from convergence.serving._models import load
+
+    s = get_settings()
+    loaded = load(family=family, name=name, version_id=version_id)
+    batcher: TradingBatcher | LanguageBatcher = (TradingBatcher(loaded, max_rows=s.serve_max_batch_rows)
+                                                 if family == "trading"
+                                                 else LanguageBatcher(loaded, max_batch=s.serve_max_generate_batch))
+    metrics = Metrics()
+    batcher.on_batch = lambda n: metrics.observe("batch_size", n, Metrics.BATCH_BUCKETS)
+    watcher = KillWatcher(s.serve_kill_poll_s)
+    watcher.poll()  # the first answer before the first request: a killed model never serves, even briefly
+    watcher.start()
+    logger = PredictionLogger(loaded.version_id, sample=s.serve_log_sample, flush_s=s.serve_log_flush_s)
+    logger.start()
+    replica = Replica(loaded, batcher, watcher, logger, metrics, s.serve_max_body_bytes, s.serve_max_rows)
+    REPLICAS[family] = replica
+    return replica
+
+
+def _error(exc: ConvergenceError) -> Any:
+    from starlette.responses import JSONResponse
+
+    body = {"error": type(exc).__name__, "message": exc.message}
+    if exc.hint:
+        body["hint"] = exc.hint
+    return JSONResponse(body, status_code=exc.http_status)
+
+
+async def _body(request: Any, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {int(declared):,} bytes is over the limit of {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_object(raw: bytes, allowed: set[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"body must be a JSON object with {', '.join(sorted(allowed))}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return data
+
+
+def parse_rows(raw: bytes, content_type: str, n_features: int, max_rows: int) -> np.ndarray:
+    """Feature rows from JSON ``{"rows": [[…], …]}`` or the binary float32 body, validated."""
+    if content_type.startswith(BINARY):
+        if len(raw) < 8:
+            raise InvalidInput("binary body needs an 8-byte header: uint32 rows, uint32 columns (little-endian)")
+        rows, cols = struct.unpack("<II", raw[:8])
+        if len(raw) - 8 != rows * cols * 4:
+            raise InvalidInput(f"binary body declares {rows}×{cols} float32 ({rows * cols * 4} bytes) but carries "
+                               f"{len(raw) - 8} bytes")
+        X = np.frombuffer(raw, dtype="<f4", offset=8).reshape(rows, cols)
+    else:
+        data = _json_object(raw, {"rows"})
+        rows_in = data.get("rows")
+        if not isinstance(rows_in, list):
+            raise InvalidInput('"rows" must be a list of feature rows (lists of numbers)')
+        for i, row in enumerate(rows_in):
+            if not isinstance(row, list):
+                raise InvalidInput(f"row {i} is not a list of numbers")
+            for j, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise InvalidInput(f"row {i}, feature {j} is {type(v).__name__} {v!r}, not a number")
+        lengths = sorted({len(r) for r in rows_in})
+        if len(lengths) > 1:
+            raise InvalidInput(f"rows have different lengths ({lengths}); each needs {n_features} features")
+        X = np.asarray(rows_in, dtype=np.float32) if rows_in else np.zeros((0, n_features), np.float32)
+        if X.ndim != 2:  # [[]]: rows without features
+            X = X.reshape(len(rows_in), -1)
+    if len(X) == 0:
+        raise InvalidInput("empty batch: send at least one row")
+    if len(X) > max_rows:
+        raise PayloadTooLarge(f"{len(X)} rows is over the limit of {max_rows} per request")
+    if X.shape[1] != n_features:
+        raise InvalidInput(f"rows have {X.shape[1]} features; this model takes {n_features}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise InvalidInput(f"row {i}, feature {j} is {X[i, j]}: features must be finite numbers")
+    return X
+
+
+def _killed(replica: Replica) -> dict[str, Any] | None:
+    return replica.watcher.state(replica.loaded.name)
+
+
+def build_app() -> Any:
+    """The ASGI app every replica mounts; it serves whichever family's replica this process started."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    def replica_for(family: str) -> Replica:
+        replica = REPLICAS.get(family)
+        if replica is None:
+            raise Unavailable(f"this server does not serve a {family} model")
+        return replica
+
+    async def predict(request: Any) -> Any:
+        t0 = timer()
+        try:
+            replica = replica_for("trading")
+            X = parse_rows(await _body(request, replica.max_body), request.headers.get("content-type", ""),
+                           replica.loaded.extra["n_features"], replica.max_rows)
+            ids = [str(uuid.uuid4()) for _ in range(len(X))]
+            head = {"model": replica.loaded.name, "version": replica.loaded.version,
+                    "version_id": replica.loaded.version_id, "prediction_ids": ids}
+            if (kill := _killed(replica)) is not None:
+                replica.metrics.inc("killed_total", len(X), model=replica.loaded.name)
+                if kill["safe_output"] is None:
+                    raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
+                return JSONResponse({**head, "predictions": [kill["safe_output"]] * len(X), "killed": True,
+                                     "reason": kill["reason"]})
+            y = await replica.batcher.submit(X)
+        except ConvergenceError as exc:
+            replica_m = REPLICAS.get("trading")
+            if replica_m:
+                replica_m.metrics.inc("errors_total", status=str(exc.http_status))
+            return _error(exc)
+        latency = timer() - t0
+        m = replica.metrics
+        m.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
+        m.inc("predictions_total", len(X), version_id=str(replica.loaded.version_id))
+        per_row_ms = latency * 1000 / len(X)
+        for pid, x, v in zip(ids, X, y, strict=True):
+            replica.logger.add(pid, x.tolist(), float(v), per_row_ms)
+        body = json.dumps({**head, "predictions": [float(v) for v in y]})
+        return Response(body, media_type="application/json",
+                        headers={"x-model-version": str(replica.loaded.version_id)})
+
+    async def generate(request: Any) -> Any:
+        t0 = timer()
+        try:
+            replica = replica_for("language")
+            data = _json_object(await _body(request, replica.max_body), {"prompt", "max_tokens", "temperature", "seed"})
+            prompt, max_tokens = data.get("prompt"), data.get("max_tokens", 32)
+            temperature, seed = data.get("temperature", 0.0), data.get("seed", 0)
+            context = replica.loaded.extra["context"]
+            if not isinstance(prompt, str) or not prompt:
+                raise InvalidInput('"prompt" must be a non-empty string')
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens < context:
+                raise InvalidInput(f'"max_tokens" must be an integer from 1 to {context - 1}')
+            if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                    or not math.isfinite(temperature) or temperature < 0):
+                raise InvalidInput('"temperature" must be a finite number ≥ 0')
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                raise InvalidInput('"seed" must be a non-negative integer')
+            if (kill := _killed(replica)) is not None:
+                replica.metrics.inc("killed_total", 1, model=replica.loaded.name)
+                raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
+            tok = replica.loaded.extra["tokenizer"]
+            ids = tok.encode(prompt, add_special_tokens=False).ids
+            tokens = await replica.batcher.submit(list(ids), max_tokens, float(temperature), seed)
+        except ConvergenceError as exc:
+            if (r := REPLICAS.get("language")) is not None:
+                r.metrics.inc("errors_total", status=str(exc.http_status))
+            return _error(exc)
+        latency = timer() - t0
+        eos = tok.token_to_id("<|endoftext|>")
+        finished = "eos" if tokens and tokens[-1] == eos else "length"
+        text = tok.decode([t for t in tokens if t != eos], skip_special_tokens=False)
+        pid = str(uuid.uuid4())
+        replica.metrics.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
+        replica.metrics.inc("predictions_total", 1, version_id=str(replica.loaded.version_id))
+        replica.metrics.inc("tokens_total", len(tokens))
+        # The log is numeric (what drift reads): prompt tokens, temperature, max_tokens → tokens generated.
+        replica.logger.add(pid, [float(len(ids)), float(temperature), float(max_tokens)], float(len(tokens)),
+                           latency * 1000)
+        return JSONResponse({"model": replica.loaded.name, "version": replica.loaded.version,
+                             "version_id": replica.loaded.version_id, "prediction_id": pid, "text": text,
+                             "tokens": len(tokens), "finish_reason": finished},
+                            headers={"x-model-version": str(replica.loaded.version_id)})
+
+    async def info(request: Any) -> Any:
+        out = {family: {"model": r.loaded.name, "version": r.loaded.version, "version_id": r.loaded.version_id,
+                        "stage": r.loaded.stage, "device": r.loaded.device, "killed": _killed(r),
+                        "queue_depth": r.batcher.depth, "logged": r.logger.written, "log_failed": r.logger.failed}
+               for family, r in REPLICAS.items()}
+        return JSONResponse(out)
+
+    async def metrics(request: Any) -> Any:
+        return Response(render_metrics(), media_type="text/plain; version=0.0.4")
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]),
+                             Route("/generate", generate, methods=["POST"]),
+                             Route("/info", info, methods=["GET"]),
+                             Route("/metrics", metrics, methods=["GET"])])
+
+
+def render_metrics() -> str:
+    lines = []
+    for replica in REPLICAS.values():
+        replica.metrics.set("queue_depth", replica.batcher.depth)
+        replica.metrics.set("shed_total", 0)  # the batcher queues; it never sheds
+        lines.append(replica.metrics.render())
+    return "".join(lines)
+

@@ -1,0 +1,218 @@
+"""Which version serves, loading it safely, and running it in batches.
+
+Only an approved or production version may serve; the artifact's SHA-256 is checked on load (through
+the registry). Concurrent requests are batched inside the service: a single consumer takes whatever is
+queued (up to the batch limit) the moment the model is free, so batches grow with load and nothing is
+ever shed; the queue is the only wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
+
+SERVABLE = ("approved", "production")
+DEFAULT_NAMES = {"trading": "es-trading-student", "language": "sotu-lm-student"}
+
+
+@dataclasses.dataclass
+class Loaded:
+    version_id: int
+    name: str
+    version: int
+    family: str
+    stage: str
+    model: Any
+    extra: dict[str, Any]
+    device: str
+
+
+def resolve(*, session: Any, family: str, name: str | None = None, version_id: int | None = None,
+            prefer_int8: bool = False) -> Any:
+    """The version to serve: ``version_id`` if approved or in production, else NAME's production version
+    (on CPU with ``prefer_int8``, its approved INT8 child when the registry has one)."""
+    from sqlalchemy import select
+
+    from convergence import governance as gov
+
+    if family not in DEFAULT_NAMES:
+        raise InvalidInput(f"unknown model family {family!r}: use trading or language")
+    if version_id is not None:
+        mv = gov.get_model(session=session, version_id=version_id)
+        if mv.family != family:
+            raise InvalidInput(f"version {version_id} ({mv.name}) is a {mv.family} model, not {family}")
+        if mv.stage not in SERVABLE:
+            raise PolicyViolation(f"version {version_id} ({mv.name} v{mv.version}) is {mv.stage}: only approved or "
+                                  "production versions may serve",
+                                  hint="validate and approve it (two different people) first")
+        return mv
+    name = name or DEFAULT_NAMES[family]
+    versions = list(session.execute(select(gov.ModelVersion).where(gov.ModelVersion.name == name)).scalars())
+    if not versions:
+        raise NotFound(f"no model called {name!r}", hint="`cvg models list` shows the registry")
+    live = [v for v in versions if v.stage == "production"]
+    if not live:
+        raise PolicyViolation(f"{name!r} has no version in production (stages: "
+                              f"{', '.join(sorted({v.stage for v in versions}))})",
+                              hint="promote an approved version, or pass --version N of an approved one")
+    mv = live[-1]
+    if mv.family != family:
+        raise InvalidInput(f"{name!r} is a {mv.family} model, not {family}")
+    if prefer_int8:
+        child = session.execute(select(gov.ModelVersion).where(
+            gov.ModelVersion.parent_id == mv.id, gov.ModelVersion.role == "quantized",
+            gov.ModelVersion.stage.in_(SERVABLE)).order_by(gov.ModelVersion.id.desc())).scalars().first()
+        mv = child or mv
+    return mv
+
+
+def load(*, family: str, name: str | None = None, version_id: int | None = None,
+         prefer_int8: bool | None = None) -> Loaded:
+    """Resolve, fetch (SHA-256 checked) and load the model; CUDA when available, CPU otherwise."""
+    import torch
+
+    from convergence import governance as gov
+    from convergence.pipelines import load_language_artifact, load_trading_artifact
+    from convergence.platform.db import session_scope
+
+    cuda = torch.cuda.is_available()
+    with session_scope(write=False) as s:
+        mv = resolve(session=s, family=family, name=name, version_id=version_id,
+                     prefer_int8=(not cuda) if prefer_int8 is None else prefer_int8)
+        path = gov.load_artifact(session=s, version_id=mv.id)
+        info = (mv.id, mv.name, mv.version, mv.family, mv.stage)
+    torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
+    if family == "trading":
+        net, blob = load_trading_artifact(path)
+        device = "cuda" if cuda and not blob.get("quantized") else "cpu"
+        extra = {"mean": blob["mean"].astype(np.float32), "std": blob["std"].astype(np.float32),
+                 "y_scale": float(blob["y_scale"]), "n_features": int(blob["arch"]["n_in"]),
+                 "quantized": bool(blob.get("quantized")), "meta": blob.get("meta", {})}
+    else:
+        net, tokenizer, blob = load_language_artifact(path)
+        device = "cuda" if cuda else "cpu"
+        extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"])}
+    return Loaded(*info, net.to(device).eval(), extra, device)
+
+
+class TradingBatcher:
+    """Feature rows in, predictions out; concurrent requests share forward passes."""
+
+    def __init__(self, loaded: Loaded, *, max_rows: int) -> None:
+        self.loaded, self.max_rows = loaded, max_rows
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] | None = None
+        self.depth = 0
+        self.on_batch: Any = None  # callback(rows) for metrics
+
+    def predict_now(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        e = self.loaded.extra
+        Xn = (X - e["mean"]) / e["std"]
+        with torch.inference_mode():
+            out = self.loaded.model(torch.from_numpy(Xn.astype(np.float32)).to(self.loaded.device))
+        return out.float().cpu().numpy().ravel() * e["y_scale"]
+
+    async def submit(self, X: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            loop.create_task(self._run())
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        self.depth += 1
+        self.queue.put_nowait((X, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        while True:
+            items = [await self.queue.get()]
+            rows = len(items[0][0])
+            while rows < self.max_rows and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+                rows += len(items[-1][0])
+            self.depth -= len(items)
+            try:
+                y = self.predict_now(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request, never lost
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            if self.on_batch:
+                self.on_batch(rows)
+            start = 0
+            for x, fut in items:
+                if not fut.done():
+                    fut.set_result(y[start:start + len(x)])
+                start += len(x)
+            await asyncio.sleep(0)  # let the answered requests go out before the next batch
+
+
+@dataclasses.dataclass
+class GenRequest:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    seed: int
+    future: asyncio.Future[list[int]]
+
+
+class LanguageBatcher:
+    """Prompts in, tokens out; concurrent requests are generated together (one KV-cached pass per step)."""
+
+    def __init__(self, loaded: Loaded, *, max_batch: int) -> None:
+        self.loaded, self.max_batch = loaded, max_batch
+        self.queue: asyncio.Queue[GenRequest] | None = None
+        self.depth = 0
+        self.on_batch: Any = None
+
+    def generate_now(self, reqs: list[GenRequest]) -> list[list[int]]:
+        from convergence.pipelines import generate
+
+        eos = self.loaded.extra["tokenizer"].token_to_id("<|endoftext|>")
+        out = generate(self.loaded.model, [r.prompt for r in reqs], max_new_tokens=max(r.max_tokens for r in reqs),
+                       temperature=[r.temperature for r in reqs], seed=[r.seed for r in reqs], eos_id=eos)
+        return [tokens[:r.max_tokens] for tokens, r in zip(out, reqs, strict=True)]
+
+    async def submit(self, prompt: list[int], max_tokens: int, temperature: float, seed: int) -> list[int]:
+        loop = asyncio.get_running_loop()
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            loop.create_task(self._run())
+        fut: asyncio.Future[list[int]] = loop.create_future()
+        self.depth += 1
+        self.queue.put_nowait(GenRequest(prompt, max_tokens, temperature, seed, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        while True:
+            reqs = [await self.queue.get()]
+            await asyncio.sleep(0.002)  # a moment for requests arriving together to share the passes
+            while len(reqs) < self.max_batch and not self.queue.empty():
+                reqs.append(self.queue.get_nowait())
+            self.depth -= len(reqs)
+            try:
+                # Generation takes milliseconds to seconds: off the event loop, so health checks still answer.
+                outs = await asyncio.to_thread(self.generate_now, reqs)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for r in reqs:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                continue
+            if self.on_batch:
+                self.on_batch(len(reqs))
+            for r, tokens in zip(reqs, outs, strict=True):
+                if not r.future.done():
+                    r.future.set_result(tokens)
+
+
+def timer() -> float:
+    return time.perf_counter()

@@ -1,0 +1,138 @@
+"""What every serving replica runs beside its model: the kill-switch watcher, the batched prediction
+logger, and Prometheus metrics.
+
+All three keep database work off the request path: the watcher polls the kill switches a few times a
+second into memory, and the logger queues rows and writes them in batches from a background thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import datetime as dt
+import logging
+import queue
+import random
+import threading
+from collections import defaultdict
+from typing import Any
+
+from convergence.platform.errors import ConvergenceError
+
+log = logging.getLogger("convergence.serving")
+
+
+class KillWatcher(threading.Thread):
+    """Polls ``kill_switches``; ``state(name)`` answers from memory. A failed poll keeps the last state."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__(name="cvg-kill-watcher", daemon=True)
+        self.interval_s, self.stop = interval_s, threading.Event()
+        self.states: dict[str, dict[str, Any]] = {}
+        self.polled = threading.Event()
+
+    def poll(self) -> None:
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+
+        with session_scope(write=False) as s:
+            self.states = gov.kill_states(session=s)
+        self.polled.set()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.poll()
+            except ConvergenceError as exc:  # the database is away: keep serving on the last known state
+                log.warning("kill-switch poll failed: %s", exc)
+            self.stop.wait(self.interval_s)
+
+    def state(self, name: str) -> dict[str, Any] | None:
+        return self.states.get(name)
+
+
+class PredictionLogger(threading.Thread):
+    """Queues (prediction id, time, features, output, latency) rows and writes them in batches, one
+    transaction per flush, off the request path. ``sample`` is the share of predictions logged."""
+
+    def __init__(self, model_version_id: int, *, sample: float, flush_s: float, max_rows: int = 2000) -> None:
+        super().__init__(name="cvg-prediction-log", daemon=True)
+        self.model_version_id, self.sample, self.flush_s, self.max_rows = model_version_id, sample, flush_s, max_rows
+        self.queue: queue.SimpleQueue[tuple[str, dt.datetime, list[float], float, float]] = queue.SimpleQueue()
+        self.stop, self.written, self.failed = threading.Event(), 0, 0
+
+    def add(self, pid: str, features: list[float], output: float, latency_ms: float) -> None:
+        if self.sample >= 1.0 or random.random() < self.sample:
+            self.queue.put((pid, dt.datetime.now(dt.timezone.utc), features, output, latency_ms))
+
+    def flush(self) -> int:
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+
+        rows = []
+        with contextlib.suppress(queue.Empty):
+            while len(rows) < self.max_rows:
+                rows.append(self.queue.get_nowait())
+        if not rows:
+            return 0
+        try:
+            with session_scope() as s:
+                gov.log_predictions(session=s, model_version_id=self.model_version_id, rows=rows)
+        except ConvergenceError as exc:  # keep serving; the rows are counted as lost, never half-written
+            self.failed += len(rows)
+            log.warning("prediction log: %d rows not written: %s", len(rows), exc)
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.flush_s):
+            while self.flush() == self.max_rows:
+                pass
+        while self.flush():
+            pass
+
+
+class Metrics:
+    """Counters, gauges and histograms in the Prometheus text format (no global registry to collide with)."""
+
+    LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+    def __init__(self, prefix: str = "cvg_serving") -> None:
+        self.prefix = prefix
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.gauges: dict[str, float] = {}
+        self.hists: dict[str, tuple[tuple[float, ...], list[int], list[float]]] = {}
+        self.lock = threading.Lock()
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        with self.lock:
+            self.counters[(name, tuple(sorted(labels.items())))] += value
+
+    def set(self, name: str, value: float) -> None:
+        self.gauges[name] = value
+
+    def observe(self, name: str, value: float, buckets: tuple[float, ...]) -> None:
+        with self.lock:
+            bounds, counts, total = self.hists.setdefault(name, (buckets, [0] * (len(buckets) + 1), [0.0]))
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total[0] += value
+
+    def render(self) -> str:
+        p, lines = self.prefix, []
+        with self.lock:
+            for (name, labels), value in sorted(self.counters.items()):
+                label = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(f"{p}_{name}{{{label}}} {value:g}" if label else f"{p}_{name} {value:g}")
+            for name, value in sorted(self.gauges.items()):
+                lines.append(f"{p}_{name} {value:g}")
+            for name, (bounds, counts, total) in sorted(self.hists.items()):
+                running = 0
+                for bound, count in zip(bounds, counts, strict=False):
+                    running += count
+                    lines.append(f'{p}_{name}_bucket{{le="{bound:g}"}} {running}')
+                running += counts[-1]
+                lines += [f'{p}_{name}_bucket{{le="+Inf"}} {running}', f"{p}_{name}_sum {total[0]:g}",
+                          f"{p}_{name}_count {running}"]
+        return "\n".join(lines) + "\n"

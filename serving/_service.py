@@ -1,0 +1,60 @@
+"""The BentoML services ``cvg serve`` starts: ``bentoml serve convergence.serving._service:Trading``.
+
+Each service loads its model when BentoML starts the worker (which version: ``CVG_SERVE_MODEL`` /
+``CVG_SERVE_VERSION``, set by ``cvg serve``), mounts the replica's ASGI app at ``/``, reports
+readiness through ``__is_ready__`` (BentoML's ``/readyz``; ``/livez`` is BentoML's) and serves its own
+Prometheus ``/metrics``. BentoML's tracing is excluded for the model routes and its access log and
+traffic metrics are off: measured, they cost more than the model (see DESIGN.md and the serving bench).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bentoml
+
+from convergence.serving._app import REPLICAS, build_app, start_replica
+
+APP = build_app()
+CONFIG: dict[str, Any] = {
+    "metrics": {"enabled": False},  # ours replace BentoML's per-request traffic middleware
+    "logging": {"access": {"enabled": False}},
+    "tracing": {"excluded_urls": ["/predict", "/generate"]},
+    "traffic": {"timeout": 60},
+    "workers": 1,
+}
+
+
+def _version() -> int | None:
+    value = os.environ.get("CVG_SERVE_VERSION")
+    return int(value) if value else None
+
+
+class _Replica:
+    family = ""
+
+    def __init__(self) -> None:
+        start_replica(self.family, name=os.environ.get("CVG_SERVE_MODEL") or None, version_id=_version())
+
+    def __is_ready__(self) -> bool:
+        replica = REPLICAS.get(self.family)
+        return bool(replica and replica.ready())
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        replica = REPLICAS.pop(self.family, None)
+        if replica:
+            replica.close()
+
+
+@bentoml.service(name="convergence-trading", **CONFIG)
+@bentoml.asgi_app(APP, path="/")
+class Trading(_Replica):
+    family = "trading"
+
+
+@bentoml.service(name="convergence-language", **CONFIG)
+@bentoml.asgi_app(APP, path="/")
+class Language(_Replica):
+    family = "language"
