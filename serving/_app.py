@@ -135,7 +135,8 @@ def parse_rows(raw: bytes, content_type: str, n_features: int, max_rows: int) ->
         lengths = sorted({len(r) for r in rows_in})
         if len(lengths) > 1:
             raise InvalidInput(f"rows have different lengths ({lengths}); each needs {n_features} features")
-        X = np.asarray(rows_in, dtype=np.float32) if rows_in else np.zeros((0, n_features), np.float32)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf in float32, and is refused below as not finite
+            X = np.asarray(rows_in, dtype=np.float32) if rows_in else np.zeros((0, n_features), np.float32)
         if X.ndim != 2:  # [[]]: rows without features
             X = X.reshape(len(rows_in), -1)
     if len(X) == 0:

@@ -133,3 +133,13 @@ def test_learning_rate_schedule() -> None:
     assert lm.lr_at(0, total=100, warmup=10, lr=1.0) == pytest.approx(0.1)
     assert lm.lr_at(10, total=100, warmup=10, lr=1.0) == pytest.approx(1.0)
     assert lm.lr_at(100, total=100, warmup=10, lr=1.0) == pytest.approx(0.1)
+
+
+def test_per_row_temperature_and_seed_do_not_depend_on_the_batch(model) -> None:
+    prompts = [[1, 2, 3], [9], [4, 5]]
+    batched = lm.generate(model, prompts, max_new_tokens=6, temperature=[0.0, 0.9, 1.3], seed=[5, 6, 7])
+    alone = [lm.generate(model, [p], max_new_tokens=6, temperature=t, seed=sd)[0]
+             for p, t, sd in zip(prompts, [0.0, 0.9, 1.3], [5, 6, 7], strict=True)]
+    assert batched == alone
+    with pytest.raises(InvalidInput, match="one temperature and one seed per prompt"):
+        lm.generate(model, prompts, max_new_tokens=2, temperature=[0.1])

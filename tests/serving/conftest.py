@@ -51,7 +51,7 @@ def register_trading(tmp: Path, evidence: Path, *, name: str = "es-trading-stude
     rng = np.random.default_rng(0)
     path = nets.save_artifact(tmp / f"{name}-{time.time_ns()}.pt", net=nets.from_arch(arch), role="student", arch=arch,
                               quantized=False, mean=rng.normal(size=N_FEATURES), std=rng.uniform(0.5, 2, N_FEATURES),
-                              y_scale=0.01, meta={"synthetic": True})
+                              y_scale=0.01, meta={"synthetic": True, "nonce": time.time_ns()})
     with session_scope() as s:
         mv = gov.register_model(session=s, actor="quant", name=name, artifact=path, family="trading", role="student")
         if stage != "candidate":

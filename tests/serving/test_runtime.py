@@ -1,0 +1,66 @@
+"""The replica's helpers: Prometheus text, the batched prediction logger (and what it does when the
+database is away), and the kill watcher's memory of the last good state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from convergence import governance as gov
+from convergence.platform.db import session_scope
+from convergence.serving._runtime import KillWatcher, Metrics, PredictionLogger
+
+
+def test_metrics_render_counters_gauges_and_cumulative_histograms() -> None:
+    m = Metrics()
+    m.inc("predictions_total", 3, version_id="7")
+    m.set("queue_depth", 2)
+    for v in (0.0004, 0.003, 0.003, 9.0):
+        m.observe("latency_seconds", v, Metrics.LATENCY_BUCKETS)
+    text = m.render()
+    assert 'cvg_serving_predictions_total{version_id="7"} 3' in text and "cvg_serving_queue_depth 2" in text
+    assert 'cvg_serving_latency_seconds_bucket{le="0.0005"} 1' in text
+    assert 'cvg_serving_latency_seconds_bucket{le="0.005"} 3' in text
+    assert 'cvg_serving_latency_seconds_bucket{le="+Inf"} 4' in text and "cvg_serving_latency_seconds_count 4" in text
+
+
+@pytest.fixture
+def version(db_url: str, model_file: Path) -> int:
+    with session_scope() as s:
+        return gov.register_model(session=s, actor="q", name="m", artifact=model_file, family="trading",
+                                  role="student").id
+
+
+def test_logger_writes_batches_with_the_version_and_samples(version: int) -> None:
+    logger = PredictionLogger(version, sample=1.0, flush_s=10, max_rows=3)
+    for i in range(7):
+        logger.add(f"p{i}", [float(i)], float(i) * 2, 0.1)
+    assert [logger.flush(), logger.flush(), logger.flush(), logger.flush()] == [3, 3, 1, 0]
+    with session_scope(write=False) as s:
+        rows = s.query(gov.PredictionLog).order_by(gov.PredictionLog.id).all()
+    assert [(r.prediction_id, r.model_version_id, r.output) for r in rows][-1] == ("p6", version, 12.0)
+    none = PredictionLogger(version, sample=0.0, flush_s=10)
+    none.add("x", [1.0], 1.0, 0.1)
+    assert none.flush() == 0
+
+
+def test_logger_and_watcher_survive_a_database_that_went_away(version: int, monkeypatch) -> None:
+    from convergence.platform.db import dispose_engines
+    from convergence.platform.settings import get_settings
+
+    with session_scope() as s:
+        gov.kill(session=s, name="m", reason="stop", actor="risk")
+    watcher = KillWatcher(0.05)
+    watcher.poll()
+    assert watcher.state("m")["reason"] == "stop"
+    logger = PredictionLogger(version, sample=1.0, flush_s=10)
+    logger.add("lost", [1.0], 1.0, 0.1)
+    monkeypatch.setenv("CVG_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    dispose_engines()
+    watcher.start()
+    watcher.stop.wait(0.3)
+    watcher.stop.set()
+    assert watcher.state("m")["reason"] == "stop"  # the last known state holds: a killed model stays killed
+    assert logger.flush() == 0 and logger.failed == 1  # counted, not half-written
