@@ -187,9 +187,10 @@ def production_params(*, session: Session, name: str) -> dict[str, Any]:
 
 def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime,
                   until: dt.datetime) -> np.ndarray:
-    rows = session.execute(select(PredictionLog.features, PredictionLog.output).where(
+    found = session.execute(select(PredictionLog.features, PredictionLog.features_f32, PredictionLog.output).where(
         PredictionLog.model_version_id == profile.model_version_id, PredictionLog.ts >= since,
         PredictionLog.ts < until)).all()
+    rows = [(np.frombuffer(raw, dtype="<f4") if raw is not None else features, out) for features, raw, out in found]
     if not rows:
         raise InvalidInput(f"no predictions of version {profile.model_version_id} were logged between "
                            f"{since.isoformat()} and {until.isoformat()}", hint="widen --window or --since/--until")
@@ -264,14 +265,17 @@ def check_drift(*, session: Session, name: str, since: dt.datetime, until: dt.da
 
 def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple[str, dt.datetime, list[float], float,
                                                                                  float | None]]) -> int:
-    """Batch-write predictions (prediction id, time, features, output, latency ms); used by serving."""
+    """Batch-write predictions (prediction id, time, features, output, latency ms); used by serving.
+    Features given as a numpy array are stored as float32 bytes, a list as JSON."""
     from sqlalchemy import insert
 
     if not rows:
         return 0
     session.execute(insert(PredictionLog), [
-        {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "features": list(map(float, f)),
-         "output": float(o), "latency_ms": lat} for pid, ts, f, o, lat in rows])
+        {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "output": float(o), "latency_ms": lat,
+         **({"features": None, "features_f32": np.asarray(f, dtype="<f4").tobytes()} if isinstance(f, np.ndarray)
+            else {"features": list(map(float, f)), "features_f32": None})}
+        for pid, ts, f, o, lat in rows])
     return len(rows)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -333,18 +334,34 @@ class KillSwitch(Base):
 
 
 class PredictionLog(Base):
-    """One served prediction: what went in, what came out, which version, how fast (written by serving)."""
+    """One served prediction: what went in, what came out, which version, how fast (written by serving).
+
+    Inputs are a JSON list (``features``) or, from the serving hot path, little-endian float32 bytes
+    (``features_f32``): encoding 200 floats as JSON costs ~100 µs a row, the bytes almost nothing."""
 
     __tablename__ = "prediction_log"
-    __table_args__ = (Index("ix_prediction_log_version_ts", "model_version_id", "ts"),)
+    __table_args__ = (Index("ix_prediction_log_version_ts", "model_version_id", "ts"),
+                      CheckConstraint("features IS NOT NULL OR features_f32 IS NOT NULL", name="features_present"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     prediction_id: Mapped[str] = mapped_column(String(36), nullable=False, unique=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
     ts: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
-    features: Mapped[list[float]] = mapped_column(JSON, nullable=False)
+    features: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    features_f32: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     output: Mapped[float] = mapped_column(nullable=False)
     latency_ms: Mapped[float | None] = mapped_column()
+
+    @property
+    def vector(self) -> list[float]:
+        """The inputs as floats, whichever way they were stored."""
+        if self.features_f32 is not None:
+            import array
+
+            values = array.array("f")
+            values.frombytes(self.features_f32)  # little-endian on every platform we run
+            return values.tolist()
+        return list(self.features or [])
 
 
 class ReferenceProfile(Base):

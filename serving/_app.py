@@ -11,14 +11,15 @@ import dataclasses
 import json
 import math
 import struct
-import uuid
 from typing import Any
 
 import numpy as np
 
 from convergence.platform.errors import ConvergenceError, InvalidInput, Unavailable
 from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher, timer
-from convergence.serving._runtime import KillWatcher, Metrics, PredictionLogger
+from convergence.serving._runtime import Ids, KillWatcher, Metrics, PredictionLogger
+
+IDS = Ids()
 
 BINARY = "application/octet-stream"  # body: uint32 rows, uint32 columns (little-endian), then float32 row-major
 
@@ -174,7 +175,7 @@ def build_app() -> Any:
             replica = replica_for("trading")
             X = parse_rows(await _body(request, replica.max_body), request.headers.get("content-type", ""),
                            replica.loaded.extra["n_features"], replica.max_rows)
-            ids = [str(uuid.uuid4()) for _ in range(len(X))]
+            ids = IDS.take(len(X))
             head = {"model": replica.loaded.name, "version": replica.loaded.version,
                     "version_id": replica.loaded.version_id, "prediction_ids": ids}
             if (kill := _killed(replica)) is not None:
@@ -193,9 +194,7 @@ def build_app() -> Any:
         m = replica.metrics
         m.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
         m.inc("predictions_total", len(X), version_id=str(replica.loaded.version_id))
-        per_row_ms = latency * 1000 / len(X)
-        for pid, x, v in zip(ids, X, y, strict=True):
-            replica.logger.add(pid, x.tolist(), float(v), per_row_ms)
+        replica.logger.add(ids, X, y, latency * 1000 / len(X))
         body = json.dumps({**head, "predictions": [float(v) for v in y]})
         return Response(body, media_type="application/json",
                         headers={"x-model-version": str(replica.loaded.version_id)})
@@ -231,12 +230,12 @@ def build_app() -> Any:
         eos = tok.token_to_id("<|endoftext|>")
         finished = "eos" if tokens and tokens[-1] == eos else "length"
         text = tok.decode([t for t in tokens if t != eos], skip_special_tokens=False)
-        pid = str(uuid.uuid4())
+        [pid] = IDS.take(1)
         replica.metrics.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
         replica.metrics.inc("predictions_total", 1, version_id=str(replica.loaded.version_id))
         replica.metrics.inc("tokens_total", len(tokens))
         # The log is numeric (what drift reads): prompt tokens, temperature, max_tokens → tokens generated.
-        replica.logger.add(pid, [float(len(ids)), float(temperature), float(max_tokens)], float(len(tokens)),
+        replica.logger.add([pid], [[float(len(ids)), float(temperature), float(max_tokens)]], [len(tokens)],
                            latency * 1000)
         return JSONResponse({"model": replica.loaded.name, "version": replica.loaded.version,
                              "version_id": replica.loaded.version_id, "prediction_id": pid, "text": text,

@@ -22,6 +22,19 @@ from convergence.platform.errors import ConvergenceError
 log = logging.getLogger("convergence.serving")
 
 
+class Ids:
+    """Prediction ids: a random 64-bit prefix per process and a counter (uuid4 cost 2 µs a row, this 0.2)."""
+
+    def __init__(self) -> None:
+        import itertools
+        import secrets
+
+        self.prefix, self.counter = secrets.token_hex(8), itertools.count()
+
+    def take(self, n: int) -> list[str]:
+        return [f"{self.prefix}-{next(self.counter):019d}" for _ in range(n)]
+
+
 class KillWatcher(threading.Thread):
     """Polls ``kill_switches``; ``state(name)`` answers from memory. A failed poll keeps the last state."""
 
@@ -52,27 +65,31 @@ class KillWatcher(threading.Thread):
 
 
 class PredictionLogger(threading.Thread):
-    """Queues (prediction id, time, features, output, latency) rows and writes them in batches, one
-    transaction per flush, off the request path. ``sample`` is the share of predictions logged."""
+    """Queues each request's (prediction ids, time, features, outputs, latency) and writes the rows in
+    batches, one transaction per flush, off the request path. ``sample`` is the share of requests logged."""
 
     def __init__(self, model_version_id: int, *, sample: float, flush_s: float, max_rows: int = 2000) -> None:
         super().__init__(name="cvg-prediction-log", daemon=True)
         self.model_version_id, self.sample, self.flush_s, self.max_rows = model_version_id, sample, flush_s, max_rows
-        self.queue: queue.SimpleQueue[tuple[str, dt.datetime, list[float], float, float]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[list[str], dt.datetime, Any, Any, float]] = queue.SimpleQueue()
         self.stop, self.written, self.failed = threading.Event(), 0, 0
+        self.pending: list[tuple[str, dt.datetime, Any, float, float]] = []
 
-    def add(self, pid: str, features: list[float], output: float, latency_ms: float) -> None:
+    def add(self, ids: list[str], features: Any, outputs: Any, latency_ms: float) -> None:
+        """One request's rows (ids, a features matrix or list of lists, outputs); expanded off the request path."""
         if self.sample >= 1.0 or random.random() < self.sample:
-            self.queue.put((pid, dt.datetime.now(dt.timezone.utc), features, output, latency_ms))
+            self.queue.put((ids, dt.datetime.now(dt.timezone.utc), features, outputs, latency_ms))
 
     def flush(self) -> int:
         from convergence import governance as gov
         from convergence.platform.db import session_scope
 
-        rows = []
+        rows, self.pending = self.pending, []
         with contextlib.suppress(queue.Empty):
             while len(rows) < self.max_rows:
-                rows.append(self.queue.get_nowait())
+                ids, ts, features, outputs, latency = self.queue.get_nowait()
+                rows.extend((pid, ts, features[i], float(outputs[i]), latency) for i, pid in enumerate(ids))
+        rows, self.pending = rows[:self.max_rows], rows[self.max_rows:]
         if not rows:
             return 0
         try:
@@ -89,7 +106,7 @@ class PredictionLogger(threading.Thread):
         while not self.stop.wait(self.flush_s):
             while self.flush() == self.max_rows:
                 pass
-        while self.flush():
+        while self.flush() or self.pending:
             pass
 
 

@@ -118,3 +118,23 @@ def test_bad_input_is_refused_and_stores_nothing(production: int) -> None:
     with session_scope(write=False) as s:
         assert s.execute(select(func.count()).select_from(gov.DriftReport)).scalar() == 0
         assert s.execute(select(func.count()).select_from(gov.Alert)).scalar() == 0
+
+
+def test_binary_and_json_logged_inputs_read_the_same(production: int) -> None:
+    """Serving logs float32 bytes, replays log JSON lists: the drift window sees the same numbers."""
+    from convergence.governance._drift import window_matrix
+
+    data = synthetic(50).astype(np.float32)
+    t0 = dt.datetime(2026, 11, 2, tzinfo=UTC)
+    t1 = t0 + dt.timedelta(hours=1)
+    _log(production, data.astype(np.float64), t0)
+    rows = [(str(uuid.uuid4()), t1 + dt.timedelta(milliseconds=i), np.array([9.0, 9.0, 9.0, *r[:3]], np.float32),
+             float(r[3]), 0.3) for i, r in enumerate(data)]
+    with session_scope() as s:
+        gov.log_predictions(session=s, model_version_id=production, rows=rows)
+    with session_scope(write=False) as s:
+        profile = s.query(gov.ReferenceProfile).filter_by(model_version_id=production).one()
+        as_json = window_matrix(s, profile, t0, t0 + dt.timedelta(minutes=1))
+        as_bytes = window_matrix(s, profile, t1, t1 + dt.timedelta(minutes=1))
+    np.testing.assert_array_equal(as_json, as_bytes)
+    np.testing.assert_array_equal(as_bytes, data)

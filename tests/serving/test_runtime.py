@@ -33,15 +33,21 @@ def version(db_url: str, model_file: Path) -> int:
 
 
 def test_logger_writes_batches_with_the_version_and_samples(version: int) -> None:
+    import numpy as np
+
     logger = PredictionLogger(version, sample=1.0, flush_s=10, max_rows=3)
-    for i in range(7):
-        logger.add(f"p{i}", [float(i)], float(i) * 2, 0.1)
-    assert [logger.flush(), logger.flush(), logger.flush(), logger.flush()] == [3, 3, 1, 0]
+    logger.add(["a0", "a1"], [[0.5], [1.5]], [1.0, 3.0], 0.1)  # JSON lists
+    X = np.arange(10, dtype=np.float32).reshape(5, 2) / 3  # binary float32 rows
+    logger.add([f"b{i}" for i in range(5)], X, X.sum(axis=1), 0.2)
+    assert [logger.flush(), logger.flush(), logger.flush()] == [3, 3, 1] and logger.flush() == 0
     with session_scope(write=False) as s:
         rows = s.query(gov.PredictionLog).order_by(gov.PredictionLog.id).all()
-    assert [(r.prediction_id, r.model_version_id, r.output) for r in rows][-1] == ("p6", version, 12.0)
+    assert [r.prediction_id for r in rows] == ["a0", "a1", "b0", "b1", "b2", "b3", "b4"]
+    assert rows[0].features == [0.5] and rows[0].features_f32 is None
+    assert rows[-1].features is None and rows[-1].vector == X[4].tolist()  # float32 exactly
+    assert {r.model_version_id for r in rows} == {version} and rows[-1].output == float(X[4].sum())
     none = PredictionLogger(version, sample=0.0, flush_s=10)
-    none.add("x", [1.0], 1.0, 0.1)
+    none.add(["x"], [[1.0]], [1.0], 0.1)
     assert none.flush() == 0
 
 
@@ -55,7 +61,7 @@ def test_logger_and_watcher_survive_a_database_that_went_away(version: int, monk
     watcher.poll()
     assert watcher.state("m")["reason"] == "stop"
     logger = PredictionLogger(version, sample=1.0, flush_s=10)
-    logger.add("lost", [1.0], 1.0, 0.1)
+    logger.add(["lost"], [[1.0]], [1.0], 0.1)
     monkeypatch.setenv("CVG_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")
     get_settings.cache_clear()
     dispose_engines()

@@ -51,7 +51,7 @@ def test_served_predictions_equal_in_process_and_are_logged(trading_server) -> N
         time.sleep(0.2)
     logged = [rows[pid] for pid in body["prediction_ids"]]
     assert {p.model_version_id for p in logged} == {trading_server.version_id}
-    np.testing.assert_allclose([p.features for p in logged], X, rtol=1e-6)
+    np.testing.assert_array_equal([p.vector for p in logged], X)  # the exact float32 inputs
     np.testing.assert_allclose([p.output for p in logged], body["predictions"], rtol=1e-6)
 
 

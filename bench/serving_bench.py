@@ -1,0 +1,258 @@
+"""Serving benchmark: our BentoML service vs the raw floor vs a plain BentoML batchable service, and
+batched vs unbatched generation.
+
+    .venv/bin/python bench/serving_bench.py [--seconds 8]
+
+Trading: the student's shape (208 features → 32 → 1, SYNTHETIC weights: speed does not depend on
+them), one server at a time pinned to CPU 0, `wrk` (Debian package) pinned to CPU 1, a JSON body of one
+row, 1 and 64 connections, after a warm-up. Servers: (floor) Starlette + uvicorn calling the model per
+request; (plain) `@bentoml.api(batchable=True)` with default settings; (ours) `cvg serve trading`.
+Language: `cvg serve language` with the default student's shape (2 × 96, context 128, SYNTHETIC
+weights, a real BPE tokenizer), 16 concurrent clients, 32 new tokens each, with batching and with
+CVG_SERVE_MAX_GENERATE_BATCH=1. Prints tables and writes bench/results/serving.json. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+N_IN = 208
+
+FLOOR_APP = textwrap.dedent('''
+    import json, numpy as np, torch
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from convergence.pipelines import load_trading_artifact
+    torch.set_num_threads(1)
+    net, blob = load_trading_artifact(__ARTIFACT__)
+    mean, std, scale = blob["mean"].astype(np.float32), blob["std"].astype(np.float32), blob["y_scale"]
+    async def predict(request):
+        X = np.asarray(json.loads(await request.body())["rows"], dtype=np.float32)
+        with torch.inference_mode():
+            y = net(torch.from_numpy((X - mean) / std)).numpy().ravel() * scale
+        return Response(json.dumps({"predictions": [float(v) for v in y]}), media_type="application/json")
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+''')
+
+PLAIN_SERVICE = textwrap.dedent('''
+    import bentoml, numpy as np, torch
+    from convergence.pipelines import load_trading_artifact
+    torch.set_num_threads(1)
+    net, blob = load_trading_artifact(__ARTIFACT__)
+    mean, std, scale = blob["mean"].astype(np.float32), blob["std"].astype(np.float32), blob["y_scale"]
+    @bentoml.service
+    class Plain:
+        @bentoml.api(batchable=True)
+        def predict(self, rows: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return net(torch.from_numpy((rows.astype(np.float32) - mean) / std)).numpy().ravel() * scale
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, body: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:] if proc.stdout else ''}")
+        try:
+            if httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready in {timeout} s")
+
+
+def start(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", "0", *cmd], env={**os.environ, **env}, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, script: Path, conns: int, seconds: int) -> dict[str, Any]:
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
+                          str(script), url], capture_output=True, text=True, check=True).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)), "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1)),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else ""}
+
+
+def setup_registry(tmp: Path) -> tuple[dict[str, str], Path, Path]:
+    env = {"CVG_HOME": str(tmp / "home"), "CVG_DATABASE_URL": f"sqlite:///{tmp / 'cvg.db'}",
+           "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(tmp / "bentoml")}
+    os.environ.update(env)
+    import numpy as np
+    import torch
+
+    from convergence import governance as gov
+    from convergence.pipelines import _lm as lm
+    from convergence.pipelines import _nets as nets
+    from convergence.pipelines._corpus import load_corpus
+    from convergence.platform import migrate
+    from convergence.platform.db import session_scope
+
+    migrate.upgrade()
+    torch.manual_seed(0)
+    arch = {"n_in": N_IN, "hidden": [32], "dropout": 0.0}
+    rng = np.random.default_rng(0)
+    trading = nets.save_artifact(tmp / "student.pt", net=nets.from_arch(arch), role="student", arch=arch,
+                                 quantized=False, mean=rng.normal(size=N_IN), std=rng.uniform(0.5, 2, N_IN),
+                                 y_scale=0.01, meta={"synthetic": True})
+    corpus = load_corpus(holdout_from_year=2010, reuters=False)
+    tok = lm.train_tokenizer([d.text for d in corpus.train], vocab_size=4096, min_frequency=2)
+    spec = lm.arch(vocab=tok.get_vocab_size(), context=128, d_model=96, layers=2, heads=2)
+    language = lm.save_artifact(tmp / "lm.pt", model=lm.build(spec), spec=spec, tokenizer=tok, role="student", meta={})
+    evidence = tmp / "evidence.md"
+    evidence.write_text("benchmark models (synthetic weights)\n")
+    with session_scope() as s:
+        for name, path, family in (("es-trading-student", trading, "trading"), ("sotu-lm-student", language, "language")):
+            mv = gov.register_model(session=s, actor="bench", name=name, artifact=path, family=family, role="student")
+            gov.validate(session=s, version_id=mv.id, actor="val", evidence=evidence)
+            gov.approve(session=s, version_id=mv.id, actor="boss", reason="bench")
+            gov.promote(session=s, version_id=mv.id, actor="ops", reason="bench")
+    return env, trading, language
+
+
+def bench_trading(tmp: Path, env: dict[str, str], artifact: Path, seconds: int) -> dict[str, Any]:
+    body = json.dumps({"rows": [[0.1] * N_IN]})
+    script = tmp / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = '{body}'\n")
+    (tmp / "floor_app.py").write_text(FLOOR_APP.replace("__ARTIFACT__", repr(str(artifact))))
+    (tmp / "plain_service.py").write_text(PLAIN_SERVICE.replace("__ARTIFACT__", repr(str(artifact))))
+    results: dict[str, Any] = {}
+    servers = {
+        "floor: Starlette + uvicorn": lambda p: (start([str(BIN / "python"), "-m", "uvicorn", "floor_app:app", "--port",
+                                                       str(p), "--log-level", "warning", "--no-access-log"], env, tmp),
+                                                f"http://127.0.0.1:{p}/predict"),
+        "plain BentoML batchable": lambda p: (start([str(BIN / "bentoml"), "serve", "plain_service:Plain", "--port",
+                                                     str(p)], env, tmp), f"http://127.0.0.1:{p}/predict"),
+        "ours: cvg serve trading": lambda p: (start([str(BIN / "cvg"), "serve", "trading", "--float", "--port", str(p)],
+                                                    env), f"http://127.0.0.1:{p}/predict"),
+    }
+    for name, launch in servers.items():
+        proc, url = launch(free_port())
+        try:
+            wait_ready(url, body, proc)
+            wrk(url, script, 64, 2)  # warm-up
+            results[name] = {f"c{c}": wrk(url, script, c, seconds) for c in (1, 64)}
+        finally:
+            stop(proc)
+        print(f"  {name}: {results[name]}", flush=True)
+    return results
+
+
+def _generate_load(url: str, clients: int, per_client: int, max_tokens: int) -> dict[str, Any]:
+    import httpx
+
+    prompts = ["The state of the Union is", "We must", "Congress has", "Our economy"]
+
+    def client(i: int) -> list[tuple[float, int]]:
+        out = []
+        with httpx.Client(timeout=120) as c:
+            for k in range(per_client):
+                t0 = time.perf_counter()
+                r = c.post(url, json={"prompt": prompts[(i + k) % 4], "max_tokens": max_tokens, "temperature": 0.8,
+                                      "seed": i * 1000 + k})
+                r.raise_for_status()
+                out.append((time.perf_counter() - t0, r.json()["tokens"]))
+        return out
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        rows = [x for part in pool.map(client, range(clients)) for x in part]
+    wall = time.perf_counter() - t0
+    latencies = sorted(lat for lat, _ in rows)
+    return {"requests": len(rows), "tokens": sum(n for _, n in rows), "tokens_per_s": sum(n for _, n in rows) / wall,
+            "p50_ms": statistics.median(latencies) * 1000, "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] * 1000}
+
+
+def bench_language(env: dict[str, str], seconds: int) -> dict[str, Any]:
+    results = {}
+    for name, batch in (("batched (16)", "16"), ("unbatched (1)", "1")):
+        port = free_port()
+        proc = start([str(BIN / "cvg"), "serve", "language", "--port", str(port)],
+                     {**env, "CVG_SERVE_MAX_GENERATE_BATCH": batch})
+        url = f"http://127.0.0.1:{port}/generate"
+        try:
+            wait_ready(url, json.dumps({"prompt": "We", "max_tokens": 2}), proc)
+            _generate_load(url, 16, 2, 32)  # warm-up
+            results[name] = _generate_load(url, 16, max(4, seconds), 32)
+        finally:
+            stop(proc)
+        print(f"  {name}: {results[name]}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed (Debian: apt-get install wrk)")
+    tmp = Path(tempfile.mkdtemp(prefix="cvg-serving-bench-"))
+    env, trading_artifact, _ = setup_registry(tmp)
+    trading = bench_trading(tmp, env, trading_artifact, args.seconds)
+    language = bench_language(env, args.seconds)
+    floor, ours = trading["floor: Starlette + uvicorn"], trading["ours: cvg serve trading"]
+    print(f"\n{'server':<28} {'1 conn req/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'64 conns req/s':>15} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'non-2xx':>8}")
+    for name, r in trading.items():
+        print(f"{name:<28} {r['c1']['rps']:>12,.0f} {r['c1']['p50_ms']:>7.2f} {r['c1']['p99_ms']:>7.2f} "
+              f"{r['c64']['rps']:>15,.0f} {r['c64']['p50_ms']:>7.1f} {r['c64']['p99_ms']:>7.1f} {r['c64']['non_2xx']:>8}")
+    ratio = ours["c64"]["rps"] / floor["c64"]["rps"]
+    print(f"\nours ÷ floor at 64 connections: {ratio:.2f}x (goal ≥ 0.7, 0 non-2xx: {ours['c64']['non_2xx']}); "
+          f"p99 at 1 connection {ours['c1']['p99_ms']:.2f} ms (goal ≤ 2)")
+    b, u = language["batched (16)"], language["unbatched (1)"]
+    print(f"generation, 16 concurrent clients × 32 tokens: batched {b['tokens_per_s']:,.0f} tokens/s, p95 "
+          f"{b['p95_ms']:.0f} ms; unbatched {u['tokens_per_s']:,.0f} tokens/s, p95 {u['p95_ms']:.0f} ms → "
+          f"{b['tokens_per_s'] / u['tokens_per_s']:.1f}x tokens/s (goal ≥ 3), p95 ratio "
+          f"{b['p95_ms'] / u['p95_ms']:.2f} (goal ≤ 1.5)")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "serving.json").write_text(json.dumps({"trading": trading, "language": language,
+                                                  "ratio_ours_floor_c64": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
