@@ -41,6 +41,8 @@ class Settings(BaseSettings):
                                     "(sotu/, reuters/); default: share/convergence-data in the Python prefix.")
     serve_max_batch_rows: int = Field(default=512, ge=1, description="Most feature rows in one forward pass.")
     serve_max_generate_batch: int = Field(default=16, ge=1, description="Most prompts generated together.")
+    serve_generate_wait_ms: float = Field(default=10.0, ge=0, description="How long a generation batch gathers "
+                                          "concurrent prompts before it starts.")
     serve_max_rows: int = Field(default=1024, ge=1, description="Most rows in one /predict request.")
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body (413 above).")
     serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches.")

@@ -167,8 +167,8 @@ class GenRequest:
 class LanguageBatcher:
     """Prompts in, tokens out; concurrent requests are generated together (one KV-cached pass per step)."""
 
-    def __init__(self, loaded: Loaded, *, max_batch: int) -> None:
-        self.loaded, self.max_batch = loaded, max_batch
+    def __init__(self, loaded: Loaded, *, max_batch: int, wait_s: float = 0.01) -> None:
+        self.loaded, self.max_batch, self.wait_s = loaded, max_batch, wait_s if max_batch > 1 else 0.0
         self.queue: asyncio.Queue[GenRequest] | None = None
         self.depth = 0
         self.on_batch: Any = None
@@ -195,9 +195,20 @@ class LanguageBatcher:
         assert self.queue is not None
         while True:
             reqs = [await self.queue.get()]
-            await asyncio.sleep(0.002)  # a moment for requests arriving together to share the passes
-            while len(reqs) < self.max_batch and not self.queue.empty():
-                reqs.append(self.queue.get_nowait())
+            # Gather for a few milliseconds (a generation takes tens): clients answered together come back
+            # together, and a batch that waits for them runs one pass per token for all of them.
+            deadline = time.perf_counter() + self.wait_s
+            while len(reqs) < self.max_batch:
+                if not self.queue.empty():
+                    reqs.append(self.queue.get_nowait())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    reqs.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
             self.depth -= len(reqs)
             try:
                 # Generation takes milliseconds to seconds: off the event loop, so health checks still answer.
