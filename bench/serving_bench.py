@@ -79,7 +79,7 @@ def wait_ready(url: str, body: str, proc: subprocess.Popen, timeout: float = 90)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:] if proc.stdout else ''}")
+            raise RuntimeError(f"server exited with {proc.returncode}; see {tempfile.gettempdir()}/cvg-bench-server-*.log")
         try:
             if httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=5).status_code == 200:
                 return
@@ -90,8 +90,10 @@ def wait_ready(url: str, body: str, proc: subprocess.Popen, timeout: float = 90)
 
 
 def start(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    # Output to a file, never an unread pipe: a server logging each request blocks once the pipe is full.
+    log = open(Path(tempfile.gettempdir()) / f"cvg-bench-server-{time.time_ns()}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(["taskset", "-c", "0", *cmd], env={**os.environ, **env}, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -174,8 +176,10 @@ def bench_trading(tmp: Path, env: dict[str, str], artifact: Path, seconds: int) 
         proc, url = launch(free_port())
         try:
             wait_ready(url, body, proc)
-            wrk(url, script, 64, 2)  # warm-up
-            results[name] = {f"c{c}": wrk(url, script, c, seconds) for c in (1, 64)}
+            results[name] = {}
+            for c in (64, 1):
+                wrk(url, script, c, 2)  # warm-up at the same concurrency
+                results[name][f"c{c}"] = wrk(url, script, c, seconds)
         finally:
             stop(proc)
         print(f"  {name}: {results[name]}", flush=True)

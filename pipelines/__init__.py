@@ -14,7 +14,7 @@ from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, sch
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
 from convergence.pipelines._steps import run_step
-from convergence.pipelines._trading_pipeline import replay_holdout, retrain_after_alerts, run_trading, walk_forward
+from convergence.pipelines._trading_pipeline import holdout_features, retrain_after_alerts, run_trading, walk_forward
 
 __all__ = [
     "LanguageConfig",
@@ -23,13 +23,13 @@ __all__ = [
     "build_pipeline",
     "compile_pipeline",
     "generate",
+    "holdout_features",
     "job_manifest",
     "load_config",
     "load_language_artifact",
     "load_trading_artifact",
     "parse_config",
     "rayjob_manifest",
-    "replay_holdout",
     "retrain_after_alerts",
     "run_language",
     "run_step",

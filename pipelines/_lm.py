@@ -232,8 +232,13 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
         idx[row, width - len(p):] = torch.tensor(p)
         valid[row, width - len(p):] = True
     idx, valid = idx.to(device), valid.to(device)
-    gens = [torch.Generator(device=device).manual_seed(int(sd)) for sd in seeds]
-    sampled = [i for i, t in enumerate(temps) if t > 0]
+    # Sampling by inverting each row's CDF with one uniform number per row and step, drawn up front from
+    # the row's own seed: a row's tokens never depend on the rest of its batch, and a step is vectorised.
+    temp = torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
+    uniform = None
+    if any(t > 0 for t in temps):
+        uniform = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(int(sd)))
+                               for sd in seeds]).to(device)
     ragged = not bool(valid.all())
     positions = (valid.long().cumsum(1) - 1).clamp(min=0)
     if ragged:
@@ -250,10 +255,7 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
         logits = model(idx, positions=positions, mask=mask, cache=cache)[:, -1]
         pos = positions[:, -1]
         for t in range(max_new_tokens):
-            nxt = logits.argmax(-1)
-            for i in sampled:  # each sampled row draws from its own generator: batching never changes it
-                probs = torch.softmax(logits[i].float() / temps[i], dim=-1)
-                nxt[i] = torch.multinomial(probs, 1, generator=gens[i])[0]
+            nxt = logits.argmax(-1) if uniform is None else sample_rows(logits, temp, uniform[:, t])
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
@@ -268,6 +270,16 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
     if eos_id is not None:
         rows = [r[:r.index(eos_id) + 1] if eos_id in r else r for r in rows]
     return rows
+
+
+def sample_rows(logits: Any, temp: Any, u: Any) -> Any:
+    """One token per row: greedy where the row's temperature is 0, else drawn from softmax(logits / T) by
+    inverting its CDF at the row's uniform number ``u``."""
+    import torch
+
+    cdf = torch.softmax(logits.float() / temp.clamp(min=1e-6), dim=-1).cumsum(-1)
+    drawn = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous()).squeeze(1).clamp(max=cdf.shape[-1] - 1)
+    return torch.where(temp[:, 0] > 0, drawn, logits.argmax(-1))
 
 
 def tokens_per_second(model: Any, prompt: list[int], *, batch: int, new_tokens: int, repeats: int) -> float:

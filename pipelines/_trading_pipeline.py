@@ -162,31 +162,18 @@ def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: Tr
     return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"]}
 
 
-def replay_holdout(*, version_id: int, limit: int | None = None) -> list[tuple[str, Any, list[float], float, float]]:
-    """Score the holdout period's real feature rows with a registered version, as serving would, and return
-    prediction-log rows. Until the serving layer lands, this is how the demo produces production traffic."""
-    import datetime as dt
-    import uuid
-
+def holdout_features(*, version_id: int, limit: int | None = None) -> np.ndarray:
+    """The holdout period's real feature rows (raw, as a client would send them) for a registered version's
+    config: what the demo sends to the served model as production traffic."""
     from convergence import governance as gov
     from convergence.pipelines._config import parse_config
 
     with session_scope(write=False) as s:
         mv = gov.get_model(session=s, version_id=version_id)
-        path = gov.load_artifact(session=s, version_id=version_id)  # checks the SHA-256
         cfg = parse_config((mv.params or {}).get("config") or {})
-    net, blob = nets.load_artifact(path)
     fs = features_for(cfg, load_ticks(source=cfg.data.source, path=cfg.data.path, max_ticks=cfg.data.max_ticks))
     _, (_, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
-    rows = fs.X[test.start:test.stop][:limit]
-    now = dt.datetime.now(dt.timezone.utc)
-    out = []
-    for i, x in enumerate(rows):
-        t0 = time.perf_counter()
-        y = float(nets.predict(net, ((x - blob["mean"]) / blob["std"]).reshape(1, -1).astype(np.float32))[0]) * blob["y_scale"]
-        out.append((str(uuid.uuid4()), now + dt.timedelta(microseconds=i), x.astype(float).tolist(), y,
-                    (time.perf_counter() - t0) * 1000))
-    return out
+    return fs.X[test.start:test.stop][:limit].astype(np.float32)
 
 
 def _reference(net: Any, p: T.Prepared, fs: FeatureSet, train: list[int]) -> tuple[np.ndarray, list[str], list[int]]:

@@ -6,5 +6,6 @@ reads their artifacts with the pipelines' format readers. BentoML and torch load
 """
 
 from convergence.serving._check import check_servable, serve_command
+from convergence.serving._process import ServerProcess, free_port
 
-__all__ = ["check_servable", "serve_command"]
+__all__ = ["ServerProcess", "check_servable", "free_port", "serve_command"]

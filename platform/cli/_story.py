@@ -140,19 +140,36 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
             gov.promote(session=s, version_id=v[key], actor="ops", reason="release")
     say(f"alice approved and ops promoted the student ({v['student']}) and its INT8 copy ({v['int8']}) to production")
 
-    # Drift: the student scores the later (holdout) ticks as production traffic, a local receiver listens.
-    from convergence.pipelines import replay_holdout
+    # Serving: the promoted student behind BentoML; the later (holdout) ticks are its production traffic.
+    import httpx
+
+    from convergence.pipelines import holdout_features
+    from convergence.serving import ServerProcess
 
     secret = "demo-signing-secret"
+    X = holdout_features(version_id=v["student"])
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    # --float: the float student is faster than its INT8 copy at this size (measured; see the README)
+    with ServerProcess("trading", "--float", log=work / "serve-trading.log") as server:
+        say(f"ops started `cvg serve trading` ({server.url}): BentoML serving the production student, "
+            f"approved and SHA-256 checked; output in {server.log}")
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            answers = [client.post("/predict", json={"rows": [x.tolist()]}).json() for x in X]
+            with session_scope() as s:
+                gov.kill(session=s, name=f"{cfg.name}-student", reason="demo: risk stops the algorithm", actor="risk")
+            time.sleep(1.0)  # replicas read the switch four times a second
+            stopped = client.post("/predict", json={"rows": [X[0].tolist()]})
+            with session_scope() as s:
+                gov.resume(session=s, name=f"{cfg.name}-student", actor="risk", reason="demo: checks done")
+            time.sleep(1.0)
+            back = client.post("/predict", json={"rows": [X[0].tolist()]}).status_code
+        say(f"the student answered {len(answers):,} requests with the later ticks (each with its version "
+            f"{answers[0]['version_id']} and a prediction id, logged in batches); risk killed it → "
+            f"{stopped.status_code} {stopped.json().get('message', '')!r}; resumed → {back}")
     with gov.ReferenceReceiver(secret) as receiver:
         with session_scope() as s:
             sub = gov.subscribe(session=s, actor="ops", url=receiver.url, events=["drift.alert"], secret=secret)
-        rows = replay_holdout(version_id=v["student"])
-        with session_scope() as s:
-            gov.log_predictions(session=s, model_version_id=v["student"], rows=rows)
-        say(f"ops subscribed a local receiver ({receiver.url}, subscription {sub.id}); the student scored "
-            f"{len(rows):,} later ticks in process as production traffic (logged with its version id)")
-        since = rows[0][1] - dt.timedelta(seconds=1)
+        say(f"ops subscribed a local receiver ({receiver.url}, subscription {sub.id}) to drift alerts")
         with session_scope() as s:
             report, alerts = gov.check_drift(session=s, name=f"{cfg.name}-student", since=since,
                                              until=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1),

@@ -79,6 +79,10 @@ def test_security_defaults_and_gpu_requests(render) -> None:
     gpu = {name: c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") for name, pod in _pods(docs)
            for c in pod["containers"]}
     assert gpu["cvg-convergence-ray-gpu"] == 2 and gpu["cvg-convergence-serve-trading"] == 1
+    serve = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-serve-trading"))
+    container = serve["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:4] == ["serve", "trading", "--host", "0.0.0.0"]  # reachable from the Service
+    assert {"name": "BENTOML_HOME", "value": "/tmp/bentoml"} in container["env"]  # writable with a read-only root
     migrate = next(d for d in docs if d["kind"] == "Job")
     assert "pre-upgrade" in migrate["metadata"]["annotations"]["helm.sh/hook"]
     assert migrate["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]

@@ -143,3 +143,14 @@ def test_per_row_temperature_and_seed_do_not_depend_on_the_batch(model) -> None:
     assert batched == alone
     with pytest.raises(InvalidInput, match="one temperature and one seed per prompt"):
         lm.generate(model, prompts, max_new_tokens=2, temperature=[0.1])
+
+
+def test_sampling_draws_from_the_tempered_softmax() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20_000, 1)
+    u = torch.rand(20_000, generator=torch.Generator().manual_seed(0))
+    for t in (0.5, 1.0, 2.0):
+        drawn = lm.sample_rows(logits, torch.full((20_000, 1), t), u)
+        freq = torch.bincount(drawn, minlength=4).float() / 20_000
+        assert torch.allclose(freq, torch.softmax(logits[0] / t, -1), atol=0.015), (t, freq)
+    greedy = lm.sample_rows(logits[:3], torch.zeros(3, 1), u[:3])
+    assert greedy.tolist() == [0, 0, 0]

@@ -4,13 +4,7 @@ localhost started through `cvg serve`, one per family per module (start-up is th
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +15,6 @@ import numpy as np
 import pytest
 
 N_FEATURES = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _approve(s: Any, version_id: int, evidence: Path, promote: bool = True) -> None:
@@ -105,35 +93,19 @@ def serving_db(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) 
 
 
 class Server:
+    """A real `cvg serve` on localhost (convergence.serving.ServerProcess) with an HTTP client."""
+
     def __init__(self, family: str, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cvg = str(Path(sys.executable).with_name("cvg"))
-        self.proc = subprocess.Popen([cvg, "serve", family, "--port", str(self.port), *args],
-                                     env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        from convergence.serving import ServerProcess
+
+        self.process = ServerProcess(family, *args, log=Path(env["CVG_HOME"]).parent / f"serve-{family}.log",
+                                     env=env).start()
+        self.url = self.process.url
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cvg serve {family} exited {self.proc.returncode}: "
-                                   f"{self.proc.stdout.read().decode()[-3000:] if self.proc.stdout else ''}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"cvg serve {family} was not ready in 90 s")
 
     def stop(self) -> None:
         self.client.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.process.stop()
 
 
 @pytest.fixture(scope="module")
