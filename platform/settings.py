@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body (413 above).")
     serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches.")
     serve_log_sample: float = Field(default=1.0, ge=0, le=1, description="Share of predictions written to the log.")
+    serve_usage_interval_s: float = Field(default=60.0, gt=0, description="How often a replica records its "
+                                          "compute and energy with its prediction count.")
     serve_log_flush_s: float = Field(default=0.5, gt=0, description="Prediction-log batch interval.")
     image: str = Field(default="convergence:0.1.0", description="Container image Kubeflow components run.")
     watts_per_core: float = Field(default=10.0, gt=0, description="Estimated watts per busy CPU core (no RAPL).")

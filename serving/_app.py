@@ -7,6 +7,7 @@ here. Every error is a 4xx/503 with one JSON line ``{"error", "message"}``; noth
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -18,7 +19,7 @@ import numpy as np
 
 from convergence.platform.errors import ConvergenceError, InvalidInput, Unavailable
 from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher, timer
-from convergence.serving._runtime import Ids, KillWatcher, Metrics, PredictionLogger
+from convergence.serving._runtime import Ids, KillWatcher, Metrics, PredictionLogger, UsageRecorder
 
 IDS = Ids()
 
@@ -42,6 +43,7 @@ class Replica:
     watcher: KillWatcher
     logger: PredictionLogger
     metrics: Metrics
+    usage: UsageRecorder
     max_body: int
     max_rows: int
 
@@ -52,6 +54,9 @@ class Replica:
         self.watcher.stop.set()
         self.logger.stop.set()
         self.logger.join(timeout=10)
+        self.usage.stop.set()
+        with contextlib.suppress(ConvergenceError):
+            self.usage.record()
 
 
 REPLICAS: dict[str, Replica] = {}
@@ -74,7 +79,10 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     watcher.start()
     logger = PredictionLogger(loaded.version_id, sample=s.serve_log_sample, flush_s=s.serve_log_flush_s)
     logger.start()
-    replica = Replica(loaded, batcher, watcher, logger, metrics, s.serve_max_body_bytes, s.serve_max_rows)
+    usage = UsageRecorder(loaded.version_id, family, lambda: metrics.total("predictions_total"),
+                          s.serve_usage_interval_s)
+    usage.start()
+    replica = Replica(loaded, batcher, watcher, logger, metrics, usage, s.serve_max_body_bytes, s.serve_max_rows)
     REPLICAS[family] = replica
     # Everything loaded so far (torch, BentoML, the model) lives as long as the process: keep the cyclic
     # collector from walking it on every full collection, which stalled requests for ~100 ms (p99).

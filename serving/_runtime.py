@@ -112,6 +112,39 @@ class PredictionLogger(threading.Thread):
             pass
 
 
+class UsageRecorder(threading.Thread):
+    """Every ``interval_s`` (and at shutdown) records the replica's compute and energy with the number of
+    predictions served, so budgets can report kWh and CPU-seconds per 1,000 predictions by model version."""
+
+    def __init__(self, model_version_id: int, family: str, predictions: Any, interval_s: float) -> None:
+        super().__init__(name="cvg-serving-usage", daemon=True)
+        self.model_version_id, self.family, self.predictions, self.interval_s = (model_version_id, family,
+                                                                                  predictions, interval_s)
+        self.stop, self.seen = threading.Event(), 0
+        self.meter: Any = None
+
+    def record(self) -> None:
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+        from convergence.platform.energy import Meter
+
+        if self.meter is None:
+            self.meter = Meter().start()
+            return
+        reading, self.meter = self.meter.stop(), Meter().start()
+        total = int(self.predictions())
+        delta, self.seen = total - self.seen, total
+        with session_scope() as s:
+            gov.record_usage(session=s, project="default", reading=reading, model_version_id=self.model_version_id,
+                             family=self.family, predictions=delta, actor="serving")
+
+    def run(self) -> None:
+        self.record()
+        while not self.stop.wait(self.interval_s):
+            with contextlib.suppress(ConvergenceError):  # the database is away: the next interval covers it
+                self.record()
+
+
 class Metrics:
     """Counters, gauges and histograms in the Prometheus text format (no global registry to collide with)."""
 
@@ -128,6 +161,11 @@ class Metrics:
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         with self.lock:
             self.counters[(name, tuple(sorted(labels.items())))] += value
+
+    def total(self, name: str) -> float:
+        """The sum of a counter over all its labels."""
+        with self.lock:
+            return sum(v for (n, _), v in self.counters.items() if n == name)
 
     def set(self, name: str, value: float) -> None:
         self.gauges[name] = value

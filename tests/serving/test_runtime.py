@@ -70,3 +70,19 @@ def test_logger_and_watcher_survive_a_database_that_went_away(version: int, monk
     watcher.stop.set()
     assert watcher.state("m")["reason"] == "stop"  # the last known state holds: a killed model stays killed
     assert logger.flush() == 0 and logger.failed == 1  # counted, not half-written
+
+
+def test_usage_recorder_attributes_compute_to_the_version_with_its_predictions(version: int) -> None:
+    from convergence.serving._runtime import UsageRecorder
+
+    served = [0]
+    recorder = UsageRecorder(version, "trading", lambda: served[0], interval_s=60)
+    recorder.record()  # starts the meter
+    sum(i * i for i in range(300_000))  # some real CPU work to meter
+    served[0] = 1500
+    recorder.record()
+    served[0] = 1600
+    recorder.record()
+    with session_scope(write=False) as s:
+        rows = s.query(gov.Usage).filter_by(model_version_id=version).order_by(gov.Usage.id).all()
+    assert [r.predictions for r in rows] == [1500, 100] and rows[0].cpu_s > 0 and rows[0].family == "trading"
