@@ -144,6 +144,7 @@ def run_checks() -> list[Check]:
         _package("psycopg", "psycopg", "pip install 'psycopg[binary]>=3.1' (needed for PostgreSQL)"),
         _package("ray", "ray", "pip install 'ray[default]==2.60.*' (needed for pipelines)"),
         _package("torch", "torch", "pip install torch==2.13.0 (CPU build; needed for training and serving)"),
+        _package("bentoml", "bentoml", "pip install 'bentoml==1.4.39' (needed for `cvg serve`)"),
         _package("kfp", "kfp", "pip install 'kfp==2.17.*' (needed to compile and submit Kubeflow pipelines)"),
         _tick_data(),
         _language_data(),
