@@ -271,12 +271,34 @@ def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple
 
     if not rows:
         return 0
+    if all(isinstance(r[2], np.ndarray) for r in rows) and _insert_binary(session, model_version_id, rows):
+        return len(rows)
     session.execute(insert(PredictionLog), [
         {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "output": float(o), "latency_ms": lat,
          **({"features": None, "features_f32": np.asarray(f, dtype="<f4").tobytes()} if isinstance(f, np.ndarray)
             else {"features": list(map(float, f)), "features_f32": None})}
         for pid, ts, f, o, lat in rows])
     return len(rows)
+
+
+def _insert_binary(session: Session, model_version_id: int, rows: list[Any]) -> bool:
+    """The serving hot path: one DBAPI executemany (5 µs a row against the ORM's 15, and the flush holds
+    the server's GIL that long). False for a driver whose parameter style is not handled here."""
+    conn = session.connection()
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+    if mark is None:
+        return False
+    sqlite = conn.dialect.name == "sqlite"
+
+    def ts(value: dt.datetime) -> Any:  # the storage UTCDateTime uses: naive UTC text on SQLite
+        utc = value.astimezone(dt.timezone.utc)
+        return utc.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else utc
+
+    sql = ("INSERT INTO prediction_log (prediction_id, model_version_id, ts, features, features_f32, output, "
+           f"latency_ms) VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, {mark})")
+    conn.exec_driver_sql(sql, [(pid, model_version_id, ts(at), np.asarray(f, dtype="<f4").tobytes(), float(o),
+                                None if lat is None else float(lat)) for pid, at, f, o, lat in rows])
+    return True
 
 
 def drift_history(*, session: Session, name: str, limit: int = 50) -> list[DriftReport]:
