@@ -19,7 +19,6 @@ from convergence.pipelines import _lm as lm
 from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import LanguageConfig
 from convergence.pipelines._corpus import Corpus
-from convergence.platform.errors import StepFailed
 
 STEPS = ("load_corpus", "tokenize", "train_teacher", "distill_student", "evaluate_register")
 MODEL_KEYS = ("teacher", "student", "label_only")
@@ -104,31 +103,17 @@ def _teacher_loop(config: dict[str, Any]) -> None:
 def train_teacher_ray(tokens: np.ndarray, spec: dict[str, Any], cfg: LanguageConfig, storage: Path,
                       run_name: str) -> tuple[Any, dict[str, Any]]:
     """Train the teacher with Ray Train's TorchTrainer; return it (CPU, eval mode) and its last metrics."""
-    import torch
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from convergence.pipelines._runner import fit_on_ray_train
 
     t = cfg.train
-    use_gpu = torch.cuda.is_available()
-    trainer = TorchTrainer(
-        _teacher_loop,
-        train_loop_config={"tokens": tokens, "arch": spec, "steps": t.teacher_steps, "batch": t.batch_size,
-                           "context": t.context, "lr": t.lr, "warmup": t.warmup_steps, "seed": cfg.seed,
-                           "amp": t.amp, "threads": 1},
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else {"CPU": 1}),
-        run_config=RunConfig(storage_path=str(storage), name=run_name),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        raise StepFailed("Ray Train finished without a checkpoint", step="train_teacher")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "teacher.pt"), map_location="cpu")
+    state, metrics = fit_on_ray_train(
+        _teacher_loop, {"tokens": tokens, "arch": spec, "steps": t.teacher_steps, "batch": t.batch_size,
+                        "context": t.context, "lr": t.lr, "warmup": t.warmup_steps, "seed": cfg.seed, "amp": t.amp,
+                        "threads": 1},
+        workers=t.workers, storage=storage, run_name=run_name)
     model = lm.build(spec)
     model.load_state_dict(state)
-    return model.eval(), dict(result.metrics or {})
+    return model.eval(), metrics
 
 
 # --- students: distilled and label-only, as parallel Ray tasks ---------------------------------------

@@ -155,6 +155,31 @@ def connect_ray(address: str | None = None) -> bool:
     return True
 
 
+def fit_on_ray_train(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, workers: int,
+                     storage: Path, run_name: str, checkpoint_file: str = "teacher.pt") -> tuple[Any, dict[str, Any]]:
+    """Run ``loop`` on Ray Train's TorchTrainer (GPUs when torch sees one, else a CPU per worker) and return
+    the state dict rank 0 saved as ``checkpoint_file`` in its last checkpoint, with the last metrics."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = torch.cuda.is_available()
+    trainer = TorchTrainer(loop, train_loop_config=config,
+                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                                        resources_per_worker=None if use_gpu else {"CPU": 1}),
+                           run_config=RunConfig(storage_path=str(storage), name=run_name))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        from convergence.platform.errors import StepFailed
+
+        raise StepFailed("Ray Train finished without a checkpoint", step="train_teacher")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, checkpoint_file), map_location="cpu")
+    return state, dict(result.metrics or {})
+
+
 def ray_get_all(refs: list[Any], step: str) -> list[Any]:
     """ray.get that hands back our errors (or a StepFailed naming the step) instead of RayTaskError."""
     import ray

@@ -147,34 +147,18 @@ def _teacher_loop(config: dict[str, Any]) -> None:
 
 def train_teacher_ray(p: Prepared, train: range, cfg: TradingConfig, storage: Path, run_name: str) -> tuple[Any, dict[str, Any]]:
     """Train the teacher with Ray Train's TorchTrainer; return it (CPU) and the last reported metrics."""
-    import torch
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from convergence.pipelines._runner import fit_on_ray_train
 
     arch = nets.teacher_arch(p.Xn.shape[1], cfg.model)
     m = cfg.model
-    use_gpu = torch.cuda.is_available()
-    trainer = TorchTrainer(
-        _teacher_loop,
-        train_loop_config={"X": p.Xn[train.start:train.stop], "y": p.yt[train.start:train.stop], "arch": arch,
-                           "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr,
-                           "weight_decay": m.weight_decay, "seed": cfg.seed, "threads": 1},
-        scaling_config=ScalingConfig(num_workers=m.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 1} if not use_gpu else None),
-        run_config=RunConfig(storage_path=str(storage), name=run_name),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        from convergence.platform.errors import StepFailed
-
-        raise StepFailed("Ray Train finished without a checkpoint", step="train_teacher")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "teacher.pt"), map_location="cpu")
+    state, metrics = fit_on_ray_train(
+        _teacher_loop, {"X": p.Xn[train.start:train.stop], "y": p.yt[train.start:train.stop], "arch": arch,
+                        "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "weight_decay": m.weight_decay,
+                        "seed": cfg.seed, "threads": 1},
+        workers=m.workers, storage=storage, run_name=run_name)
     teacher = nets.from_arch(arch)
     teacher.load_state_dict(state)
-    return teacher.eval(), dict(result.metrics or {})
+    return teacher.eval(), metrics
 
 
 # --- gates ----------------------------------------------------------------------------------------
