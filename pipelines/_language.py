@@ -8,8 +8,6 @@ Each step is a plain function of plain inputs, so the local Ray runner, ``cvg pi
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from convergence.pipelines import _lm as lm
 from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import LanguageConfig
 from convergence.pipelines._corpus import Corpus
+from convergence.pipelines._runner import fit_on_ray_train, ray_get_all, report_checkpoint
 
 STEPS = ("load_corpus", "tokenize", "train_teacher", "distill_student", "evaluate_register")
 MODEL_KEYS = ("teacher", "student", "label_only")
@@ -91,20 +90,12 @@ def _teacher_loop(config: dict[str, Any]) -> None:
         opt.step()
         running = float(loss.detach()) if step == 0 else 0.9 * running + 0.1 * float(loss.detach())
         if (step + 1) % every == 0 or step + 1 == steps:
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    module = model.module if hasattr(model, "module") else model
-                    torch.save({k: v.cpu() for k, v in module.state_dict().items()}, os.path.join(d, "teacher.pt"))
-                    checkpoint = train.Checkpoint.from_directory(d)
-                train.report({"step": step + 1, "loss": running}, checkpoint=checkpoint)
+            report_checkpoint({"step": step + 1, "loss": running}, model, rank)
 
 
 def train_teacher_ray(tokens: np.ndarray, spec: dict[str, Any], cfg: LanguageConfig, storage: Path,
                       run_name: str) -> tuple[Any, dict[str, Any]]:
     """Train the teacher with Ray Train's TorchTrainer; return it (CPU, eval mode) and its last metrics."""
-    from convergence.pipelines._runner import fit_on_ray_train
-
     t = cfg.train
     state, metrics = fit_on_ray_train(
         _teacher_loop, {"tokens": tokens, "arch": spec, "steps": t.teacher_steps, "batch": t.batch_size,
@@ -171,9 +162,6 @@ def train_students(tokens: np.ndarray, teacher: Any, spec_map: dict[str, dict[st
     jobs = {"student": teacher_blob, "label_only": None}
     if parallel:
         import ray
-
-        from convergence.pipelines._runner import ray_get_all
-
         remote = ray.remote(num_cpus=1)(bounded_student)
         tokens_ref = ray.put(tokens)
         refs = [remote.remote(tokens_ref, spec_map[k], blob, cfg) for k, blob in jobs.items()]

@@ -107,13 +107,7 @@ def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_
                                                 "corpus_dataset_id": evidence["dataset"]["id"], "gates_passed": True},
                                         description=f"language pipeline run {ctx.run_id}")
                 versions[key] = parent = mv.id
-            gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id,
-                           summary={"versions": versions, "evidence_sha256": stored.sha256})
-        else:
-            gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id, status="gates_failed",
-                           error="; ".join(verdict["failed"]),
-                           summary={"failed": verdict["failed"], "evidence_sha256": stored.sha256})
-        ctx.finished = True
+        ctx.close(s, verdict=verdict, versions=versions, evidence_sha256=stored.sha256)
     return versions
 
 

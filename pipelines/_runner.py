@@ -64,6 +64,19 @@ class RunContext:
             raise BudgetExceeded(f"stopped after step {name}: " + "; ".join(exceeded),
                                  hint="completed steps and their usage are kept; raise the budget to run again")
 
+    def close(self, session: Any, *, verdict: dict[str, Any], versions: dict[str, int], evidence_sha256: str) -> None:
+        """Close the run in the registration transaction: succeeded with its versions, or gates_failed with why."""
+        from convergence import governance as gov
+
+        if verdict["passed"]:
+            gov.finish_run(session=session, actor=self.actor, run_id=self.run_id,
+                           summary={"versions": versions, "evidence_sha256": evidence_sha256})
+        else:
+            gov.finish_run(session=session, actor=self.actor, run_id=self.run_id, status="gates_failed",
+                           error="; ".join(verdict["failed"]),
+                           summary={"failed": verdict["failed"], "evidence_sha256": evidence_sha256})
+        self.finished = True
+
     def _record(self, step: str, meter: Any) -> list[str]:
         if meter is None:
             return []
@@ -178,6 +191,22 @@ def fit_on_ray_train(loop: Callable[[dict[str, Any]], None], config: dict[str, A
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, checkpoint_file), map_location="cpu")
     return state, dict(result.metrics or {})
+
+
+def report_checkpoint(metrics: dict[str, Any], model: Any, rank: int, checkpoint_file: str = "teacher.pt") -> None:
+    """Inside a Ray Train loop: report ``metrics``; rank 0 attaches the (unwrapped) model's state dict."""
+    import tempfile
+
+    import torch
+    from ray import train
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            module = model.module if hasattr(model, "module") else model
+            torch.save({k: v.cpu() for k, v in module.state_dict().items()}, os.path.join(d, checkpoint_file))
+            checkpoint = train.Checkpoint.from_directory(d)
+        train.report(metrics, checkpoint=checkpoint)
 
 
 def ray_get_all(refs: list[Any], step: str) -> list[Any]:

@@ -8,8 +8,6 @@ Each step is a plain function of plain inputs, so the local Ray runner, ``cvg pi
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import TradingConfig
 from convergence.pipelines._features import FeatureSet, standardize
 from convergence.pipelines._metrics import evaluate, pearson, periods_per_year
+from convergence.pipelines._runner import fit_on_ray_train, report_checkpoint
 
 STEPS = ("load_data", "build_features", "train_teacher", "distill_student", "walk_forward", "evaluate", "gate")
 
@@ -136,19 +135,11 @@ def _teacher_loop(config: dict[str, Any]) -> None:
             loss.backward()
             opt.step()
             total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                module = net.module if hasattr(net, "module") else net
-                torch.save({k: v.cpu() for k, v in module.state_dict().items()}, os.path.join(d, "teacher.pt"))
-                checkpoint = train.Checkpoint.from_directory(d)
-            train.report({"epoch": epoch, "loss": total / max(seen, 1)}, checkpoint=checkpoint)
+        report_checkpoint({"epoch": epoch, "loss": total / max(seen, 1)}, net, rank)
 
 
 def train_teacher_ray(p: Prepared, train: range, cfg: TradingConfig, storage: Path, run_name: str) -> tuple[Any, dict[str, Any]]:
     """Train the teacher with Ray Train's TorchTrainer; return it (CPU) and the last reported metrics."""
-    from convergence.pipelines._runner import fit_on_ray_train
-
     arch = nets.teacher_arch(p.Xn.shape[1], cfg.model)
     m = cfg.model
     state, metrics = fit_on_ray_train(

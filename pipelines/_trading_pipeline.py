@@ -225,11 +225,5 @@ def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepare
                 parent = mv.id
                 data, columns, positions = _reference(models[key], p, fs, evidence["split"]["train"])
                 gov.save_profile(session=s, model_version_id=mv.id, data=data, columns=columns, positions=positions)
-            gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id,
-                           summary={"versions": versions, "evidence_sha256": stored.sha256})
-        else:
-            gov.finish_run(session=s, actor=ctx.actor, run_id=ctx.run_id, status="gates_failed",
-                           error="; ".join(verdict["failed"]),
-                           summary={"failed": verdict["failed"], "evidence_sha256": stored.sha256})
-        ctx.finished = True
+        ctx.close(s, verdict=verdict, versions=versions, evidence_sha256=stored.sha256)
     return versions

@@ -13,12 +13,13 @@ import gc
 import json
 import math
 import struct
+import time
 from typing import Any
 
 import numpy as np
 
 from convergence.platform.errors import ConvergenceError, InvalidInput, Unavailable
-from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher, timer
+from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher
 from convergence.serving._runtime import Ids, KillWatcher, Metrics, PredictionLogger, UsageRecorder
 
 IDS = Ids()
@@ -91,8 +92,12 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     return replica
 
 
-def _error(exc: ConvergenceError) -> Any:
+def _error(exc: ConvergenceError, family: str) -> Any:
+    """The one JSON error answer, counted by status on the family's replica when there is one."""
     from starlette.responses import JSONResponse
+
+    if (replica := REPLICAS.get(family)) is not None:
+        replica.metrics.inc("errors_total", status=str(exc.http_status))
 
     body = {"error": type(exc).__name__, "message": exc.message}
     if exc.hint:
@@ -206,7 +211,7 @@ def build_app() -> Any:
         return replica
 
     async def predict(request: Any) -> Any:
-        t0 = timer()
+        t0 = time.perf_counter()
         try:
             replica = replica_for("trading")
             X = parse_rows(await _body(request, replica.max_body), request.headers.get("content-type", ""),
@@ -222,11 +227,8 @@ def build_app() -> Any:
                                      "reason": kill["reason"]})
             y = await replica.batcher.submit(X)
         except ConvergenceError as exc:
-            replica_m = REPLICAS.get("trading")
-            if replica_m:
-                replica_m.metrics.inc("errors_total", status=str(exc.http_status))
-            return _error(exc)
-        latency = timer() - t0
+            return _error(exc, "trading")
+        latency = time.perf_counter() - t0
         m = replica.metrics
         m.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
         m.inc("predictions_total", len(X), version_id=str(replica.loaded.version_id))
@@ -236,7 +238,7 @@ def build_app() -> Any:
                         headers={"x-model-version": str(replica.loaded.version_id)})
 
     async def generate(request: Any) -> Any:
-        t0 = timer()
+        t0 = time.perf_counter()
         try:
             replica = replica_for("language")
             data = _json_object(await _body(request, replica.max_body), {"prompt", "max_tokens", "temperature", "seed"})
@@ -259,10 +261,8 @@ def build_app() -> Any:
             ids = tok.encode(prompt, add_special_tokens=False).ids
             tokens = await replica.batcher.submit(list(ids), max_tokens, float(temperature), seed)
         except ConvergenceError as exc:
-            if (r := REPLICAS.get("language")) is not None:
-                r.metrics.inc("errors_total", status=str(exc.http_status))
-            return _error(exc)
-        latency = timer() - t0
+            return _error(exc, "language")
+        latency = time.perf_counter() - t0
         eos = tok.token_to_id("<|endoftext|>")
         finished = "eos" if tokens and tokens[-1] == eos else "length"
         text = tok.decode([t for t in tokens if t != eos], skip_special_tokens=False)

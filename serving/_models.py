@@ -227,6 +227,3 @@ class LanguageBatcher:
                 if not r.future.done():
                     r.future.set_result(tokens)
 
-
-def timer() -> float:
-    return time.perf_counter()

@@ -137,7 +137,9 @@ def test_64_concurrent_clients_are_all_answered_and_batched(trading_server) -> N
     client.close()
 
 
-def test_health_and_readiness(trading_server) -> None:
+def test_health_readiness_and_error_counts(trading_server) -> None:
+    assert trading_server.client.post("/predict", json={"rows": []}).status_code == 422
+    assert 'cvg_serving_errors_total{status="422"}' in trading_server.client.get("/metrics").text
     assert trading_server.client.get("/livez").status_code == 200
     assert trading_server.client.get("/readyz").status_code == 200
     assert trading_server.client.post("/generate", json={"prompt": "x"}).status_code == 503  # not this server
@@ -162,6 +164,10 @@ def test_generate_equals_in_process_and_batches_concurrent_requests(language_ser
         outs = list(pool.map(one, range(4)))
     eos = lm.EOS
     assert [o["text"] for o in outs] == [e.replace(eos, "") for e in expected]
+    counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in client.get("/metrics").text.splitlines()
+              if line.startswith(("cvg_serving_batch_size_count", "cvg_serving_predictions_total"))}
+    served = sum(v for k, v in counts.items() if k.startswith("cvg_serving_predictions_total"))
+    assert counts["cvg_serving_batch_size_count"] < served  # concurrent prompts shared forward passes
     assert all(o["version_id"] == language_server.version_id and o["prediction_id"] for o in outs)
 
 
