@@ -1,8 +1,12 @@
 """Governance: the audit ledger, the model registry with lineage, approvals and compliance queries.
 
 The public surface other packages may use is exactly ``__all__``; the ``_modules`` are private.
-governance imports only from ``convergence.platform``, never from pipelines or serving.
+Identity (principals, authentication, roles, separation of duties) is the concept module
+``governance.identity``. governance imports only from ``convergence.platform``, never from pipelines
+or serving.
 """
+
+from convergence.governance import identity
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -33,10 +37,12 @@ from convergence.governance._drift import (
     log_predictions,
     production_params,
     report_html_path,
+    report_to_dict,
     save_profile,
 )
 from convergence.governance._export import FORMATS, export_events
-from convergence.governance._killswitch import kill, kill_states, list_switches, resume
+from convergence.governance._killswitch import kill, kill_states, list_switches, resume, switch_to_dict
+from convergence.governance._principal import Principal
 from convergence.governance._ledger import (
     GENESIS_HASH,
     Event,
@@ -87,8 +93,10 @@ from convergence.governance._webhooks import (
     TIMESTAMP_HEADER,
     deliver_due,
     deliver_until_idle,
+    delivery_to_dict,
     enqueue,
     list_deliveries,
+    list_subscriptions,
     redeliver,
     send_test,
     sign,
@@ -107,10 +115,12 @@ from convergence.governance._registry import (
     get_run,
     heartbeat,
     list_models,
+    list_runs,
     load_artifact,
     model_to_dict,
     register_dataset,
     register_model,
+    run_to_dict,
     start_run,
 )
 
@@ -137,6 +147,7 @@ __all__ = [
     "ModelVersion",
     "PipelineRun",
     "PredictionLog",
+    "Principal",
     "Project",
     "ROLES",
     "RUN_STATUSES",
@@ -167,6 +178,7 @@ __all__ = [
     "decide_change",
     "deliver_due",
     "deliver_until_idle",
+    "delivery_to_dict",
     "drift_history",
     "enqueue",
     "ensure_project",
@@ -185,6 +197,7 @@ __all__ = [
     "head",
     "heartbeat",
     "history",
+    "identity",
     "in_production_at",
     "kill",
     "kill_states",
@@ -192,6 +205,8 @@ __all__ = [
     "list_alerts",
     "list_deliveries",
     "list_models",
+    "list_runs",
+    "list_subscriptions",
     "list_switches",
     "load_artifact",
     "log_predictions",
@@ -207,8 +222,10 @@ __all__ = [
     "register_model",
     "reject",
     "report_html_path",
+    "report_to_dict",
     "resume",
     "rollback",
+    "run_to_dict",
     "run_usage",
     "save_profile",
     "send_test",
@@ -218,6 +235,7 @@ __all__ = [
     "sign",
     "start_run",
     "subscribe",
+    "switch_to_dict",
     "unsubscribe",
     "usage_report",
     "validate",

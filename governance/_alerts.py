@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session
 
 from convergence.governance._ledger import Subject, append
 from convergence.governance._models import SEVERITIES, Alert
+from convergence.governance._principal import Principal
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput
 
 
-def raise_alert(*, session: Session, actor: str, kind: str, severity: str, dedupe_key: str, subject: Subject,
+def raise_alert(*, session: Session, principal: Principal, kind: str, severity: str, dedupe_key: str, subject: Subject,
                 message: str, payload: Mapping[str, Any] | None = None,
                 cooldown_s: float | None = None) -> tuple[Alert, bool]:
     """The alert for ``dedupe_key``: counted on the latest one while it is within ``cooldown_s`` (forever when
@@ -39,7 +40,7 @@ def raise_alert(*, session: Session, actor: str, kind: str, severity: str, dedup
                   first_seen=now, last_seen=now)
     session.add(alert)
     session.flush()
-    append(session=session, actor=actor, action="alert.raised", subject=Subject("alert", str(alert.id)),
+    append(session=session, principal=principal, action="alert.raised", subject=Subject("alert", str(alert.id)),
            payload={"kind": kind, "severity": severity, "message": message, "about": str(subject)})
     return alert, True
 

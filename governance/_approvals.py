@@ -1,22 +1,26 @@
 """Four-eyes approvals and the stage machine of a model version.
 
 candidate → validated → approved → production → retired, and rejected from any pre-production
-stage. The registrant may neither validate nor approve (nor reject) their own model; such a refusal
-is itself committed to the audit trail before the error is raised. Promotion retires the previous
-production version of the same name in the same transaction; rollback reverses the last promotion.
+stage. Each step needs its role (validator, approver, operator), and separation of duties holds on
+principal ids, never names: the registrant may not validate, approve, reject or promote their own model,
+and the validator may not also approve or reject it. A refusal is committed to the audit trail before the
+error is raised. Promotion retires the previous production version of the same name in the same
+transaction; rollback reverses the last promotion.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from convergence.governance._artifacts import get_artifact_store
-from convergence.governance._ledger import Subject, append, commit_refusal, serialize_writes
+from convergence.governance._access import distinct, refuse, require
+from convergence.governance._artifacts import StoredArtifact, get_artifact_store
+from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import Approval, ModelVersion, StageTransition
+from convergence.governance._principal import Principal, check_text
 from convergence.governance._registry import get_model
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
@@ -38,22 +42,27 @@ def _subject(mv: ModelVersion) -> Subject:
     return Subject("model_version", str(mv.id))
 
 
-def _move(session: Session, mv: ModelVersion, to: str, *, actor: str, reason: str | None,
+def _move(session: Session, mv: ModelVersion, to: str, *, actor: Principal, reason: str | None,
           via_rollback: bool = False) -> None:
     if to not in TRANSITIONS[mv.stage] and not (via_rollback and mv.stage == "retired" and to == "production"):
         legal = ", ".join(sorted(TRANSITIONS[mv.stage])) or "none (final stage)"
         raise PolicyViolation(f"model version {mv.id} ({mv.name} v{mv.version}) is {mv.stage}; it cannot become {to}",
                               hint=f"legal next stages: {legal}")
-    session.add(StageTransition(model_version_id=mv.id, from_stage=mv.stage, to_stage=to, actor=actor,
+    session.add(StageTransition(model_version_id=mv.id, from_stage=mv.stage, to_stage=to, actor=actor.name,
                                 reason=reason, at=utcnow()))
     mv.stage = to
 
 
-def _refuse(session: Session, mv: ModelVersion, *, actor: str, attempted: str, message: str) -> NoReturn:
-    """Commit an audit record of the refused attempt, then raise: the refusal is evidence too."""
-    commit_refusal(session=session, actor=actor, action=f"model.{attempted}_refused", subject=_subject(mv),
-                   payload={"reason": message, "registrant": mv.created_by})
-    raise PolicyViolation(message, hint="a different person must do this (four-eyes principle)")
+def _not_registrant(session: Session, mv: ModelVersion, principal: Principal, *, permission: str, verb: str,
+                    rule: str) -> None:
+    distinct(session=session, principal=principal, other_id=mv.registrant_id, permission=permission, rule=rule,
+             message=f"{principal.name} registered model version {mv.id} and cannot {verb} it", subject=_subject(mv),
+             payload={"registrant_id": mv.registrant_id})
+
+
+def _validator_ids(session: Session, mv: ModelVersion) -> set[int]:
+    return set(session.execute(select(Approval.principal_id).where(
+        Approval.model_version_id == mv.id, Approval.decision == "validated")).scalars()) - {None}
 
 
 def _load_for_change(session: Session, version_id: int) -> ModelVersion:
@@ -65,52 +74,81 @@ def _load_for_change(session: Session, version_id: int) -> ModelVersion:
 
 
 def _require_reason(reason: str | None, what: str) -> str:
+    reason = check_text(reason, what="the reason")
     if not reason or not reason.strip():
         raise InvalidInput(f"a reason is needed {what} (--reason)")
     return reason.strip()
 
 
-def validate(*, session: Session, version_id: int, actor: str, evidence: Path,
+def validate(*, session: Session, principal: Principal, version_id: int, evidence: Path | StoredArtifact,
              reason: str | None = None) -> ModelVersion:
-    """Record independent validation with an evidence file (stored by hash)."""
+    """Record independent validation with an evidence file (stored by hash); never by the registrant."""
+    reason = check_text(reason, what="the reason")
+    require(session=session, principal=principal, permission="model.validate",
+            subject=Subject("model_version", str(version_id)))
     mv = _load_for_change(session, version_id)
-    if actor == mv.created_by:
-        _refuse(session, mv, actor=actor, attempted="validation",
-                message=f"{actor} registered model version {mv.id} and cannot validate it")
+    _not_registrant(session, mv, principal, permission="model.validate", verb="validate",
+                    rule="validator-not-registrant")
     if mv.stage != "candidate":
-        _move(session, mv, "validated", actor=actor, reason=reason)  # raises with the legal stages
-    stored = get_artifact_store().put(Path(evidence))
-    _move(session, mv, "validated", actor=actor, reason=reason or "validated with evidence")
-    session.add(Approval(model_version_id=mv.id, decision="validated", actor=actor,
+        _move(session, mv, "validated", actor=principal, reason=reason)  # raises with the legal stages
+    stored = evidence if isinstance(evidence, StoredArtifact) else get_artifact_store().put(Path(evidence))
+    _move(session, mv, "validated", actor=principal, reason=reason or "validated with evidence")
+    session.add(Approval(model_version_id=mv.id, decision="validated", actor=principal.name, principal_id=principal.id,
                          reason=reason or "validated with evidence", evidence_uri=stored.uri,
                          evidence_sha256=stored.sha256, created_at=utcnow()))
-    append(session=session, actor=actor, action="model.validated", subject=_subject(mv),
+    append(session=session, principal=principal, action="model.validated", subject=_subject(mv),
            payload={"evidence_sha256": stored.sha256, "evidence_bytes": stored.size, "reason": reason})
     return mv
 
 
-def _decide(session: Session, version_id: int, actor: str, reason: str, *, decision: str, verb: str,
-            attempted: str) -> ModelVersion:
+def _check_safe_output(mv: ModelVersion, safe_output: float | None) -> float | None:
+    if safe_output is None:
+        return None
+    if isinstance(safe_output, bool) or not isinstance(safe_output, (int, float)) or not math.isfinite(safe_output):
+        raise InvalidInput(f"the safe output must be a finite number, got {safe_output!r}")
+    if mv.family != "trading":
+        raise InvalidInput("only trading models have a safe output (a language model answers 503 when killed)")
+    if abs(safe_output) > 1.0:
+        raise InvalidInput(f"a safe output of {safe_output} is not a safe trading signal: it must lie in [-1, 1] "
+                           "(0.0 is flat, no trade)")
+    return float(safe_output)
+
+
+def _decide(session: Session, version_id: int, principal: Principal, reason: str, *, decision: str, verb: str,
+            safe_output: float | None = None) -> ModelVersion:
     reason = _require_reason(reason, f"to {verb} a model")
+    permission = "model.approve" if decision == "approved" else "model.reject"
+    require(session=session, principal=principal, permission=permission,
+            subject=Subject("model_version", str(version_id)))
     mv = _load_for_change(session, version_id)
-    if actor == mv.created_by:
-        _refuse(session, mv, actor=actor, attempted=attempted,
-                message=f"{actor} registered model version {mv.id} and cannot {verb} it")
-    _move(session, mv, decision, actor=actor, reason=reason)
-    session.add(Approval(model_version_id=mv.id, decision=decision, actor=actor, reason=reason, created_at=utcnow()))
-    append(session=session, actor=actor, action=f"model.{decision}", subject=_subject(mv),
-           payload={"reason": reason, "registrant": mv.created_by})
+    safe = _check_safe_output(mv, safe_output)
+    _not_registrant(session, mv, principal, permission=permission, verb=verb, rule="approver-not-registrant")
+    if principal.id in _validator_ids(session, mv):
+        refuse(session=session, principal=principal, permission=permission, rule="approver-not-validator",
+               subject=_subject(mv), message=f"{principal.name} validated model version {mv.id} and cannot also "
+               f"{verb} it", hint="a different person must do this (four-eyes principle)")
+    _move(session, mv, decision, actor=principal, reason=reason)
+    if decision == "approved":
+        mv.safe_output = safe
+    session.add(Approval(model_version_id=mv.id, decision=decision, actor=principal.name, principal_id=principal.id,
+                         reason=reason, created_at=utcnow()))
+    append(session=session, principal=principal, action=f"model.{decision}", subject=_subject(mv),
+           payload={"reason": reason, "registrant": mv.created_by, "registrant_id": mv.registrant_id,
+                    **({"safe_output": safe} if decision == "approved" else {})})
     return mv
 
 
-def approve(*, session: Session, version_id: int, actor: str, reason: str) -> ModelVersion:
-    """Approve a validated version; the approver must not be its registrant."""
-    return _decide(session, version_id, actor, reason, decision="approved", verb="approve", attempted="approval")
+def approve(*, session: Session, principal: Principal, version_id: int, reason: str,
+            safe_output: float | None = None) -> ModelVersion:
+    """Approve a validated version (neither its registrant nor its validator may), and fix the value it
+    answers while killed (``safe_output``; none: killed means 503)."""
+    return _decide(session, version_id, principal, reason, decision="approved", verb="approve",
+                   safe_output=safe_output)
 
 
-def reject(*, session: Session, version_id: int, actor: str, reason: str) -> ModelVersion:
-    """Reject a version before production (final); the registrant cannot reject their own either."""
-    return _decide(session, version_id, actor, reason, decision="rejected", verb="reject", attempted="rejection")
+def reject(*, session: Session, principal: Principal, version_id: int, reason: str) -> ModelVersion:
+    """Reject a version before production (final); the registrant and the validator cannot."""
+    return _decide(session, version_id, principal, reason, decision="rejected", verb="reject")
 
 
 def _production(session: Session, name: str) -> ModelVersion | None:
@@ -118,26 +156,35 @@ def _production(session: Session, name: str) -> ModelVersion | None:
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.stage == "production")).scalars().first()
 
 
-def promote(*, session: Session, version_id: int, actor: str, reason: str | None = None) -> ModelVersion:
-    """Put an approved version into production and retire the one it replaces, atomically."""
+def promote(*, session: Session, principal: Principal, version_id: int, reason: str | None = None) -> ModelVersion:
+    """Put an approved version into production and retire the one it replaces, atomically; the operator
+    must not be its registrant."""
+    reason = check_text(reason, what="the reason")
+    require(session=session, principal=principal, permission="model.promote",
+            subject=Subject("model_version", str(version_id)))
     mv = _load_for_change(session, version_id)
+    _not_registrant(session, mv, principal, permission="model.promote", verb="promote",
+                    rule="promoter-not-registrant")
     if mv.stage != "approved":
         hint = _HOW.get("approved") if mv.stage == "validated" else None
         raise PolicyViolation(f"model version {mv.id} is {mv.stage}; only an approved version can be promoted",
                               hint=hint and f"approve it first with {hint}")
     previous = _production(session, mv.name)
     if previous is not None:
-        _move(session, previous, "retired", actor=actor, reason=f"replaced by version {mv.id}")
-        append(session=session, actor=actor, action="model.retired", subject=_subject(previous),
+        _move(session, previous, "retired", actor=principal, reason=f"replaced by version {mv.id}")
+        append(session=session, principal=principal, action="model.retired", subject=_subject(previous),
                payload={"replaced_by": mv.id})
-    _move(session, mv, "production", actor=actor, reason=reason or "promoted")
-    append(session=session, actor=actor, action="model.promoted", subject=_subject(mv),
+    _move(session, mv, "production", actor=principal, reason=reason or "promoted")
+    append(session=session, principal=principal, action="model.promoted", subject=_subject(mv),
            payload={"replaces": previous.id if previous else None, "reason": reason})
     return mv
 
 
-def rollback(*, session: Session, name: str, actor: str, reason: str | None = None) -> ModelVersion:
-    """Retire the production version of ``name`` and restore the one it replaced."""
+def rollback(*, session: Session, principal: Principal, name: str, reason: str | None = None) -> ModelVersion:
+    """Retire the production version of ``name`` and restore the one it replaced (the operator must not be
+    the restored version's registrant)."""
+    reason = check_text(reason, what="the reason")
+    require(session=session, principal=principal, permission="model.rollback", subject=Subject("model", name))
     serialize_writes(session=session)
     current = _production(session, name)
     if current is None:
@@ -151,9 +198,11 @@ def rollback(*, session: Session, name: str, actor: str, reason: str | None = No
         .order_by(StageTransition.at.desc(), StageTransition.id.desc()).limit(1)).scalars().first()
     if previous is None:
         raise PolicyViolation(f"{name} v{current.version} is the first production version; there is nothing to roll back to")
+    _not_registrant(session, previous, principal, permission="model.rollback", verb="put back into production",
+                    rule="promoter-not-registrant")
     why = reason or f"rollback from version {current.id}"
-    _move(session, current, "retired", actor=actor, reason=why)
-    _move(session, previous, "production", actor=actor, reason=why, via_rollback=True)
-    append(session=session, actor=actor, action="model.rolled_back", subject=_subject(previous),
+    _move(session, current, "retired", actor=principal, reason=why)
+    _move(session, previous, "production", actor=principal, reason=why, via_rollback=True)
+    append(session=session, principal=principal, action="model.rolled_back", subject=_subject(previous),
            payload={"from_version_id": current.id, "to_version_id": previous.id, "reason": reason})
     return previous

@@ -32,6 +32,7 @@ class ArtifactStore(Protocol):
     def put(self, path: Path) -> StoredArtifact: ...
     def put_bytes(self, data: bytes) -> StoredArtifact: ...
     def fetch(self, uri: str, *, sha256: str) -> Path: ...
+    def locate(self, sha256: str) -> StoredArtifact: ...
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -100,6 +101,16 @@ class LocalArtifactStore:
             os.replace(tmp, final)
             os.chmod(final, 0o444)
         return StoredArtifact(final.as_uri(), digest, size)
+
+    def locate(self, sha256: str) -> StoredArtifact:
+        """A blob already in the store, by its SHA-256 (an upload's answer names it)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidInput("an artifact is named by its SHA-256: 64 lowercase hex digits")
+        path = self._path(sha256)
+        if not path.is_file():
+            raise NotFound(f"no artifact with SHA-256 {sha256[:12]}… in the store",
+                           hint="upload it first (POST /artifacts; cvg does this for you)")
+        return StoredArtifact(path.as_uri(), sha256, path.stat().st_size)
 
     def fetch(self, uri: str, *, sha256: str) -> Path:
         """The local path of a stored blob, after checking that its bytes still hash to ``sha256``."""

@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from convergence.governance._access import distinct, require
 from convergence.governance._alerts import raise_alert
-from convergence.governance._ledger import Subject, append, commit_refusal, serialize_writes
+from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import FAMILIES, METRICS, Budget, BudgetChange, PipelineRun, Project, Usage
+from convergence.governance._principal import Principal, check_text
 from convergence.governance._registry import ensure_project
 from convergence.platform.db import utcnow
 from convergence.platform.errors import BudgetExceeded, InvalidInput, NotFound, PolicyViolation
@@ -62,10 +64,10 @@ def _project(session: Session, name: str) -> Project:
     return project
 
 
-def record_usage(*, session: Session, project: str, reading: Any, run_id: int | None = None,
+def record_usage(*, session: Session, project: str, reading: Any, principal: Principal, run_id: int | None = None,
                  model_version_id: int | None = None, family: str | None = None, step: str | None = None,
-                 predictions: int | None = None, actor: str = "system") -> Usage:
-    proj = ensure_project(session=session, name=project, actor=actor)
+                 predictions: int | None = None) -> Usage:
+    proj = ensure_project(session=session, name=project, principal=principal)
     row = Usage(project_id=proj.id, family=family, run_id=run_id, model_version_id=model_version_id, step=step,
                 wall_s=reading.wall_s, cpu_s=reading.cpu_s, gpu_s=reading.gpu_s, kwh=reading.kwh,
                 gco2e=reading.gco2e, peak_mem_mb=reading.peak_mem_mb, predictions=predictions,
@@ -101,9 +103,11 @@ def _validate_limits(metric: str, family: str, hard: float, soft: float | None) 
         raise InvalidInput(f"the soft limit must be positive and at most the hard limit ({hard}), got {soft}")
 
 
-def set_budget(*, session: Session, actor: str, project: str, metric: str, period: str, hard: float,
+def set_budget(*, session: Session, principal: Principal, project: str, metric: str, period: str, hard: float,
                soft: float | None = None, family: str = "*", reason: str | None = None) -> tuple[Budget, BudgetChange | None]:
     """Create or lower a budget now; a raise becomes a pending change for someone else to approve."""
+    require(session=session, principal=principal, permission="budget.set", subject=Subject("project", project))
+    reason = check_text(reason, what="the reason")
     _validate_limits(metric, family, hard, soft)
     start, end = parse_period(period)
     serialize_writes(session=session)
@@ -116,10 +120,10 @@ def set_budget(*, session: Session, actor: str, project: str, metric: str, perio
         soft = budget.soft_limit  # not given: keep the soft limit the budget already has
     if budget is None:
         budget = Budget(project_id=proj.id, family=family, metric=metric, period_start=start, period_end=end,
-                        hard_limit=hard, soft_limit=soft, created_at=now, created_by=actor, updated_at=now)
+                        hard_limit=hard, soft_limit=soft, created_at=now, created_by=principal.name, updated_at=now)
         session.add(budget)
         session.flush()
-        append(session=session, actor=actor, action="budget.created", subject=Subject("budget", str(budget.id)),
+        append(session=session, principal=principal, action="budget.created", subject=Subject("budget", str(budget.id)),
                payload={"project": project, "family": family, "metric": metric, "period": period, "hard": hard,
                         "soft": soft, "reason": reason})
         return budget, None
@@ -128,21 +132,25 @@ def set_budget(*, session: Session, actor: str, project: str, metric: str, perio
     if hard <= budget.hard_limit and (soft is None or budget.soft_limit is None or soft <= budget.soft_limit):
         before = {"hard": budget.hard_limit, "soft": budget.soft_limit}
         budget.hard_limit, budget.soft_limit, budget.updated_at = hard, soft, now
-        append(session=session, actor=actor, action="budget.lowered", subject=Subject("budget", str(budget.id)),
+        append(session=session, principal=principal, action="budget.lowered", subject=Subject("budget", str(budget.id)),
                payload={"before": before, "after": {"hard": hard, "soft": soft}, "reason": reason})
         return budget, None
     change = BudgetChange(budget_id=budget.id, hard_limit=hard, soft_limit=soft, status="pending", reason=reason,
-                          requested_by=actor, requested_at=now)
+                          requested_by=principal.name, requested_by_id=principal.id, requested_at=now)
     session.add(change)
     session.flush()
-    append(session=session, actor=actor, action="budget.raise_requested", subject=Subject("budget", str(budget.id)),
+    append(session=session, principal=principal, action="budget.raise_requested", subject=Subject("budget", str(budget.id)),
            payload={"change_id": change.id, "from": {"hard": budget.hard_limit, "soft": budget.soft_limit},
                     "to": {"hard": hard, "soft": soft}, "reason": reason})
     return budget, change
 
 
-def decide_change(*, session: Session, change_id: int, actor: str, approve: bool, reason: str | None = None) -> BudgetChange:
+def decide_change(*, session: Session, principal: Principal, change_id: int, approve: bool,
+                  reason: str | None = None) -> BudgetChange:
     """Apply or reject a pending raise; the person who asked for it can do neither."""
+    require(session=session, principal=principal, permission="budget.decide",
+            subject=Subject("budget_change", str(change_id)))
+    reason = check_text(reason, what="the reason")
     serialize_writes(session=session)
     change = session.get(BudgetChange, change_id)
     if change is None:
@@ -150,18 +158,18 @@ def decide_change(*, session: Session, change_id: int, actor: str, approve: bool
     if change.status != "pending":
         raise PolicyViolation(f"budget change {change_id} is already {change.status}")
     verb = "approve" if approve else "reject"
-    if actor == change.requested_by:
-        commit_refusal(session=session, actor=actor, action=f"budget.{verb}_refused",
-                       subject=Subject("budget", str(change.budget_id)),
-                       payload={"change_id": change_id, "reason": "requester cannot decide their own raise"})
-        raise PolicyViolation(f"{actor} requested budget change {change_id} and cannot {verb} it",
-                              hint="a different person must decide (four-eyes principle)")
+    distinct(session=session, principal=principal, other_id=change.requested_by_id, permission="budget.decide",
+             rule="budget-raise-second-person", subject=Subject("budget", str(change.budget_id)),
+             message=f"{principal.name} requested budget change {change_id} and cannot {verb} it",
+             payload={"change_id": change_id})
     budget = session.get(Budget, change.budget_id)
-    assert budget is not None  # FK
-    change.status, change.decided_by, change.decided_at = ("applied" if approve else "rejected"), actor, utcnow()
+    if budget is None:
+        raise NotFound(f"budget {change.budget_id} of change {change_id} is gone")
+    change.status, change.decided_by, change.decided_at = ("applied" if approve else "rejected"), principal.name, utcnow()
+    change.decided_by_id = principal.id
     if approve:
         budget.hard_limit, budget.soft_limit, budget.updated_at = change.hard_limit, change.soft_limit, utcnow()
-    append(session=session, actor=actor, action=f"budget.raise_{'approved' if approve else 'rejected'}",
+    append(session=session, principal=principal, action=f"budget.raise_{'approved' if approve else 'rejected'}",
            subject=Subject("budget", str(budget.id)),
            payload={"change_id": change_id, "hard": change.hard_limit, "soft": change.soft_limit, "reason": reason})
     return change
@@ -217,14 +225,14 @@ def check_before(*, session: Session, project: str, family: str | None, estimate
                 hint=f"raise it with `cvg budgets set … --hard N` and a second person's approval")
 
 
-def check_during(*, session: Session, project: str, family: str | None, actor: str) -> list[str]:
+def check_during(*, session: Session, project: str, family: str | None, principal: Principal) -> list[str]:
     """After a step: raise soft-limit alerts (once per budget) and return the hard limits now exceeded."""
     proj = _project(session, project)
     exceeded = []
     for budget in _active(session, proj.id, family, utcnow()):
         spent = used(session=session, budget=budget)
         if budget.soft_limit is not None and spent >= budget.soft_limit:
-            raise_alert(session=session, actor=actor, kind="budget.soft_limit", severity="warning",
+            raise_alert(session=session, principal=principal, kind="budget.soft_limit", severity="warning",
                         dedupe_key=f"budget:{budget.id}:{budget.period_start.date()}:soft",
                         subject=Subject("budget", str(budget.id)),
                         message=f"{project} used {spent:.4g} of a {budget.soft_limit:.4g} soft limit on "

@@ -20,10 +20,12 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from convergence.governance._access import require
 from convergence.governance._alerts import raise_alert
 from convergence.governance._artifacts import get_artifact_store
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import DriftReport, ModelVersion, PredictionLog, ReferenceProfile
+from convergence.governance._principal import Principal
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound
 from convergence.platform.settings import get_settings
@@ -189,7 +191,7 @@ def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetim
                   until: dt.datetime) -> np.ndarray:
     found = session.execute(select(PredictionLog.features, PredictionLog.features_f32, PredictionLog.output).where(
         PredictionLog.model_version_id == profile.model_version_id, PredictionLog.ts >= since,
-        PredictionLog.ts < until)).all()
+        PredictionLog.ts < until, PredictionLog.killed.is_(False))).all()  # a kill's safe outputs are not the model
     rows = [(np.frombuffer(raw, dtype="<f4") if raw is not None else features, out) for features, raw, out in found]
     if not rows:
         raise InvalidInput(f"no predictions of version {profile.model_version_id} were logged between "
@@ -204,12 +206,13 @@ def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetim
     return np.column_stack([feats[:, p] if p >= 0 else out for p in profile.positions])
 
 
-def check_drift(*, session: Session, name: str, since: dt.datetime, until: dt.datetime, actor: str,
+def check_drift(*, session: Session, principal: Principal, name: str, since: dt.datetime, until: dt.datetime,
                 evidently: bool = True) -> tuple[DriftReport, list[Any]]:
     """Compare the window with the production version's profile, store the report, raise alerts and
     queue their webhooks — all in the caller's transaction. Returns the report and the new alerts."""
     from convergence.governance._webhooks import enqueue
 
+    require(session=session, principal=principal, permission="drift.check", subject=Subject("model", name))
     if since >= until:
         raise InvalidInput("the window is empty: --since must be before --until")
     mv = production_version(session, name)
@@ -238,17 +241,18 @@ def check_drift(*, session: Session, name: str, since: dt.datetime, until: dt.da
     serialize_writes(session=session)
     report = DriftReport(model_version_id=mv.id, window_start=since, window_end=until, rows=len(current),
                          columns=results, drift_share=share, drifted=bool(drifted), severity=severity,
-                         evidently_html_uri=html_uri, evidently_json_uri=json_uri, created_at=utcnow(), created_by=actor)
+                         evidently_html_uri=html_uri, evidently_json_uri=json_uri, created_at=utcnow(),
+                         created_by=principal.name)
     session.add(report)
     session.flush()
-    append(session=session, actor=actor, action="drift.checked", subject=Subject("drift_report", str(report.id)),
+    append(session=session, principal=principal, action="drift.checked", subject=Subject("drift_report", str(report.id)),
            payload={"model_version_id": mv.id, "rows": len(current), "drift_share": share, "drifted": drifted,
                     "window": [since.isoformat(), until.isoformat()]})
     new_alerts = []
     for column in drifted:
         r = results[column]
         alert, created = raise_alert(
-            session=session, actor=actor, kind="drift", severity=severity or "warning",
+            session=session, principal=principal, kind="drift", severity=severity or "warning",
             dedupe_key=f"drift:{mv.id}:{column}", subject=Subject("model_version", str(mv.id)),
             message=f"{name} v{mv.version}: {column} drifted ({r['method']} {r['statistic']:.3g}, "
                     f"threshold {r['threshold']})",
@@ -263,10 +267,10 @@ def check_drift(*, session: Session, name: str, since: dt.datetime, until: dt.da
     return report, new_alerts
 
 
-def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple[str, dt.datetime, list[float], float,
-                                                                                 float | None]]) -> int:
-    """Batch-write predictions (prediction id, time, features, output, latency ms); used by serving.
-    Features given as a numpy array are stored as float32 bytes, a list as JSON."""
+def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple[Any, ...]]) -> int:
+    """Batch-write predictions (prediction id, time, features, output, latency ms[, killed]); used by serving.
+    Features given as a numpy array are stored as float32 bytes, a list as JSON; ``killed`` flags an answer
+    given by a kill switch's safe output rather than the model."""
     from sqlalchemy import insert
 
     if not rows:
@@ -275,9 +279,10 @@ def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple
         return len(rows)
     session.execute(insert(PredictionLog), [
         {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "output": float(o), "latency_ms": lat,
+         "killed": bool(killed and killed[0]),
          **({"features": None, "features_f32": np.asarray(f, dtype="<f4").tobytes()} if isinstance(f, np.ndarray)
             else {"features": list(map(float, f)), "features_f32": None})}
-        for pid, ts, f, o, lat in rows])
+        for pid, ts, f, o, lat, *killed in rows])
     return len(rows)
 
 
@@ -295,9 +300,10 @@ def _insert_binary(session: Session, model_version_id: int, rows: list[Any]) -> 
         return utc.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else utc
 
     sql = ("INSERT INTO prediction_log (prediction_id, model_version_id, ts, features, features_f32, output, "
-           f"latency_ms) VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, {mark})")
+           f"latency_ms, killed) VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, {mark}, {mark})")
     conn.exec_driver_sql(sql, [(pid, model_version_id, ts(at), np.asarray(f, dtype="<f4").tobytes(), float(o),
-                                None if lat is None else float(lat)) for pid, at, f, o, lat in rows])
+                                None if lat is None else float(lat), bool(killed and killed[0]))
+                               for pid, at, f, o, lat, *killed in rows])
     return True
 
 
@@ -323,6 +329,16 @@ def report_html_path(report: DriftReport) -> Path | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(blob, target)
     return target
+
+
+def report_to_dict(report: DriftReport) -> dict[str, Any]:
+    html = report_html_path(report)
+    return {"id": report.id, "model_version_id": report.model_version_id,
+            "window_start": report.window_start.isoformat(), "window_end": report.window_end.isoformat(),
+            "rows": report.rows, "drift_share": report.drift_share, "drifted": report.drifted,
+            "severity": report.severity, "columns": report.columns, "html_report": str(html) if html else None,
+            "evidently_html": report.evidently_html_uri, "evidently_json": report.evidently_json_uri,
+            "created_at": report.created_at.isoformat(), "created_by": report.created_by}
 
 
 def get_report(*, session: Session, report_id: int) -> DriftReport:

@@ -21,8 +21,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from convergence.governance._models import AuditCheckpoint, AuditEvent
+from convergence.governance._principal import Principal
 from convergence.platform.db import is_postgres, utcnow
-from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
+from convergence.platform.errors import IntegrityError, InvalidInput, NotFound, Unavailable
 
 GENESIS_HASH = "0" * 64
 # Arbitrary constant naming the chain head's advisory lock on PostgreSQL ("cvgaudit" in ASCII, truncated).
@@ -49,7 +50,7 @@ class Subject:
 
 @dataclasses.dataclass(frozen=True)
 class EventIn:
-    actor: str
+    principal: Principal
     action: str
     subject: Subject
     payload: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -136,22 +137,31 @@ def _lock_head(session: Session) -> tuple[int, str]:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
     elif conn.get_execution_options().get("sqlite_begin") != "IMMEDIATE":
         # A deferred SQLite transaction that read the head could not later take the write lock.
-        raise RuntimeError("audit events must be appended in a write session (session_scope(write=True))")
+        raise Unavailable("audit events must be appended in a write session (session_scope(write=True))")
     row = conn.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
     return (row[0], row[1]) if row else (0, GENESIS_HASH)
 
 
-def _validate(actor: str, action: str, subject: Subject) -> None:
-    if not actor or not actor.strip():
-        raise InvalidInput("an audit event needs an actor: pass --as NAME or set CVG_ACTOR")
+def _validate(principal: Principal, action: str, subject: Subject) -> None:
+    if not isinstance(principal, Principal) or not principal.name:
+        raise InvalidInput("an audit event needs an authenticated principal")
     if not action or not subject.type or not str(subject.id):
         raise InvalidInput("an audit event needs an action and a subject")
 
 
-def append(*, session: Session, actor: str, action: str, subject: Subject,
+def _with_principal(principal: Principal, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as hashed: the caller's fields and, under the reserved key ``principal``, who acted and how."""
+    if not isinstance(payload, Mapping):
+        raise InvalidInput(f"audit payload must be a JSON object, got {type(payload).__name__}")
+    if "principal" in payload:
+        raise InvalidInput("'principal' is reserved in audit payloads: the ledger records who acted")
+    return {**payload, "principal": principal.audit()}
+
+
+def append(*, session: Session, principal: Principal, action: str, subject: Subject,
            payload: Mapping[str, Any] | None = None, ts: dt.datetime | None = None) -> Event:
     """Append one event inside the caller's transaction; it commits or rolls back with it."""
-    return append_many(session=session, events=[EventIn(actor, action, subject, payload or {}, ts)])[0]
+    return append_many(session=session, events=[EventIn(principal, action, subject, payload or {}, ts)])[0]
 
 
 def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 5000) -> list[Event]:
@@ -162,16 +172,17 @@ def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 500
     out: list[Event] = []
     rows: list[tuple[Any, ...]] = []
     for ev in events:
-        _validate(ev.actor, ev.action, ev.subject)
+        _validate(ev.principal, ev.action, ev.subject)
+        actor = ev.principal.name
         ts = ev.ts or utcnow()
         ts_text = format_ts(ts)
-        payload = canonical_payload(ev.payload)
+        payload = canonical_payload(_with_principal(ev.principal, ev.payload))
         seq += 1
         sid = str(ev.subject.id)
-        digest = event_hash(seq, ts_text, ev.actor, ev.action, ev.subject.type, sid, payload, prev)
-        out.append(Event(seq, ts, ev.actor, ev.action, ev.subject.type, sid, payload, prev, digest))
+        digest = event_hash(seq, ts_text, actor, ev.action, ev.subject.type, sid, payload, prev)
+        out.append(Event(seq, ts, actor, ev.action, ev.subject.type, sid, payload, prev, digest))
         # Straight to the driver: SQLite gets SQLAlchemy's own text form of the UTC time, PostgreSQL the datetime.
-        rows.append((seq, ts_text[:10] + " " + ts_text[11:-1] if sqlite else ts, ev.actor, ev.action,
+        rows.append((seq, ts_text[:10] + " " + ts_text[11:-1] if sqlite else ts, actor, ev.action,
                      ev.subject.type, sid, payload, prev, digest))
         prev = digest
         if len(rows) >= chunk:
@@ -314,27 +325,29 @@ def verify(*, session: Session, from_checkpoint: int | None = None,
     return VerifyResult(True, checked, start, expected - 1, prev)
 
 
-def checkpoint(*, session: Session, actor: str) -> AuditCheckpoint:
+def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
     """Record the current head (seq, hash, count) for anchoring outside the database."""
     seq, digest = _lock_head(session)
     count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
     if count != seq:
         raise IntegrityError(f"the audit chain has {count} events but its head is seq {seq}",
                              hint="run `cvg audit verify` to find the gap")
-    cp = AuditCheckpoint(seq=seq, head_hash=digest, event_count=count, created_at=utcnow(), created_by=actor)
+    cp = AuditCheckpoint(seq=seq, head_hash=digest, event_count=count, created_at=utcnow(), created_by=principal.name)
     session.add(cp)
     session.flush()
-    append(session=session, actor=actor, action="audit.checkpoint", subject=Subject("audit_checkpoint", str(cp.id)),
+    append(session=session, principal=principal, action="audit.checkpoint", subject=Subject("audit_checkpoint", str(cp.id)),
            payload={"seq": seq, "head_hash": digest, "event_count": count})
     return cp
 
 
-def commit_refusal(*, session: Session, actor: str, action: str, subject: Subject,
+def commit_refusal(*, session: Session, principal: Principal, action: str, subject: Subject,
                    payload: Mapping[str, Any] | None = None) -> None:
     """Record a refused attempt and commit it on its own: the attempted change is rolled back, but the
-    refusal itself is evidence (four-eyes violations, budget refusals)."""
+    refusal itself is evidence (four-eyes violations, missing roles, budget refusals)."""
     session.rollback()
-    append(session=session, actor=actor, action=action, subject=subject, payload=payload)
+    # The caller may have opened a read session: the refusal's transaction takes the write lock itself.
+    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    append(session=session, principal=principal, action=action, subject=subject, payload=payload)
     session.commit()
 
 

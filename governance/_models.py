@@ -25,8 +25,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from convergence.governance._principal import ACCESS_ROLES, KINDS
 
 FAMILIES = ("trading", "language")
 ROLES = ("teacher", "student", "quantized")
@@ -76,10 +79,12 @@ class AuditEvent(Base):
     """One link of the hash chain; append-only (a trigger refuses UPDATE/DELETE on the database)."""
 
     __tablename__ = "audit_events"
+    # Each filter index ends in seq, so "the first N events of this actor in order" is an index range scan,
+    # not a sort of everything the actor ever did (cvg audit query --actor over a million events).
     __table_args__ = (
-        Index("ix_audit_events_subject", "subject_type", "subject_id"),
-        Index("ix_audit_events_actor", "actor"),
-        Index("ix_audit_events_action", "action"),
+        Index("ix_audit_events_subject", "subject_type", "subject_id", "seq"),
+        Index("ix_audit_events_actor", "actor", "seq"),
+        Index("ix_audit_events_action", "action", "seq"),
         Index("ix_audit_events_ts", "ts"),
     )
 
@@ -109,6 +114,79 @@ class AuditCheckpoint(Base):
     event_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+GRANT_STATUSES = ("pending", "active", "rejected", "revoked")
+
+
+class PrincipalRow(Base):
+    """One identity per (issuer, subject): a person from an OIDC issuer or the OS, a service account, or a
+    part of convergence itself. ``name_key`` (NFKC, case-folded) is unique, so "Quinn" is quinn."""
+
+    __tablename__ = "principals"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_principals_issuer_subject"),
+                      CheckConstraint(_in("kind", KINDS), name="kind"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(500), nullable=False)
+    subject: Mapped[str] = mapped_column(String(500), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    name_key: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RoleGrant(Base):
+    """A role held by a principal: requested by one admin, active once a second admin approves."""
+
+    __tablename__ = "role_grants"
+    __table_args__ = (CheckConstraint(_in("role", ACCESS_ROLES), name="role"),
+                      CheckConstraint(_in("status", GRANT_STATUSES), name="status"),
+                      Index("ix_role_grants_principal_status", "principal_id", "status"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False)
+    role: Mapped[str] = mapped_column(String(20), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False)
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """A service account's API key: shown once, stored as the SHA-256 of its secret, found by its public id."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), nullable=False, unique=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False, index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
+
+
+class ControlSetting(Base):
+    """Facts about this control plane that must outlive processes, e.g. that the database is a sandbox."""
+
+    __tablename__ = "control_settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
 
 
 class Project(Base):
@@ -187,6 +265,10 @@ class ModelVersion(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    # Separation of duties compares principal ids, never names.
+    registrant_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), index=True)
+    # What a killed model answers instead of 503, fixed by its approver (trading: 0.0 = flat).
+    safe_output: Mapped[float | None] = mapped_column()
 
     parent: Mapped[ModelVersion | None] = relationship(remote_side=[id])
     dataset: Mapped[Dataset | None] = relationship()
@@ -203,6 +285,7 @@ class Approval(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False, index=True)
     decision: Mapped[str] = mapped_column(String(20), nullable=False)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    principal_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), index=True)
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     evidence_uri: Mapped[str | None] = mapped_column(Text)
     evidence_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -291,8 +374,10 @@ class BudgetChange(Base):
     status: Mapped[str] = mapped_column(String(20), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
     requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
@@ -351,6 +436,8 @@ class PredictionLog(Base):
     features_f32: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     output: Mapped[float] = mapped_column(nullable=False)
     latency_ms: Mapped[float | None] = mapped_column()
+    # Answered by a kill switch's safe output, not the model: logged for the record, left out of drift.
+    killed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=sa_false())
 
     @property
     def vector(self) -> list[float]:

@@ -24,10 +24,16 @@ def _event(row: AuditEvent) -> Event:
                  row.prev_hash, row.hash)
 
 
+def _glob(pattern: str) -> str:
+    """``model.*`` or ``*_refused`` as a LIKE pattern; % and _ in the pattern are literal."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
 def query_events(*, session: Session, subject: Subject | None = None, actor: str | None = None,
                  action: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None,
                  limit: int = 1000, newest_first: bool = False) -> list[Event]:
-    """Audit events matching every given filter; ``action`` may end in ``*`` for a prefix (``model.*``)."""
+    """Audit events matching every given filter; ``*`` in ``action`` matches anything (``model.*``, ``*_refused``)."""
     if since and until and since > until:
         raise InvalidInput(f"--since ({since.isoformat()}) is after --until ({until.isoformat()})")
     if limit < 1:
@@ -38,7 +44,7 @@ def query_events(*, session: Session, subject: Subject | None = None, actor: str
     if actor:
         q = q.where(AuditEvent.actor == actor)
     if action:
-        q = q.where(AuditEvent.action.like(action[:-1] + "%") if action.endswith("*") else AuditEvent.action == action)
+        q = q.where(AuditEvent.action.like(_glob(action), escape="\\") if "*" in action else AuditEvent.action == action)
     if since:
         q = q.where(AuditEvent.ts >= since)
     if until:

@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from convergence.governance._artifacts import get_artifact_store, sha256_file
+from convergence.governance._access import require
+from convergence.governance._artifacts import StoredArtifact, get_artifact_store, sha256_file
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import (
     FAMILIES,
@@ -32,6 +33,7 @@ from convergence.governance._models import (
     Project,
     StageTransition,
 )
+from convergence.governance._principal import Principal, check_text
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -73,15 +75,15 @@ def _plain_json(kind: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # --- projects ---------------------------------------------------------------------------------
 
-def ensure_project(*, session: Session, name: str = DEFAULT_PROJECT, actor: str) -> Project:
+def ensure_project(*, session: Session, name: str = DEFAULT_PROJECT, principal: Principal) -> Project:
     """The project called ``name``, created (and audited) on first use."""
     _check_name("project", name)
     project = session.execute(select(Project).where(Project.name == name)).scalar_one_or_none()
     if project is None:
-        project = Project(name=name, created_at=utcnow(), created_by=actor)
+        project = Project(name=name, created_at=utcnow(), created_by=principal.name)
         session.add(project)
         session.flush()
-        append(session=session, actor=actor, action="project.created", subject=Subject("project", str(project.id)),
+        append(session=session, principal=principal, action="project.created", subject=Subject("project", str(project.id)),
                payload={"name": name})
     return project
 
@@ -96,12 +98,13 @@ def _describe_csv(path: Path) -> tuple[int, dict[str, Any]]:
     return rows, {"format": "csv", "columns": header}
 
 
-def register_dataset(*, session: Session, actor: str, path: Path | None = None, sha256: str | None = None,
+def register_dataset(*, session: Session, principal: Principal, path: Path | None = None, sha256: str | None = None,
                      name: str | None = None, rows: int | None = None, schema: Mapping[str, Any] | None = None,
                      uri: str | None = None, project: str = DEFAULT_PROJECT) -> Dataset:
     """Record a dataset by file (hashed here) or by a known SHA-256; the same content twice is one row."""
+    require(session=session, principal=principal, permission="model.register")
     serialize_writes(session=session)
-    proj = ensure_project(session=session, name=project, actor=actor)
+    proj = ensure_project(session=session, name=project, principal=principal)
     size = None
     if path is not None:
         path = Path(path)
@@ -126,16 +129,23 @@ def register_dataset(*, session: Session, actor: str, path: Path | None = None, 
     if existing is not None:
         return existing
     ds = Dataset(project_id=proj.id, name=name, uri=uri, sha256=sha256, rows=rows, size_bytes=size,
-                 schema=_plain_json("schema", schema) or None, created_at=utcnow(), created_by=actor)
+                 schema=_plain_json("schema", schema) or None, created_at=utcnow(), created_by=principal.name)
     session.add(ds)
     session.flush()
-    append(session=session, actor=actor, action="dataset.registered", subject=Subject("dataset", str(ds.id)),
+    append(session=session, principal=principal, action="dataset.registered", subject=Subject("dataset", str(ds.id)),
            payload={"name": name, "sha256": sha256, "rows": rows, "uri": uri, "project": project})
     return ds
 
 
+def valid_id(value: int, what: str) -> int:
+    """Ids are positive 64-bit integers: anything else is simply not there (no driver overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise NotFound(f"no {what} with id {value}")
+    return value
+
+
 def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
+    ds = session.get(Dataset, valid_id(dataset_id, "dataset"))
     if ds is None:
         raise NotFound(f"no dataset with id {dataset_id}")
     return ds
@@ -161,26 +171,28 @@ def code_version() -> tuple[str, bool]:
             return "unknown", True
 
 
-def start_run(*, session: Session, actor: str, pipeline: str, params: Mapping[str, Any] | None = None,
+def start_run(*, session: Session, principal: Principal, pipeline: str, params: Mapping[str, Any] | None = None,
               dataset_id: int | None = None, project: str = DEFAULT_PROJECT) -> PipelineRun:
+    """Record a run before any work starts (the principal needs the registrant role: runs register models)."""
+    require(session=session, principal=principal, permission="pipeline.run", subject=Subject("pipeline", pipeline))
     serialize_writes(session=session)
-    proj = ensure_project(session=session, name=project, actor=actor)
+    proj = ensure_project(session=session, name=project, principal=principal)
     if dataset_id is not None:
         get_dataset(session=session, dataset_id=dataset_id)
     version, dirty = code_version()
     now = utcnow()
     run = PipelineRun(project_id=proj.id, pipeline=pipeline, status="running", params=_plain_json("params", params),
                       code_version=version, code_dirty=dirty, dataset_id=dataset_id, started_at=now,
-                      heartbeat_at=now, created_by=actor)
+                      heartbeat_at=now, created_by=principal.name)
     session.add(run)
     session.flush()
-    append(session=session, actor=actor, action="run.started", subject=Subject("pipeline_run", str(run.id)),
+    append(session=session, principal=principal, action="run.started", subject=Subject("pipeline_run", str(run.id)),
            payload={"pipeline": pipeline, "code_version": version, "code_dirty": dirty, "dataset_id": dataset_id,
                     "params": run.params})
     return run
 
 
-def finish_run(*, session: Session, actor: str, run_id: int, error: str | None = None,
+def finish_run(*, session: Session, principal: Principal, run_id: int, error: str | None = None,
                status: str | None = None, summary: Mapping[str, Any] | None = None) -> PipelineRun:
     """Close a run: succeeded, failed (with ``error``), gates_failed or stopped; audited."""
     serialize_writes(session=session)
@@ -194,7 +206,7 @@ def finish_run(*, session: Session, actor: str, run_id: int, error: str | None =
     if status not in RUN_STATUSES or status == "running":
         raise InvalidInput(f"a run cannot finish as {status!r}")
     run.status, run.error, run.finished_at = status, error, utcnow()
-    append(session=session, actor=actor, action=f"run.{status}", subject=Subject("pipeline_run", str(run.id)),
+    append(session=session, principal=principal, action=f"run.{status}", subject=Subject("pipeline_run", str(run.id)),
            payload={"error": error, "seconds": (run.finished_at - run.started_at).total_seconds(),
                     **({"summary": _plain_json("summary", summary)} if summary else {})})
     return run
@@ -207,7 +219,7 @@ def heartbeat(*, session: Session, run_id: int) -> None:
         run.heartbeat_at = utcnow()
 
 
-def fail_stale_runs(*, session: Session, actor: str, stale_after_s: float) -> list[int]:
+def fail_stale_runs(*, session: Session, principal: Principal, stale_after_s: float) -> list[int]:
     """Mark failed every running run whose heartbeat (or start) is older than ``stale_after_s``."""
     serialize_writes(session=session)
     cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
@@ -217,39 +229,56 @@ def fail_stale_runs(*, session: Session, actor: str, stale_after_s: float) -> li
         last = run.heartbeat_at or run.started_at
         run.status, run.finished_at = "failed", utcnow()
         run.error = f"stale: no heartbeat since {last.isoformat()}; the process running it died"
-        append(session=session, actor=actor, action="run.failed", subject=Subject("pipeline_run", str(run.id)),
+        append(session=session, principal=principal, action="run.failed", subject=Subject("pipeline_run", str(run.id)),
                payload={"error": run.error, "stale": True})
     return [run.id for run in stale]
 
 
 def get_run(*, session: Session, run_id: int) -> PipelineRun:
-    run = session.get(PipelineRun, run_id)
+    run = session.get(PipelineRun, valid_id(run_id, "pipeline run"))
     if run is None:
         raise NotFound(f"no pipeline run with id {run_id}")
     return run
 
 
+def run_to_dict(run: PipelineRun) -> dict[str, Any]:
+    return {"id": run.id, "pipeline": run.pipeline, "status": run.status, "code_version": run.code_version,
+            "code_dirty": run.code_dirty, "dataset_id": run.dataset_id, "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None, "error": run.error,
+            "created_by": run.created_by, "trigger": (run.params or {}).get("trigger")}
+
+
+def list_runs(*, session: Session, limit: int = 20) -> list[PipelineRun]:
+    """Recent pipeline runs, newest first."""
+    return list(session.execute(select(PipelineRun).order_by(PipelineRun.id.desc()).limit(limit)).scalars())
+
+
 # --- model versions ---------------------------------------------------------------------------
 
-def register_model(*, session: Session, actor: str, name: str, artifact: Path, family: str, role: str,
+def register_model(*, session: Session, principal: Principal, name: str, artifact: Path | StoredArtifact,
+                   family: str, role: str,
                    dataset: str | Path | int | None = None, metrics: Mapping[str, Any] | None = None,
                    params: Mapping[str, Any] | None = None, parent_id: int | None = None,
                    run_id: int | None = None, description: str | None = None,
                    project: str = DEFAULT_PROJECT) -> ModelVersion:
-    """Register a model file as a new candidate version of ``name``, with its lineage."""
+    """Register a model file (or an already stored artifact) as a new candidate version of ``name``, with its
+    lineage; the principal is its registrant, whom separation of duties keeps away from its approval."""
+    require(session=session, principal=principal, permission="model.register", subject=Subject("model", str(name)[:200]))
     _check_name("model", name)
+    description = check_text(description, what="description")
     if family not in FAMILIES:
         raise InvalidInput(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     metrics = _check_metrics(metrics)
     params = _plain_json("params", params)
-    stored = get_artifact_store().put(Path(artifact))  # outside the transaction: an orphan blob is harmless
+    stored = (artifact if isinstance(artifact, StoredArtifact)
+              else get_artifact_store().put(Path(artifact)))  # outside the transaction: an orphan blob is harmless
 
     serialize_writes(session=session)
-    proj = ensure_project(session=session, name=project, actor=actor)
+    proj = ensure_project(session=session, name=project, principal=principal)
     parent = _check_parent(session=session, parent_id=parent_id, family=family, role=role)
-    ds = _resolve_dataset(session=session, actor=actor, dataset=dataset, project=project)
+    ds = _resolve_dataset(session=session, principal=principal, dataset=dataset, project=project)
     if run_id is not None and session.get(PipelineRun, run_id) is None:
         raise NotFound(f"no pipeline run with id {run_id}")
     version = (session.execute(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)).scalar() or 0) + 1
@@ -257,12 +286,13 @@ def register_model(*, session: Session, actor: str, name: str, artifact: Path, f
     mv = ModelVersion(project_id=proj.id, name=name, version=version, family=family, role=role, stage="candidate",
                       parent_id=parent.id if parent else None, dataset_id=ds.id if ds else None, run_id=run_id,
                       params=params, metrics=metrics, artifact_uri=stored.uri, artifact_sha256=stored.sha256,
-                      artifact_bytes=stored.size, description=description, created_at=now, created_by=actor)
+                      artifact_bytes=stored.size, description=description, created_at=now, created_by=principal.name,
+                      registrant_id=principal.id)
     session.add(mv)
     session.flush()
-    session.add(StageTransition(model_version_id=mv.id, from_stage=None, to_stage="candidate", actor=actor,
+    session.add(StageTransition(model_version_id=mv.id, from_stage=None, to_stage="candidate", actor=principal.name,
                                 reason="registered", at=now))
-    append(session=session, actor=actor, action="model.registered", subject=Subject("model_version", str(mv.id)),
+    append(session=session, principal=principal, action="model.registered", subject=Subject("model_version", str(mv.id)),
            payload={"name": name, "version": version, "family": family, "role": role,
                     "artifact_sha256": stored.sha256, "artifact_bytes": stored.size,
                     "dataset_sha256": ds.sha256 if ds else None, "parent_id": mv.parent_id, "run_id": run_id,
@@ -284,7 +314,7 @@ def _check_parent(*, session: Session, parent_id: int | None, family: str, role:
     return parent
 
 
-def _resolve_dataset(*, session: Session, actor: str, dataset: str | Path | int | None,
+def _resolve_dataset(*, session: Session, principal: Principal, dataset: str | Path | int | None,
                      project: str) -> Dataset | None:
     if dataset is None:
         return None
@@ -292,16 +322,16 @@ def _resolve_dataset(*, session: Session, actor: str, dataset: str | Path | int 
         return get_dataset(session=session, dataset_id=dataset)
     text = str(dataset)
     if Path(text).is_file():
-        return register_dataset(session=session, actor=actor, path=Path(text), project=project)
+        return register_dataset(session=session, principal=principal, path=Path(text), project=project)
     if text.isdigit():
         return get_dataset(session=session, dataset_id=int(text))
     if _SHA.match(text.lower()):
-        return register_dataset(session=session, actor=actor, sha256=text, project=project)
+        return register_dataset(session=session, principal=principal, sha256=text, project=project)
     raise InvalidInput(f"--dataset {text!r} is not a file, a dataset id or a SHA-256")
 
 
 def get_model(*, session: Session, version_id: int) -> ModelVersion:
-    mv = session.get(ModelVersion, version_id)
+    mv = session.get(ModelVersion, valid_id(version_id, "model version"))
     if mv is None:
         raise NotFound(f"no model version with id {version_id}", hint="`cvg models list` shows the registry")
     return mv
@@ -329,6 +359,7 @@ def model_to_dict(mv: ModelVersion) -> dict[str, Any]:
         "params": mv.params, "metrics": mv.metrics, "artifact_uri": mv.artifact_uri,
         "artifact_sha256": mv.artifact_sha256, "artifact_bytes": mv.artifact_bytes,
         "description": mv.description, "created_at": iso(mv.created_at), "created_by": mv.created_by,
+        "registrant_id": mv.registrant_id, "safe_output": mv.safe_output,
     }
 
 

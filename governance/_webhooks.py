@@ -28,8 +28,11 @@ from urllib.parse import urlparse
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from convergence.governance._access import require
+from convergence.governance._identity import system_principal
 from convergence.governance._ledger import Subject, append
 from convergence.governance._models import WEBHOOK_FORMATS, WebhookDelivery, WebhookSubscription
+from convergence.governance._principal import Principal
 from convergence.platform.db import session_scope, utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 from convergence.platform.settings import get_settings
@@ -60,24 +63,27 @@ def _check_url(url: str) -> str:
     return url
 
 
-def subscribe(*, session: Session, actor: str, url: str, events: list[str], fmt: str = "generic",
+def subscribe(*, session: Session, principal: Principal, url: str, events: list[str], fmt: str = "generic",
               secret: str | None = None) -> WebhookSubscription:
+    """Send matching events to ``url``, signed with ``secret`` (generated when not given; shown once)."""
+    require(session=session, principal=principal, permission="webhook.manage")
     _check_url(url)
     if fmt not in WEBHOOK_FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(WEBHOOK_FORMATS)}, got {fmt!r}")
     if not events:
         raise InvalidInput("subscribe to at least one event type (e.g. drift.alert, or * for all)")
     sub = WebhookSubscription(url=url, secret=secret or secrets.token_hex(32), event_types=sorted(set(events)),
-                              format=fmt, active=True, created_at=utcnow(), created_by=actor)
+                              format=fmt, active=True, created_at=utcnow(), created_by=principal.name)
     session.add(sub)
     session.flush()
-    append(session=session, actor=actor, action="webhook.subscribed", subject=Subject("webhook_subscription", str(sub.id)),
+    append(session=session, principal=principal, action="webhook.subscribed", subject=Subject("webhook_subscription", str(sub.id)),
            payload={"url": url, "events": sub.event_types, "format": fmt})  # never the secret
     return sub
 
 
-def unsubscribe(*, session: Session, subscription_id: int, actor: str) -> WebhookSubscription:
+def unsubscribe(*, session: Session, principal: Principal, subscription_id: int) -> WebhookSubscription:
     """Stop sending to a receiver; its pending deliveries are dead-lettered (and can be redelivered)."""
+    require(session=session, principal=principal, permission="webhook.manage")
     sub = session.get(WebhookSubscription, subscription_id)
     if sub is None:
         raise NotFound(f"no webhook subscription with id {subscription_id}")
@@ -85,7 +91,7 @@ def unsubscribe(*, session: Session, subscription_id: int, actor: str) -> Webhoo
     session.execute(update(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id,
                                                   WebhookDelivery.status == "pending")
                     .values(status="dead", last_error="subscription removed"))
-    append(session=session, actor=actor, action="webhook.unsubscribed",
+    append(session=session, principal=principal, action="webhook.unsubscribed",
            subject=Subject("webhook_subscription", str(sub.id)), payload={"url": sub.url})
     return sub
 
@@ -174,7 +180,8 @@ def deliver_due(*, limit: int = 100) -> dict[str, int]:
             elif d.attempts >= settings.webhook_max_attempts:
                 d.status, d.last_error = "dead", error
                 counts["dead"] += 1
-                append(session=session, actor="webhook-deliverer", action="webhook.dead_lettered",
+                append(session=session, principal=system_principal(session=session, name="webhook-deliverer"),
+                       action="webhook.dead_lettered",
                        subject=Subject("webhook_delivery", str(d.id)),
                        payload={"event_id": event_id, "attempts": d.attempts, "error": error})
             else:
@@ -197,14 +204,15 @@ def deliver_until_idle(*, deadline_s: float = 30.0) -> dict[str, int]:
     return total
 
 
-def redeliver(*, session: Session, delivery_id: int, actor: str) -> WebhookDelivery:
+def redeliver(*, session: Session, principal: Principal, delivery_id: int) -> WebhookDelivery:
+    require(session=session, principal=principal, permission="webhook.deliver")
     d = session.get(WebhookDelivery, delivery_id)
     if d is None:
         raise NotFound(f"no webhook delivery with id {delivery_id}")
     if d.status == "pending":
         raise PolicyViolation(f"delivery {delivery_id} is still pending; the deliverer will retry it")
     d.status, d.attempts, d.next_attempt_at, d.locked_until, d.last_error = "pending", 0, utcnow(), None, None
-    append(session=session, actor=actor, action="webhook.redelivery_requested",
+    append(session=session, principal=principal, action="webhook.redelivery_requested",
            subject=Subject("webhook_delivery", str(d.id)), payload={"event_id": d.event_id})
     return d
 
@@ -214,6 +222,24 @@ def list_deliveries(*, session: Session, failed: bool = False, limit: int = 100)
     if failed:
         q = q.where(or_(WebhookDelivery.status == "dead", WebhookDelivery.last_error.is_not(None)))
     return list(session.execute(q).scalars())
+
+
+def delivery_to_dict(d: WebhookDelivery) -> dict[str, Any]:
+    return {"id": d.id, "subscription_id": d.subscription_id, "event_id": d.event_id, "event_type": d.event_type,
+            "status": d.status, "attempts": d.attempts,
+            "next_attempt_at": d.next_attempt_at.isoformat() if d.status == "pending" else None,
+            "last_status": d.last_status, "last_error": d.last_error,
+            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None}
+
+
+def list_subscriptions(*, session: Session, include_inactive: bool = False) -> list[dict[str, Any]]:
+    """Subscriptions without their secrets (a secret is shown once, when it is made)."""
+    q = select(WebhookSubscription).order_by(WebhookSubscription.id)
+    if not include_inactive:
+        q = q.where(WebhookSubscription.active.is_(True))
+    return [{"id": sub.id, "url": sub.url, "events": sub.event_types, "format": sub.format, "active": sub.active,
+             "created_at": sub.created_at.isoformat(), "created_by": sub.created_by}
+            for sub in session.execute(q).scalars()]
 
 
 def send_test(url: str, secret: str) -> dict[str, Any]:

@@ -34,16 +34,17 @@ def _component(step: str, image: str, family: str, deps: tuple[str, ...]) -> Any
 
     command = ["cvg", "pipelines", "step", family, step]
 
-    def spec(config_json: str, actor: str, out: Any, **inputs: Any) -> Any:
-        args = ["--config-json", config_json, "--as", actor, "--out", out.path]
+    # Who acts is the pod's service account (CVG_API_KEY from the chart's Secret), never a name passed in.
+    def spec(config_json: str, out: Any, **inputs: Any) -> Any:
+        args = ["--config-json", config_json, "--out", out.path]
         for dep in deps:
             args += ["--in", inputs[dep].path]
         return dsl.ContainerSpec(image=image, command=command, args=args)
 
     # KFP reads the component's interface from the Python signature, so build one per step.
-    params = ", ".join(["config_json: str", "actor: str"] + [f"{d}: dsl.Input[dsl.Artifact]" for d in deps]
+    params = ", ".join(["config_json: str"] + [f"{d}: dsl.Input[dsl.Artifact]" for d in deps]
                        + ["out: dsl.Output[dsl.Artifact]"])
-    call = ", ".join(["config_json", "actor", "out"] + [f"{d}={d}" for d in deps])
+    call = ", ".join(["config_json", "out"] + [f"{d}={d}" for d in deps])
     namespace: dict[str, Any] = {"dsl": dsl, "spec": spec}
     # dont_inherit: never let a future import turn the annotations KFP reads into strings.
     code = compile(f"def {step}({params}):\n    return spec({call})\n", f"<kfp component {step}>", "exec",
@@ -60,11 +61,11 @@ def build_pipeline(cfg: TradingConfig | LanguageConfig, image: str) -> Any:
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
     @dsl.pipeline(name=f"convergence-{family}", description=DESCRIPTIONS[family])
-    def pipeline(actor: str = "kubeflow", config_json: str = config_json) -> None:
+    def pipeline(config_json: str = config_json) -> None:
         tasks: dict[str, Any] = {}
         for step, deps in steps.items():
             kwargs = {dep: tasks[dep].outputs["out"] for dep in deps}
-            tasks[step] = components[step](config_json=config_json, actor=actor, **kwargs).set_display_name(step)
+            tasks[step] = components[step](config_json=config_json, **kwargs).set_display_name(step)
             if step in HEAVY:
                 tasks[step].set_cpu_limit("2").set_memory_limit("8G")
 

@@ -2,8 +2,9 @@
 installed, else batch/v1 Jobs (CronJobs) running the CLI; submitted with the official client.
 
 Every variant runs ``cvg pipelines run FAMILY`` in the project's image with the settings the Helm
-chart provides (a ConfigMap and a Secret mapped to ``CVG_`` variables), as a non-root user. The
-manifests are pure data, so they are validated offline against the Kubernetes and KubeRay schemas.
+chart provides (a ConfigMap and a Secret mapped to ``CVG_`` variables), as a non-root user. The pod acts
+as the chart's pipelines service account (its API key is in the Secret); who asked for the run is
+recorded in its trigger, never passed as a name the pod would act as. The manifests are pure data, so they are validated offline against the Kubernetes and KubeRay schemas.
 Submission loads the in-cluster configuration, else the kubeconfig; without either, one clear line.
 """
 
@@ -13,13 +14,20 @@ import datetime as dt
 import json
 import secrets
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convergence.platform.errors import InvalidInput, Unavailable
 from convergence.platform.settings import get_settings
 
+if TYPE_CHECKING:
+    from convergence.governance import Principal
 
-def job_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+
+def _requested(requested_by: Principal, trigger: dict[str, Any] | None) -> dict[str, Any]:
+    return {"kind": "manual", **(trigger or {}), "requested_by": {"id": requested_by.id, "name": requested_by.name}}
+
+
+def job_manifest(*, family: str, requested_by: Principal, overrides: dict[str, Any] | None = None,
                  trigger: dict[str, Any] | None = None, image: str | None = None) -> dict[str, Any]:
     """A batch/v1 Job that runs one pipeline; pure data, so it can be checked without an API server."""
     if family not in ("trading", "language"):
@@ -27,7 +35,8 @@ def job_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = 
     settings = get_settings()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     name = f"cvg-{family}-{stamp}-{secrets.token_hex(2)}"
-    command = _command(family, actor, overrides, trigger)
+    trigger = _requested(requested_by, trigger)
+    command = _command(family, overrides, trigger)
     labels = {"app.kubernetes.io/name": "convergence", "app.kubernetes.io/component": "pipeline",
               "convergence.dev/family": family,
               "convergence.dev/trigger": (trigger or {}).get("kind", "manual")}
@@ -65,8 +74,8 @@ def job_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = 
     }
 
 
-def _command(family: str, actor: str, overrides: dict[str, Any] | None, trigger: dict[str, Any] | None) -> list[str]:
-    command = ["cvg", "pipelines", "run", family, "--as", actor, "--json"]
+def _command(family: str, overrides: dict[str, Any] | None, trigger: dict[str, Any] | None) -> list[str]:
+    command = ["cvg", "pipelines", "run", family, "--json"]
     if overrides:
         command += ["--set", json.dumps(overrides, sort_keys=True)]
     if trigger:
@@ -74,12 +83,12 @@ def _command(family: str, actor: str, overrides: dict[str, Any] | None, trigger:
     return command
 
 
-def rayjob_spec(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+def rayjob_spec(*, family: str, requested_by: Principal, overrides: dict[str, Any] | None = None,
                 trigger: dict[str, Any] | None = None, image: str | None = None) -> dict[str, Any]:
     """A RayJob spec that runs the pipeline as the entrypoint on the chart's RayCluster."""
     settings = get_settings()
     return {
-        "entrypoint": shlex.join(_command(family, actor, overrides, trigger)),
+        "entrypoint": shlex.join(_command(family, overrides, _requested(requested_by, trigger))),
         "clusterSelector": {"ray.io/cluster": settings.k8s_ray_cluster},
         "ttlSecondsAfterFinished": 86400,
         "submitterPodTemplate": {"spec": {
@@ -92,14 +101,14 @@ def rayjob_spec(*, family: str, actor: str, overrides: dict[str, Any] | None = N
     }
 
 
-def rayjob_manifest(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+def rayjob_manifest(*, family: str, requested_by: Principal, overrides: dict[str, Any] | None = None,
                     trigger: dict[str, Any] | None = None, schedule: str | None = None,
                     image: str | None = None) -> dict[str, Any]:
     """A ray.io/v1 RayJob, or with ``schedule`` a RayCronJob whose template is that RayJob."""
     if family not in ("trading", "language"):
         raise InvalidInput(f"unknown pipeline family {family!r}")
     settings = get_settings()
-    spec = rayjob_spec(family=family, actor=actor, overrides=overrides, trigger=trigger, image=image)
+    spec = rayjob_spec(family=family, requested_by=requested_by, overrides=overrides, trigger=trigger, image=image)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     labels = {"app.kubernetes.io/name": "convergence", "app.kubernetes.io/component": "pipeline",
               "convergence.dev/family": family, "convergence.dev/trigger": (trigger or {}).get("kind", "manual")}
@@ -148,7 +157,7 @@ def _create_ray(custom: Any, manifest: dict[str, Any], plural: str) -> dict[str,
     return {"kind": manifest["kind"], "job": name, "namespace": namespace}
 
 
-def trigger_run(*, family: str, actor: str, overrides: dict[str, Any] | None = None,
+def trigger_run(*, family: str, requested_by: Principal, overrides: dict[str, Any] | None = None,
                 trigger: dict[str, Any] | None = None, apis: Any = None, batch: Any = None,
                 custom: Any = None) -> dict[str, Any]:
     """Start a run on Kubernetes: a RayJob where KubeRay is installed, else a batch/v1 Job.
@@ -159,13 +168,14 @@ def trigger_run(*, family: str, actor: str, overrides: dict[str, Any] | None = N
         client = _clients()
         apis, batch, custom = client.ApisApi(), client.BatchV1Api(), client.CustomObjectsApi()
     if kuberay_installed(apis):
-        return _create_ray(custom, rayjob_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger),
-                           "rayjobs")
-    result = submit_job(job_manifest(family=family, actor=actor, overrides=overrides, trigger=trigger), api=batch)
+        return _create_ray(custom, rayjob_manifest(family=family, requested_by=requested_by, overrides=overrides,
+                                                   trigger=trigger), "rayjobs")
+    result = submit_job(job_manifest(family=family, requested_by=requested_by, overrides=overrides, trigger=trigger),
+                        api=batch)
     return {"kind": "Job", **result}
 
 
-def schedule_run(*, family: str, actor: str, cron: str, overrides: dict[str, Any] | None = None,
+def schedule_run(*, family: str, requested_by: Principal, cron: str, overrides: dict[str, Any] | None = None,
                  apis: Any = None, custom: Any = None) -> dict[str, Any]:
     """Create a KubeRay RayCronJob for recurring runs (without KubeRay, the chart's CronJobs do this)."""
     if apis is None:
@@ -174,7 +184,7 @@ def schedule_run(*, family: str, actor: str, cron: str, overrides: dict[str, Any
     if not kuberay_installed(apis):
         raise Unavailable("KubeRay is not installed in this cluster, so there is no RayCronJob",
                           hint="enable the chart's pipelines.schedules CronJobs instead")
-    manifest = rayjob_manifest(family=family, actor=actor, overrides=overrides, schedule=cron)
+    manifest = rayjob_manifest(family=family, requested_by=requested_by, overrides=overrides, schedule=cron)
     return {**_create_ray(custom, manifest, "raycronjobs"), "schedule": cron}
 
 

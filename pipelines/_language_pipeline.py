@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from convergence.pipelines._runner import Progress, RunContext, connect_ray, pip
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput
 
+if TYPE_CHECKING:
+    from convergence.governance import Principal
+
 # step → the steps whose output directories it reads, in order (what Kubeflow wires together)
 DEPENDS: dict[str, tuple[str, ...]] = {
     "load_corpus": (),
@@ -36,7 +39,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def register_corpus(cfg: LanguageConfig, *, actor: str, project: str,
+def register_corpus(cfg: LanguageConfig, *, principal: Principal, project: str,
                     out: Path | None = None) -> tuple[Corpus, dict[str, Any]]:
     """Load and split the corpora, store the exact text used, and register it as a dataset (SHA-256, counts)."""
     from convergence import governance as gov
@@ -47,7 +50,7 @@ def register_corpus(cfg: LanguageConfig, *, actor: str, project: str,
         path = corpus.write((out or Path(tmp)) / "corpus.jsonl")
         stored = gov.get_artifact_store().put(path)
         with session_scope() as s:
-            ds = gov.register_dataset(session=s, actor=actor, path=path, uri=stored.uri, project=project,
+            ds = gov.register_dataset(session=s, principal=principal, path=path, uri=stored.uri, project=project,
                                       rows=sum(corpus.describe()["documents"].values()), schema=corpus.describe(),
                                       name=f"sotu<{c.holdout_from_year}" + ("+reuters" if c.reuters else "")
                                       + (f"[:{c.max_train_docs}]" if c.max_train_docs else ""))
@@ -55,7 +58,7 @@ def register_corpus(cfg: LanguageConfig, *, actor: str, project: str,
 
 
 def register_tokenizer(tokens: L.Tokenized, corpus_ds: dict[str, Any], cfg: LanguageConfig, out: Path, *,
-                       actor: str, project: str) -> dict[str, Any]:
+                       principal: Principal, project: str) -> dict[str, Any]:
     """Store the tokenizer and register it as a dataset derived from the corpus."""
     from convergence import governance as gov
 
@@ -64,7 +67,7 @@ def register_tokenizer(tokens: L.Tokenized, corpus_ds: dict[str, Any], cfg: Lang
     stored = gov.get_artifact_store().put(path)
     vocab = tokens.tokenizer.get_vocab_size()
     with session_scope() as s:
-        ds = gov.register_dataset(session=s, actor=actor, path=path, uri=stored.uri, project=project, rows=vocab,
+        ds = gov.register_dataset(session=s, principal=principal, path=path, uri=stored.uri, project=project, rows=vocab,
                                   name=f"{cfg.name}-bpe{vocab} tokenizer",
                                   schema={"kind": "tokenizer", "type": "byte-level BPE", "vocab_size": vocab,
                                           "derived_from": corpus_ds["id"], "corpus_sha256": corpus_ds["sha256"],
@@ -99,7 +102,7 @@ def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_
                 ppl, speed, size = (evidence[k][key] for k in ("perplexity", "speed", "size"))
                 metrics = {f"perplexity_{k}": float(v) for k, v in ppl.items()}
                 metrics.update({k: float(v) for k, v in speed.items()}, params=float(size["params"]))
-                mv = gov.register_model(session=s, actor=ctx.actor, name=f"{cfg.name}-{key}", artifact=files[key],
+                mv = gov.register_model(session=s, principal=ctx.principal, name=f"{cfg.name}-{key}", artifact=files[key],
                                         family="language", role=key, metrics=metrics, parent_id=parent,
                                         dataset=evidence["tokenizer"]["id"], run_id=ctx.run_id, project=project,
                                         params={"config": cfg.to_dict(), "arch": spec_map[key],
@@ -111,24 +114,24 @@ def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_
     return versions
 
 
-def run_language(cfg: LanguageConfig, *, actor: str, ray_address: str | None = None, progress: Progress | None = None,
+def run_language(cfg: LanguageConfig, *, principal: Principal, ray_address: str | None = None, progress: Progress | None = None,
                  project: str = "default", trigger: dict[str, Any] | None = None) -> dict[str, Any]:
     from convergence import governance as gov
 
     started = time.perf_counter()
     say = progress or (lambda *a: None)
     say("load_corpus", "start", "SOTU (npm) + Reuters-21578 (Debian)")
-    corpus, dataset = register_corpus(cfg, actor=actor, project=project)
+    corpus, dataset = register_corpus(cfg, principal=principal, project=project)
     described = corpus.describe()
     docs = described["documents"]
     say("load_corpus", "done", f"{docs['train']} + {docs['holdout']} held-out addresses, {docs['reuters']} Reuters "
         f"articles, sha256 {dataset['sha256'][:12]}…")
     params = {**cfg.to_dict(), **({"trigger": trigger} if trigger else {})}
-    with pipeline_run(pipeline="language", params=params, dataset_id=dataset["id"], actor=actor, project=project,
+    with pipeline_run(pipeline="language", params=params, dataset_id=dataset["id"], principal=principal, project=project,
                       family="language", progress=progress) as ctx:
         with ctx.step("tokenize", f"byte-level BPE, {cfg.tokenizer.vocab_size} tokens"):
             tokens = L.tokenize(corpus, cfg)
-            tok_ds = register_tokenizer(tokens, dataset, cfg, ctx.workdir, actor=actor, project=project)
+            tok_ds = register_tokenizer(tokens, dataset, cfg, ctx.workdir, principal=principal, project=project)
             spec_map = L.specs(cfg, tok_ds["vocab_size"])
         with ctx.step("connect_ray"):
             started_ray = connect_ray(ray_address)
@@ -177,21 +180,21 @@ def _load_model(path: Path) -> Any:
     return lm.load_artifact(path)[0]
 
 
-def run_language_step(step: str, cfg: LanguageConfig, inputs: list[Path], out: Path, *, actor: str,
+def run_language_step(step: str, cfg: LanguageConfig, inputs: list[Path], out: Path, *, principal: Principal,
                       state: dict[str, Any]) -> dict[str, Any]:
     """One step of the language pipeline; ``inputs`` are the output directories of ``DEPENDS[step]``."""
     from convergence import governance as gov
 
     if step == "load_corpus":
-        corpus, dataset = register_corpus(cfg, actor=actor, project="default", out=out)
+        corpus, dataset = register_corpus(cfg, principal=principal, project="default", out=out)
         with session_scope() as s:
-            run = gov.start_run(session=s, actor=actor, pipeline="language", params=cfg.to_dict(),
+            run = gov.start_run(session=s, principal=principal, pipeline="language", params=cfg.to_dict(),
                                 dataset_id=dataset["id"])
             return {"run_id": run.id, "dataset": dataset, "corpus": corpus.describe()}
     if step == "tokenize":
         tokens = L.tokenize(read_corpus(inputs[0] / "corpus.jsonl"), cfg)
         np.savez(out / "tokens.npz", train=tokens.train, holdout=tokens.holdout, reuters=tokens.reuters)
-        tok_ds = register_tokenizer(tokens, state["dataset"], cfg, out, actor=actor, project="default")
+        tok_ds = register_tokenizer(tokens, state["dataset"], cfg, out, principal=principal, project="default")
         return {**state, "tokenizer": tok_ds, "tokens": tokens.counts()}
     tokens = _tokenized(inputs[0])
     spec_map = L.specs(cfg, state["tokenizer"]["vocab_size"])
@@ -215,6 +218,6 @@ def run_language_step(step: str, cfg: LanguageConfig, inputs: list[Path], out: P
     evidence = build_evidence(cfg=cfg, run_id=state["run_id"], dataset=state["dataset"], tokenizer=state["tokenizer"],
                               corpus=state["corpus"], tokens=state["tokens"], training=state.get("training", {}),
                               assessed=assessed)
-    ctx = RunContext(state["run_id"], actor, out, lambda *a: None)
+    ctx = RunContext(state["run_id"], principal, out, lambda *a: None)
     versions = register(ctx, cfg, models, spec_map, tokens.tokenizer, evidence, "default")
     return {**state, "versions": versions, "gates_passed": assessed["gates"]["passed"]}

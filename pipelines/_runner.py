@@ -16,12 +16,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convergence.pipelines._boundary import step_boundary, unwrap_ray_error
 from convergence.platform.db import session_scope
 from convergence.platform.errors import BudgetExceeded, ConvergenceError, Unavailable
 from convergence.platform.settings import get_settings
+
+if TYPE_CHECKING:
+    from convergence.governance import Principal
 
 Progress = Callable[[str, str, str], None]  # (step, "start" | "done" | "failed", detail)
 
@@ -33,7 +36,7 @@ def _quiet(step: str, state: str, detail: str) -> None:
 @dataclasses.dataclass
 class RunContext:
     run_id: int
-    actor: str
+    principal: Principal
     workdir: Path
     progress: Progress
     project: str = "default"
@@ -69,10 +72,10 @@ class RunContext:
         from convergence import governance as gov
 
         if verdict["passed"]:
-            gov.finish_run(session=session, actor=self.actor, run_id=self.run_id,
+            gov.finish_run(session=session, principal=self.principal, run_id=self.run_id,
                            summary={"versions": versions, "evidence_sha256": evidence_sha256})
         else:
-            gov.finish_run(session=session, actor=self.actor, run_id=self.run_id, status="gates_failed",
+            gov.finish_run(session=session, principal=self.principal, run_id=self.run_id, status="gates_failed",
                            error="; ".join(verdict["failed"]),
                            summary={"failed": verdict["failed"], "evidence_sha256": evidence_sha256})
         self.finished = True
@@ -85,8 +88,8 @@ class RunContext:
         reading = meter.stop()
         with session_scope() as session:
             gov.record_usage(session=session, project=self.project, reading=reading, run_id=self.run_id,
-                             family=self.family, step=step, actor=self.actor)
-            return gov.check_during(session=session, project=self.project, family=self.family, actor=self.actor)
+                             family=self.family, step=step, principal=self.principal)
+            return gov.check_during(session=session, project=self.project, family=self.family, principal=self.principal)
 
 
 class _Heartbeat(threading.Thread):
@@ -103,7 +106,7 @@ class _Heartbeat(threading.Thread):
                     heartbeat(session=session, run_id=self.run_id)
 
 
-def _refuse_over_budget(*, pipeline: str, project: str, family: str | None, actor: str) -> None:
+def _refuse_over_budget(*, pipeline: str, project: str, family: str | None, principal: Principal) -> None:
     """Before a run: its estimate (the last run's usage) must fit every active hard limit; refusals are audited."""
     from convergence import governance as gov
 
@@ -112,14 +115,14 @@ def _refuse_over_budget(*, pipeline: str, project: str, family: str | None, acto
         try:
             gov.check_before(session=session, project=project, family=family, estimate=estimate)
         except BudgetExceeded as exc:
-            gov.commit_refusal(session=session, actor=actor, action="run.refused",
+            gov.commit_refusal(session=session, principal=principal, action="run.refused",
                                subject=gov.Subject("pipeline", pipeline),
                                payload={"reason": exc.message, "estimate": estimate, "project": project})
             raise
 
 
 @contextlib.contextmanager
-def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | None, actor: str,
+def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | None, principal: Principal,
                  project: str = "default", family: str | None = None,
                  progress: Progress | None = None) -> Iterator[RunContext]:
     """Record a run (after failing stale ones and checking budgets), keep it alive, meter its steps,
@@ -128,14 +131,14 @@ def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | Non
 
     settings = get_settings()
     with session_scope() as session:
-        gov.fail_stale_runs(session=session, actor=actor, stale_after_s=settings.stale_after_s)
-    _refuse_over_budget(pipeline=pipeline, project=project, family=family, actor=actor)
+        gov.fail_stale_runs(session=session, principal=principal, stale_after_s=settings.stale_after_s)
+    _refuse_over_budget(pipeline=pipeline, project=project, family=family, principal=principal)
     with session_scope() as session:
-        run = gov.start_run(session=session, actor=actor, pipeline=pipeline, params=params, dataset_id=dataset_id,
+        run = gov.start_run(session=session, principal=principal, pipeline=pipeline, params=params, dataset_id=dataset_id,
                             project=project)
     workdir = settings.home / "runs" / str(run.id)
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(run.id, actor, workdir, progress or _quiet, project=project, family=family,
+    ctx = RunContext(run.id, principal, workdir, progress or _quiet, project=project, family=family,
                      metering=settings.metering)
     beat = _Heartbeat(run.id, settings.heartbeat_interval_s)
     beat.start()
@@ -144,7 +147,7 @@ def pipeline_run(*, pipeline: str, params: dict[str, Any], dataset_id: int | Non
     except BaseException as exc:
         if not ctx.finished:
             with session_scope() as session:
-                gov.finish_run(session=session, actor=actor, run_id=run.id, error=str(exc)[:2000] or type(exc).__name__,
+                gov.finish_run(session=session, principal=principal, run_id=run.id, error=str(exc)[:2000] or type(exc).__name__,
                                status="stopped" if isinstance(exc, BudgetExceeded) else "failed")
         raise
     finally:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convergence.pipelines import _trading as T
 from convergence.pipelines._config import LanguageConfig, TradingConfig
 from convergence.pipelines._runner import connect_ray
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from convergence.governance import Principal
 
 # step → the steps whose output directories it reads, in order
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -61,7 +64,7 @@ def _state(inputs: list[Path]) -> dict[str, Any]:
 
 
 def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path], out: Path, *,
-             actor: str) -> dict[str, Any]:
+             principal: Principal) -> dict[str, Any]:
     """Run one step; ``inputs`` are the output directories of the step's dependencies, in order."""
     from convergence import governance as gov
     from convergence.pipelines._data import load_ticks
@@ -79,13 +82,13 @@ def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path],
     if isinstance(cfg, LanguageConfig):
         from convergence.pipelines._language_pipeline import run_language_step
 
-        state = run_language_step(step, cfg, inputs, out, actor=actor, state=state)
+        state = run_language_step(step, cfg, inputs, out, principal=principal, state=state)
     elif step == "load_data":
         ticks = load_ticks(source=cfg.data.source, path=cfg.data.path, max_ticks=cfg.data.max_ticks)
         with session_scope() as s:
-            ds = gov.register_dataset(session=s, actor=actor, path=ticks.path, rows=ticks.report["rows_out"],
+            ds = gov.register_dataset(session=s, principal=principal, path=ticks.path, rows=ticks.report["rows_out"],
                                       schema=ticks.describe())
-            run = gov.start_run(session=s, actor=actor, pipeline="trading", params=cfg.to_dict(), dataset_id=ds.id)
+            run = gov.start_run(session=s, principal=principal, pipeline="trading", params=cfg.to_dict(), dataset_id=ds.id)
             state = {"run_id": run.id, "dataset": {"id": ds.id, "sha256": ds.sha256, "rows": ds.rows, "name": ds.name},
                      "cleaning": ticks.report}
         _save(ticks, out / "ticks.pkl")
@@ -107,13 +110,13 @@ def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path],
         connect_ray()
         (out / "folds.json").write_text(json.dumps(walk_forward(f["fs"], cfg), default=str))
     else:
-        state = _evaluate_register(cfg, inputs, out, state, actor)
+        state = _evaluate_register(cfg, inputs, out, state, principal)
     (out / "state.json").write_text(json.dumps(state, default=str))
     return state
 
 
 def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state: dict[str, Any],
-                       actor: str) -> dict[str, Any]:
+                       principal: Principal) -> dict[str, Any]:
     from convergence.pipelines._runner import RunContext
     from convergence.pipelines._trading_pipeline import _register, assess, build_evidence
 
@@ -124,6 +127,6 @@ def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state:
     evidence = build_evidence(cfg=cfg, run_id=state["run_id"], dataset=state["dataset"], cleaning=state.get("cleaning"),
                               fs=fs, train=f["train"], test=test, teacher_training=m["teacher_metrics"], folds=folds,
                               assessed=assessed)
-    ctx = RunContext(state["run_id"], actor, out, lambda *a: None)
+    ctx = RunContext(state["run_id"], principal, out, lambda *a: None)
     versions = _register(ctx, cfg, models, f["prepared"], fs, evidence, state["dataset"], "default")
     return {**state, "versions": versions, "gates_passed": assessed["gates"]["passed"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from convergence.pipelines._data import load_ticks
 from convergence.pipelines._features import FeatureSet, build_features, time_folds
 from convergence.pipelines._runner import Progress, connect_ray, pipeline_run, ray_get_all
 from convergence.platform.db import session_scope
+
+if TYPE_CHECKING:
+    from convergence.governance import Principal
 
 MODEL_KEYS = ("teacher", "student", "int8", "label_only")
 
@@ -85,7 +88,7 @@ def assess(models: dict[str, Any], fs: FeatureSet, p: T.Prepared, test: range,
     return {"holdout": holdout, "latency": latencies, "size": sizes, "gates": T.gate(holdout, latencies, cfg)}
 
 
-def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = None, progress: Progress | None = None,
+def run_trading(cfg: TradingConfig, *, principal: Principal, ray_address: str | None = None, progress: Progress | None = None,
                 project: str = "default", trigger: dict[str, Any] | None = None) -> dict[str, Any]:
     from convergence import governance as gov
 
@@ -94,14 +97,14 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
     say("load_data", "start", cfg.data.source)
     ticks = load_ticks(source=cfg.data.source, path=cfg.data.path, max_ticks=cfg.data.max_ticks)
     with session_scope() as s:
-        ds = gov.register_dataset(session=s, actor=actor, path=ticks.path, rows=ticks.report["rows_out"],
+        ds = gov.register_dataset(session=s, principal=principal, path=ticks.path, rows=ticks.report["rows_out"],
                                   schema=ticks.describe(), project=project,
                                   name=f"{ticks.path.name}" + (f"[:{cfg.data.max_ticks}]" if cfg.data.max_ticks else ""))
         dataset = {"id": ds.id, "sha256": ds.sha256, "rows": ds.rows, "name": ds.name}
     say("load_data", "done", f"{ticks.report['rows_out']:,} ticks, sha256 {dataset['sha256'][:12]}…")
 
     params = {**cfg.to_dict(), **({"trigger": trigger} if trigger else {})}
-    with pipeline_run(pipeline="trading", params=params, dataset_id=dataset["id"], actor=actor,
+    with pipeline_run(pipeline="trading", params=params, dataset_id=dataset["id"], principal=principal,
                       project=project, family="trading", progress=progress) as ctx:
         with ctx.step("build_features"):
             fs = features_for(cfg, ticks)
@@ -138,7 +141,7 @@ def run_trading(cfg: TradingConfig, *, actor: str, ray_address: str | None = Non
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: TradingConfig | None = None,
+def retrain_after_alerts(*, name: str, alert_ids: list[int], principal: Principal, cfg: TradingConfig | None = None,
                          progress: Progress | None = None, kubernetes: bool = False,
                          api: dict[str, Any] | None = None) -> dict[str, Any]:
     """A drift alert's retraining run — on local Ray, or as a Kubernetes Job — with its trigger recorded on
@@ -152,13 +155,13 @@ def retrain_after_alerts(*, name: str, alert_ids: list[int], actor: str, cfg: Tr
     cfg = parse_config(config)
     trigger = {"kind": "drift", "alert_ids": alert_ids, "model": name}
     with session_scope() as s:
-        gov.append(session=s, actor=actor, action="drift.retrain_requested", subject=gov.Subject("model", name),
+        gov.append(session=s, principal=principal, action="drift.retrain_requested", subject=gov.Subject("model", name),
                    payload={"alert_ids": alert_ids, "where": "kubernetes" if kubernetes else "local"})
     if kubernetes:
         from convergence.pipelines._kubernetes import trigger_run
 
-        return trigger_run(family="trading", actor=actor, overrides=config, trigger=trigger, **(api or {}))
-    summary = run_trading(cfg, actor=actor, progress=progress, trigger=trigger)
+        return trigger_run(family="trading", requested_by=principal, overrides=config, trigger=trigger, **(api or {}))
+    summary = run_trading(cfg, principal=principal, progress=progress, trigger=trigger)
     return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"]}
 
 
@@ -215,7 +218,7 @@ def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepare
                                latency_batch64_row_s=evidence["latency"][key]["batch64_row_s"],
                                params=float(evidence["size"][key]["params"]))
                 name = cfg.name + {"teacher": "-teacher", "student": "-student", "int8": "-student-int8"}[key]
-                mv = gov.register_model(session=s, actor=ctx.actor, name=name, artifact=files[key], family="trading",
+                mv = gov.register_model(session=s, principal=ctx.principal, name=name, artifact=files[key], family="trading",
                                         role=role, dataset=dataset["id"], metrics=metrics, parent_id=parent,
                                         run_id=ctx.run_id, project=project,
                                         params={"config": cfg.to_dict(), "evidence_sha256": stored.sha256,

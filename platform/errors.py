@@ -6,8 +6,12 @@ place each, so a user sees one precise line, never a traceback.
 
 ConvergenceError                     exit  http
 ├── NotFound                          3    404  unknown model, dataset, run, event, file
-├── InvalidInput                      2    422  bad shapes, NaNs, malformed times or JSON, bad flags
-├── PolicyViolation                   4    403  self-approval, illegal stage change
+├── InvalidInput                      2    422  bad shapes, NaNs, malformed times, bad flags
+│   ├── MalformedRequest              2    400  a body that is not JSON, a header that cannot be read
+│   └── PayloadTooLarge               2    413  a body or batch over the configured limit
+├── Unauthenticated                   8    401  no credentials, or a token or API key that is not valid
+├── PolicyViolation                   4    403  illegal stage change, budget exceeded, rule refused
+│   ├── Forbidden                     4    403  a role or separation-of-duties rule refused (``rule``)
 │   └── BudgetExceeded                4    403  a compute or energy budget would be exceeded
 ├── IntegrityError                    5    409  audit chain broken, artifact hash mismatch, duplicates
 ├── Unavailable                       6    503  database unreachable, dependency missing, model killed
@@ -20,13 +24,18 @@ from __future__ import annotations
 __all__ = [
     "BudgetExceeded",
     "ConvergenceError",
+    "Forbidden",
     "IntegrityError",
     "InvalidInput",
+    "MalformedRequest",
     "NotFound",
+    "PayloadTooLarge",
     "PolicyViolation",
     "SchemaOutdated",
     "StepFailed",
+    "Unauthenticated",
     "Unavailable",
+    "error_class",
 ]
 
 
@@ -58,9 +67,35 @@ class InvalidInput(ConvergenceError):
     exit_code = 2
 
 
+class MalformedRequest(InvalidInput):
+    http_status = 400
+
+
+class PayloadTooLarge(InvalidInput):
+    http_status = 413
+
+
+class Unauthenticated(ConvergenceError):
+    """Who is asking is not established: answered 401 with ``WWW-Authenticate: Bearer``."""
+
+    http_status = 401
+    exit_code = 8
+
+
 class PolicyViolation(ConvergenceError):
     http_status = 403
     exit_code = 4
+
+
+class Forbidden(PolicyViolation):
+    """A role or separation-of-duties rule refused; ``rule`` names it (e.g. ``approver-not-registrant``)."""
+
+    def __init__(self, message: str, *, rule: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.rule = rule
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "rule": self.rule}
 
 
 class BudgetExceeded(PolicyViolation):
@@ -90,3 +125,16 @@ class StepFailed(ConvergenceError):
     def __init__(self, message: str, *, step: str, hint: str | None = None) -> None:
         super().__init__(f"step {step!r} failed: {message}", hint=hint)
         self.step = step
+
+
+def error_class(name: str, http_status: int) -> type[ConvergenceError]:
+    """The class an API error answer names (``{"error": "Forbidden", …}``), else the closest one by status:
+    how a client turns the answer back into the same exception and exit code."""
+    known = {cls.__name__: cls for cls in (BudgetExceeded, Forbidden, IntegrityError, InvalidInput, MalformedRequest,
+                                           NotFound, PayloadTooLarge, PolicyViolation, SchemaOutdated, StepFailed,
+                                           Unauthenticated, Unavailable)}
+    if name in known:
+        return known[name]
+    by_status = {400: MalformedRequest, 401: Unauthenticated, 403: PolicyViolation, 404: NotFound,
+                 409: IntegrityError, 413: PayloadTooLarge, 422: InvalidInput, 503: Unavailable}
+    return by_status.get(http_status, ConvergenceError)

@@ -30,7 +30,33 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Data directory (SQLite file, artifacts).")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in home.")
     artifact_store: str | None = Field(default=None, description="Artifact store URL; default: file:// in home.")
-    actor: str | None = Field(default=None, description="Acting identity when --as is not given.")
+    actor: str | None = Field(default=None, description="Sandbox databases only: the name to act as when --as is "
+                              "not given.")
+    api_url: str | None = Field(default=None, description="Control-plane API (http://host:8000): every cvg command "
+                                "becomes its client. Unset: cvg works on the database directly.")
+    api_key: str | None = Field(default=None, description="A service account's API key (cvg_…), for the API or, "
+                                "without CVG_API_URL, checked against the database.")
+    token: str | None = Field(default=None, description="An OIDC access token (a JWT from CVG_OIDC_ISSUER).")
+    api_timeout_s: float = Field(default=60.0, gt=0, description="How long the CLI waits for the API.")
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest JSON body the API accepts.")
+    api_max_upload_bytes: int = Field(default=2 << 30, ge=1024, description="Largest artifact or evidence upload.")
+    api_max_runs: int = Field(default=1, ge=0, description="Pipeline runs the API server runs at once (0: none; "
+                              "use Kubernetes triggers).")
+    auth_cache_s: float = Field(default=2.0, ge=0, description="How long a checked API key and a principal's "
+                                "roles are reused before the database is asked again (revocation delay).")
+    oidc_issuer: str | None = Field(default=None, description="OpenID Provider whose access tokens are accepted "
+                                    "(discovery at ISSUER/.well-known/openid-configuration).")
+    oidc_audience: str | None = Field(default=None, description="The aud a token must carry (this API's identifier).")
+    oidc_roles_claim: str | None = Field(default=None, description="Claim listing roles or groups, e.g. groups; "
+                                         "dots reach nested claims (realm_access.roles).")
+    oidc_role_prefix: str = Field(default="", description="Prefix of role values in the claim (e.g. cvg-).")
+    oidc_name_claim: str = Field(default="preferred_username", description="Claim used as the display name.")
+    oidc_client_id: str | None = Field(default=None, description="Public client for `cvg login` (device flow).")
+    oidc_leeway_s: float = Field(default=30.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
+    oidc_jwks_refresh_s: float = Field(default=10.0, ge=0, description="Least time between JWKS refetches "
+                                       "caused by unknown key ids.")
+    serve_auth: str = Field(default="off", pattern="^(off|required)$", description="required: /predict and "
+                            "/generate need an API key or token.")
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     pool_size: int = Field(default=5, ge=1)
     check_schema: bool = Field(default=True, description="Refuse to work against a database not at head.")

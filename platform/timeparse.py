@@ -10,7 +10,7 @@ import re
 
 from convergence.platform.errors import InvalidInput
 
-__all__ = ["parse_time"]
+__all__ = ["parse_future", "parse_time"]
 
 _AGE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|m|h|d|w)(?:\s+ago)?$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -23,7 +23,10 @@ def parse_time(value: str, *, now: dt.datetime | None = None, option: str = "tim
     if text == "now":
         return now
     if match := _AGE.match(text):
-        return now - dt.timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+        try:
+            return now - dt.timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+        except (OverflowError, ValueError):
+            raise InvalidInput(f"{option} {value!r} reaches before year 1") from None
     try:
         parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -31,3 +34,18 @@ def parse_time(value: str, *, now: dt.datetime | None = None, option: str = "tim
             f"{option} {value!r} is not a time: use ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z), "
             "'now', or an age such as 90m, 2h, 7d") from None
     return parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
+
+
+def parse_future(value: str, *, now: dt.datetime | None = None, option: str = "time") -> dt.datetime:
+    """An instant ahead: ``30d`` / ``12h`` from now, or an ISO 8601 date or instant (for expiries)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    text = (value or "").strip().lower()
+    if match := _AGE.match(text.lstrip("+")):
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+        if seconds > 100 * 366 * 86400:
+            raise InvalidInput(f"{option} {value!r} is more than a century away")
+        return now + dt.timedelta(seconds=seconds)
+    when = parse_time(value, now=now, option=option)
+    if when <= now:
+        raise InvalidInput(f"{option} {value!r} is not in the future")
+    return when

@@ -3,6 +3,8 @@
 A plain ASGI app mounted inside the BentoML service: BentoML's per-endpoint machinery (schema
 generation, its dispatcher) was the cost measured in DESIGN.md, so requests are parsed and batched
 here. Every error is a 4xx/503 with one JSON line ``{"error", "message"}``; nothing reaches a 500.
+With ``CVG_SERVE_AUTH=required`` the model routes need an API key or an OIDC token (checked against a
+short cache, not the database, per request); ``/info`` tells anonymous callers only what is served.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from convergence.platform.errors import ConvergenceError, InvalidInput, Unavailable
+from convergence.platform.errors import (
+    ConvergenceError,
+    InvalidInput,
+    MalformedRequest,
+    PayloadTooLarge,
+    Unavailable,
+)
 from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher
 from convergence.serving._runtime import Ids, KillWatcher, Metrics, PredictionLogger, UsageRecorder
 
@@ -27,12 +35,7 @@ IDS = Ids()
 BINARY = "application/octet-stream"  # body: uint32 rows, uint32 columns (little-endian), then float32 row-major
 
 
-class PayloadTooLarge(InvalidInput):
-    http_status = 413
-
-
-class MalformedBody(InvalidInput):
-    http_status = 400
+MalformedBody = MalformedRequest  # the name the tests and older callers use
 
 
 @dataclasses.dataclass
@@ -47,6 +50,8 @@ class Replica:
     usage: UsageRecorder
     max_body: int
     max_rows: int
+    auth: Any = None  # an identity.Authenticator: for the model routes when required, and for /info's details
+    auth_required: bool = False
 
     def ready(self) -> bool:
         return self.watcher.polled.is_set() and self.watcher.is_alive()
@@ -83,7 +88,10 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     usage = UsageRecorder(loaded.version_id, family, lambda: metrics.total("predictions_total"),
                           s.serve_usage_interval_s)
     usage.start()
-    replica = Replica(loaded, batcher, watcher, logger, metrics, usage, s.serve_max_body_bytes, s.serve_max_rows)
+    from convergence.governance.identity import Authenticator
+
+    replica = Replica(loaded, batcher, watcher, logger, metrics, usage, s.serve_max_body_bytes, s.serve_max_rows,
+                      Authenticator(settings=s), s.serve_auth == "required")
     REPLICAS[family] = replica
     # Everything loaded so far (torch, BentoML, the model) lives as long as the process: keep the cyclic
     # collector from walking it on every full collection, which stalled requests for ~100 ms (p99).
@@ -198,6 +206,23 @@ def _killed(replica: Replica) -> dict[str, Any] | None:
     return replica.watcher.state(replica.loaded.name)
 
 
+def _caller(replica: Replica, request: Any, *, required: bool) -> Any:
+    """The authenticated principal, or None when nothing is required and no credential was sent; 401 when a
+    credential is required or was sent and is not valid."""
+    header = request.headers.get("authorization")
+    if not required and not header:
+        return None
+    return replica.auth.from_header(header)
+
+
+def _safe_answer(replica: Replica, kill: dict[str, Any]) -> float:
+    """What a killed trading model answers: its own version's approved safe output, or 503."""
+    safe = replica.loaded.safe_output if kill.get("safe_output") is not None else None
+    if safe is None:
+        raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
+    return safe
+
+
 def build_app() -> Any:
     """The ASGI app every replica mounts; it serves whichever family's replica this process started."""
     from starlette.applications import Starlette
@@ -214,6 +239,7 @@ def build_app() -> Any:
         t0 = time.perf_counter()
         try:
             replica = replica_for("trading")
+            _caller(replica, request, required=replica.auth_required)
             X = parse_rows(await _body(request, replica.max_body), request.headers.get("content-type", ""),
                            replica.loaded.extra["n_features"], replica.max_rows)
             ids = IDS.take(len(X))
@@ -221,10 +247,10 @@ def build_app() -> Any:
                     "version_id": replica.loaded.version_id, "prediction_ids": ids}
             if (kill := _killed(replica)) is not None:
                 replica.metrics.inc("killed_total", len(X), model=replica.loaded.name)
-                if kill["safe_output"] is None:
-                    raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
-                return JSONResponse({**head, "predictions": [kill["safe_output"]] * len(X), "killed": True,
-                                     "reason": kill["reason"]})
+                safe = _safe_answer(replica, kill)
+                replica.logger.add(ids, X, [safe] * len(X), (time.perf_counter() - t0) * 1000 / len(X), killed=True)
+                return JSONResponse({**head, "predictions": [safe] * len(X), "killed": True, "reason": kill["reason"]},
+                                    headers={"x-model-version": str(replica.loaded.version_id)})
             y = await replica.batcher.submit(X)
         except ConvergenceError as exc:
             return _error(exc, "trading")
@@ -241,6 +267,7 @@ def build_app() -> Any:
         t0 = time.perf_counter()
         try:
             replica = replica_for("language")
+            _caller(replica, request, required=replica.auth_required)
             data = _json_object(await _body(request, replica.max_body), {"prompt", "max_tokens", "temperature", "seed"})
             prompt, max_tokens = data.get("prompt"), data.get("max_tokens", 32)
             temperature, seed = data.get("temperature", 0.0), data.get("seed", 0)
@@ -279,10 +306,18 @@ def build_app() -> Any:
                             headers={"x-model-version": str(replica.loaded.version_id)})
 
     async def info(request: Any) -> Any:
-        out = {family: {"model": r.loaded.name, "version": r.loaded.version, "version_id": r.loaded.version_id,
-                        "stage": r.loaded.stage, "device": r.loaded.device, "killed": _killed(r),
-                        "queue_depth": r.batcher.depth, "logged": r.logger.written, "log_failed": r.logger.failed}
-               for family, r in REPLICAS.items()}
+        out = {}
+        for family, r in REPLICAS.items():
+            public = {"model": r.loaded.name, "version": r.loaded.version, "version_id": r.loaded.version_id,
+                      "killed": _killed(r) is not None}
+            try:  # an authenticated caller sees who killed it and why, the device and the queues
+                detailed = _caller(r, request, required=False) is not None
+            except ConvergenceError:
+                detailed = False
+            out[family] = public if not detailed else {
+                **public, "stage": r.loaded.stage, "device": r.loaded.device, "kill": _killed(r),
+                "safe_output": r.loaded.safe_output, "queue_depth": r.batcher.depth, "logged": r.logger.written,
+                "log_failed": r.logger.failed}
         return JSONResponse(out)
 
     async def metrics(request: Any) -> Any:

@@ -31,6 +31,7 @@ class Loaded:
     model: Any
     extra: dict[str, Any]
     device: str
+    safe_output: float | None = None  # fixed by the approver: what a kill answers instead of 503
 
 
 def resolve(*, session: Any, family: str, name: str | None = None, version_id: int | None = None,
@@ -87,6 +88,7 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
                      prefer_int8=(not cuda) if prefer_int8 is None else prefer_int8)
         path = gov.load_artifact(session=s, version_id=mv.id)
         info = (mv.id, mv.name, mv.version, mv.family, mv.stage)
+        safe_output = mv.safe_output
     torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
     if family == "trading":
         net, blob = load_trading_artifact(path)
@@ -98,7 +100,7 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         net, tokenizer, blob = load_language_artifact(path)
         device = "cuda" if cuda else "cpu"
         extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"])}
-    return Loaded(*info, net.to(device).eval(), extra, device)
+    return Loaded(*info, net.to(device).eval(), extra, device, safe_output)
 
 
 class TradingBatcher:

@@ -71,14 +71,15 @@ class PredictionLogger(threading.Thread):
     def __init__(self, model_version_id: int, *, sample: float, flush_s: float, max_rows: int = 250) -> None:
         super().__init__(name="cvg-prediction-log", daemon=True)
         self.model_version_id, self.sample, self.flush_s, self.max_rows = model_version_id, sample, flush_s, max_rows
-        self.queue: queue.SimpleQueue[tuple[list[str], dt.datetime, Any, Any, float]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[list[str], dt.datetime, Any, Any, float, bool]] = queue.SimpleQueue()
         self.stop, self.written, self.failed = threading.Event(), 0, 0
-        self.pending: list[tuple[str, dt.datetime, Any, float, float]] = []
+        self.pending: list[tuple[str, dt.datetime, Any, float, float, bool]] = []
 
-    def add(self, ids: list[str], features: Any, outputs: Any, latency_ms: float) -> None:
-        """One request's rows (ids, a features matrix or list of lists, outputs); expanded off the request path."""
-        if self.sample >= 1.0 or random.random() < self.sample:
-            self.queue.put((ids, dt.datetime.now(dt.timezone.utc), features, outputs, latency_ms))
+    def add(self, ids: list[str], features: Any, outputs: Any, latency_ms: float, *, killed: bool = False) -> None:
+        """One request's rows (ids, a features matrix or list of lists, outputs); expanded off the request path.
+        ``killed``: the outputs are a kill switch's safe output, logged for the record and flagged."""
+        if killed or self.sample >= 1.0 or random.random() < self.sample:
+            self.queue.put((ids, dt.datetime.now(dt.timezone.utc), features, outputs, latency_ms, killed))
 
     def flush(self) -> int:
         from convergence import governance as gov
@@ -87,8 +88,8 @@ class PredictionLogger(threading.Thread):
         rows, self.pending = self.pending, []
         with contextlib.suppress(queue.Empty):
             while len(rows) < self.max_rows:
-                ids, ts, features, outputs, latency = self.queue.get_nowait()
-                rows.extend((pid, ts, features[i], float(outputs[i]), latency) for i, pid in enumerate(ids))
+                ids, ts, features, outputs, latency, killed = self.queue.get_nowait()
+                rows.extend((pid, ts, features[i], float(outputs[i]), latency, killed) for i, pid in enumerate(ids))
         rows, self.pending = rows[:self.max_rows], rows[self.max_rows:]
         if not rows:
             return 0
@@ -136,7 +137,8 @@ class UsageRecorder(threading.Thread):
         delta, self.seen = total - self.seen, total
         with session_scope() as s:
             gov.record_usage(session=s, project="default", reading=reading, model_version_id=self.model_version_id,
-                             family=self.family, predictions=delta, actor="serving")
+                             family=self.family, predictions=delta,
+                             principal=gov.identity.system_principal(session=s, name="serving"))
 
     def run(self) -> None:
         self.record()

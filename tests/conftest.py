@@ -63,8 +63,11 @@ def _reset_process_state() -> None:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from convergence.platform import migrate
 
+    from tests.people import seed
+
     path = tmp_path_factory.mktemp("template") / "template.db"
     migrate.upgrade(url=f"sqlite:///{path}")
+    seed(f"sqlite:///{path}")
     _reset_process_state()
     return path
 
@@ -80,6 +83,9 @@ def pg_template() -> Iterator[str]:
     name = f"cvg_tmpl_{uuid.uuid4().hex[:10]}"
     _pg_admin(f"CREATE DATABASE {name}")
     migrate.upgrade(url=_pg_url(name))
+    from tests.people import seed
+
+    seed(_pg_url(name))
     _reset_process_state()
     yield name
     _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -50,8 +50,9 @@ app = typer.Typer(
     cls=_Root,
     name="cvg",
     help="convergence: govern, train, serve and audit trading and language models.\n\n"
-         "Set CVG_DATABASE_URL to use PostgreSQL (default: SQLite under CVG_HOME) and CVG_ACTOR or --as "
-         "to say who you are; every change is recorded on a hash-chained audit trail.",
+         "Works on the database directly (CVG_DATABASE_URL; default SQLite under CVG_HOME) as your OS account, "
+         "or, with CVG_API_URL, as a client of `cvg api` authenticated by CVG_API_KEY, CVG_TOKEN or `cvg login`. "
+         "Each step needs its role and four eyes; every change is on a hash-chained audit trail.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -60,7 +61,20 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convergence.platform.cli import audit, budgets, db, demo, doctor, drift, models, pipelines, serve, webhooks
+    from convergence.platform.cli import (
+        access,
+        audit,
+        budgets,
+        db,
+        demo,
+        doctor,
+        drift,
+        models,
+        pipelines,
+        principals,
+        serve,
+        webhooks,
+    )
 
     app.add_typer(db.app, name="db")
     app.add_typer(models.app, name="models")
@@ -70,6 +84,11 @@ def _register() -> None:
     app.add_typer(drift.app, name="drift")
     app.add_typer(webhooks.app, name="webhooks")
     app.add_typer(serve.app, name="serve")
+    app.add_typer(principals.app, name="principals")
+    app.command("api")(access.api)
+    app.command("login")(access.login)
+    app.command("logout")(access.logout)
+    app.command("whoami")(access.whoami)
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
 
@@ -77,5 +96,26 @@ def _register() -> None:
 _register()
 
 
+def _click_classes() -> tuple[type[Exception], type[Exception]]:
+    """(ClickException, UsageError) of the click that typer vendors, found through its public BadParameter."""
+    mro = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    return mro["ClickException"], mro["UsageError"]
+
+
 def main() -> None:
-    app(prog_name="cvg")
+    """The console script: usage mistakes are one line and exit 2, like every other bad input."""
+    click_exception, usage_error = _click_classes()
+    try:
+        code = app(prog_name="cvg", standalone_mode=False)
+    except click_exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `cvg` or `cvg models` alone: the help, not an error
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(0)
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if isinstance(exc, usage_error):
+            path = getattr(getattr(exc, "ctx", None), "command_path", "cvg")
+            _fail(f"{message} (see `{path} --help`)", 2)
+        _fail(message, getattr(exc, "exit_code", 1) or 1)
+    except typer.Abort:
+        _fail("aborted", 1)
+    sys.exit(code if isinstance(code, int) else 0)

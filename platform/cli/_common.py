@@ -17,17 +17,33 @@ import typer
 from convergence.platform.errors import InvalidInput
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-ActorOpt = Annotated[str | None, typer.Option("--as", help="Acting identity recorded on the audit trail "
-                                              "(default: $CVG_ACTOR).", show_default=False)]
+ActorOpt = Annotated[str | None, typer.Option("--as", help="Sandbox databases only (the demo's): act as NAME "
+                                              "(default: $CVG_ACTOR). Elsewhere who you are comes from your OS "
+                                              "account, CVG_API_KEY or `cvg login`.", show_default=False)]
 
 
-def actor_or_fail(actor: str | None) -> str:
+def operations(as_name: str | None = None, *, progress: Any = None, ray_address: str | None = None) -> Any:
+    """The control plane's operations for this command: over HTTP when CVG_API_URL is set, else on the
+    database directly. Both take the same arguments, return the same data and raise the same errors."""
     from convergence.platform.settings import get_settings
 
-    who = (actor or get_settings().actor or "").strip()
-    if not who:
-        raise InvalidInput("no acting identity: pass --as NAME or set CVG_ACTOR")
-    return who
+    settings = get_settings()
+    as_name = as_name if as_name is not None else settings.actor
+    if settings.api_url:
+        if as_name:
+            raise InvalidInput("--as (or CVG_ACTOR) does not apply with CVG_API_URL: the API knows who you are from "
+                               "CVG_API_KEY, CVG_TOKEN or `cvg login`")
+        if ray_address:
+            raise InvalidInput("--ray-address does not apply with CVG_API_URL: the API server runs the pipeline on "
+                               "its own Ray (its CVG_RAY_ADDRESS)")
+        from convergence.governance.identity import stored_token
+        from convergence.platform.api.client import RemoteOperations
+
+        credential = settings.api_key or settings.token or stored_token(settings)
+        return RemoteOperations(settings.api_url, credential, timeout_s=settings.api_timeout_s)
+    from convergence.platform.api.operations import local_operations
+
+    return local_operations(as_name=as_name, progress=progress, ray_address=ray_address)
 
 
 def _default(value: Any) -> Any:

@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from convergence.platform.cli._common import ActorOpt, JsonOpt, actor_or_fail, console, print_json, print_table
+from convergence.platform.cli._common import ActorOpt, JsonOpt, console, operations, print_json, print_table
 
-app = typer.Typer(help="Power and compute budgets: set limits, approve raises (four eyes), show what is used, "
-                       "report usage per run, step, model or family.", no_args_is_help=True)
+app = typer.Typer(help="Power and compute budgets: set limits, approve raises (four eyes; the finance role), show "
+                       "what is used, report usage per run, step, model or family.", no_args_is_help=True)
 
 ProjectOpt = Annotated[str, typer.Option("--project", help="Project name.")]
 
@@ -27,37 +27,27 @@ def set_(
     json_out: JsonOpt = False,
 ) -> None:
     """Create or lower a budget (applies now), or request a raise (a second person must approve it)."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        budget, change = gov.set_budget(session=session, actor=who, project=project, metric=metric, period=period,
-                                        hard=hard, soft=soft, family=family, reason=reason)
-        data = {"budget_id": budget.id, "hard": budget.hard_limit, "soft": budget.soft_limit,
-                "pending_change_id": change.id if change else None}
+    ops = operations(actor)
+    data = ops.set_budget(metric=metric, period=period, hard=hard, soft=soft, project=project, family=family,
+                          reason=reason)
     if json_out:
         print_json(data)
-    elif change:
-        console().print(f"raise requested as change {change.id}: budget {budget.id} stays at {budget.hard_limit:g} "
-                        f"until someone other than {who} runs `cvg budgets approve {change.id}`")
+    elif data["pending_change_id"]:
+        console().print(f"raise requested as change {data['pending_change_id']}: budget {data['budget_id']} stays at "
+                        f"{data['hard']:g} until someone other than {ops.principal.name} runs "
+                        f"`cvg budgets approve {data['pending_change_id']}`")
     else:
-        console().print(f"budget {budget.id}: {metric} hard {budget.hard_limit:g}"
-                        + (f", soft {budget.soft_limit:g}" if budget.soft_limit else "") + f" for {period} ({project}, {family})")
+        console().print(f"budget {data['budget_id']}: {metric} hard {data['hard']:g}"
+                        + (f", soft {data['soft']:g}" if data["soft"] else "") + f" for {period} ({project}, {family})")
 
 
 def _decide(change_id: int, actor: str | None, approve: bool, reason: str | None, json_out: bool) -> None:
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        change = gov.decide_change(session=session, change_id=change_id, actor=who, approve=approve, reason=reason)
-        data = {"change_id": change.id, "status": change.status, "budget_id": change.budget_id, "decided_by": who}
+    ops = operations(actor)
+    data = (ops.approve_budget_change if approve else ops.reject_budget_change)(change_id=change_id, reason=reason)
     if json_out:
         print_json(data)
     else:
-        console().print(f"budget change {change_id} {data['status']} by {who}")
+        console().print(f"budget change {change_id} {data['status']} by {data['decided_by']}")
 
 
 @app.command()
@@ -81,17 +71,12 @@ def _bar(fraction: float, width: int = 24) -> str:
 
 
 @app.command()
-def show(project: Annotated[str | None, typer.Option("--project")] = None, json_out: JsonOpt = False) -> None:
+def show(project: Annotated[str | None, typer.Option("--project")] = None, actor: ActorOpt = None,
+         json_out: JsonOpt = False) -> None:
     """Every budget with used vs limit (bars), pending raises, and budget alerts."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        rows = gov.budget_status(session=session, project=project)
-        alerts = [{"id": a.id, "message": a.message, "count": a.count, "first_seen": a.first_seen.isoformat()}
-                  for a in gov.list_alerts(session=session, kind="budget.soft_limit")]
+    data = operations(actor).show_budgets(project=project)
     if json_out:
-        print_json({"budgets": rows, "alerts": alerts})
+        print_json(data)
         return
     print_table("budgets", ("id", "project", "family", "metric", "period", "used", "hard", "soft", "used / hard",
                             "pending raises"),
@@ -99,8 +84,8 @@ def show(project: Annotated[str | None, typer.Option("--project")] = None, json_
                   + ("" if r["active"] else " (inactive)"), f"{r['used']:.4g}", f"{r['hard']:g}",
                   "" if r["soft"] is None else f"{r['soft']:g}", _bar(r["fraction"]),
                   ", ".join(f"#{c['id']} → {c['hard']:g} by {c['requested_by']}" for c in r["pending_changes"]))
-                 for r in rows))
-    for a in alerts:
+                 for r in data["budgets"]))
+    for a in data["alerts"]:
         console().print(f"[yellow]alert {a['id']}[/yellow] {a['first_seen'][:19]}: {a['message']}")
 
 
@@ -110,17 +95,11 @@ def report(
     since: Annotated[str | None, typer.Option("--since", help="ISO 8601, 'now' or an age (7d).")] = None,
     until: Annotated[str | None, typer.Option("--until")] = None,
     by: Annotated[str, typer.Option("--by", help="run, step, model or family.")] = "run",
+    actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute and energy used, summed by run, step, model version or family; measured or estimated."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-    from convergence.platform.timeparse import parse_time
-
-    since_t = parse_time(since, option="--since") if since else None
-    until_t = parse_time(until, option="--until") if until else None
-    with session_scope(write=False) as session:
-        rows = gov.usage_report(session=session, project=project, since=since_t, until=until_t, by=by)
+    rows = operations(actor).usage_report(project=project, since=since, until=until, by=by)
     if json_out:
         print_json(rows)
         return

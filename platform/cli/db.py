@@ -21,11 +21,22 @@ def _show(status: object, title: str, json_out: bool) -> None:
 
 
 @app.command()
-def upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head", json_out: JsonOpt = False) -> None:
+def upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+            sandbox: Annotated[bool, typer.Option("--sandbox", help="Make a new, empty database a sandbox, where "
+                                                  "--as NAME picks who you act as (for trying things out; every "
+                                                  "event then says so). Never for a database with a ledger.")] = False,
+            json_out: JsonOpt = False) -> None:
     """Migrate the database forward (creates it on first use). Safe to run repeatedly."""
     from convergence.platform import migrate
 
-    _show(migrate.upgrade(revision), "database upgraded", json_out)
+    status = migrate.upgrade(revision)
+    if sandbox:
+        from convergence.governance import identity
+        from convergence.platform.db import session_scope
+
+        with session_scope() as session:
+            identity.make_sandbox(session=session)
+    _show(status, "database upgraded" + (" (sandbox)" if sandbox else ""), json_out)
 
 
 @app.command()

@@ -6,22 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from convergence.platform.cli._common import ActorOpt, JsonOpt, actor_or_fail, console, print_json, print_table
+from convergence.platform.cli._common import ActorOpt, JsonOpt, console, operations, print_json, print_table
 
 app = typer.Typer(help="Drift monitoring: compare recent predictions with the training reference (fast path + "
                        "Evidently report), raise deduplicated alerts, deliver them as signed webhooks.",
                   no_args_is_help=True)
-
-
-def _report_dict(r: Any) -> dict[str, Any]:
-    from convergence.governance._drift import report_html_path
-
-    html = report_html_path(r)
-    return {"html_report": str(html) if html else None,"id": r.id, "model_version_id": r.model_version_id, "window_start": r.window_start.isoformat(),
-            "window_end": r.window_end.isoformat(), "rows": r.rows, "drift_share": r.drift_share,
-            "drifted": r.drifted, "severity": r.severity, "columns": r.columns,
-            "evidently_html": r.evidently_html_uri, "evidently_json": r.evidently_json_uri,
-            "created_at": r.created_at.isoformat(), "created_by": r.created_by}
 
 
 def _render(report: dict[str, Any]) -> None:
@@ -45,32 +34,16 @@ def check(
                                             "HTML/JSON report for the record.")] = True,
     deliver: Annotated[bool, typer.Option("--deliver/--no-deliver", help="Deliver queued webhooks after the check.")] = True,
     retrain: Annotated[bool, typer.Option("--retrain", help="When a new alert is raised, start a retraining run "
-                                          "(local Ray); its model still needs validation and approval.")] = False,
+                                          "(needs the registrant role too); its model still needs validation and "
+                                          "approval.")] = False,
     kubernetes: Annotated[bool, typer.Option("--kubernetes", help="With --retrain: create a Kubernetes Job instead.")] = False,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compare the production version's recent predictions with its reference profile. Exits 0 either way;
-    the report says whether it drifted."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-    from convergence.platform.timeparse import parse_time
-
-    who = actor_or_fail(actor)
-    end = parse_time(until, option="--until")
-    start = parse_time(since, option="--since") if since else parse_time(window, now=end, option="--window")
-    with session_scope() as session:
-        report, alerts = gov.check_drift(session=session, name=name, since=start, until=end, actor=who,
-                                         evidently=evidently)
-        data = _report_dict(report)
-        data["new_alerts"] = [{"id": a.id, "severity": a.severity, "message": a.message} for a in alerts]
-    if deliver:
-        data["webhooks"] = gov.deliver_until_idle(deadline_s=10)
-    if retrain and alerts:
-        from convergence.pipelines import retrain_after_alerts
-
-        data["retraining"] = retrain_after_alerts(name=name, alert_ids=[a["id"] for a in data["new_alerts"]], actor=who,
-                                                  kubernetes=kubernetes)
+    """Compare the production version's recent predictions with its reference profile (the operator role).
+    Exits 0 either way; the report says whether it drifted."""
+    data = operations(actor).check_drift(name=name, window=window, since=since, until=until, evidently=evidently,
+                                         deliver=deliver, retrain=retrain, kubernetes=kubernetes)
     if json_out:
         print_json(data)
         return
@@ -81,32 +54,26 @@ def check(
         console().print("webhooks: " + ", ".join(f"{k} {v}" for k, v in data["webhooks"].items()))
     if "retraining" in data:
         r = data["retraining"]
-        if "job" in r:
+        if "job" in r and "namespace" in r:
             console().print(f"retraining Job {r['job']} created in {r['namespace']}")
+        elif "job" in r:
+            console().print(f"retraining runs on the API server as job {r['job']} (`cvg pipelines job {r['job']}`)")
         else:
             console().print(f"retraining run {r['run_id']}: {r['status']}; new candidates {r['versions']} await validation")
 
 
 @app.command()
-def show(report_id: int, json_out: JsonOpt = False) -> None:
+def show(report_id: int, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """One drift report with every column's statistics and the Evidently report's path."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        data = _report_dict(gov.get_report(session=session, report_id=report_id))
+    data = operations(actor).show_drift(report_id=report_id)
     print_json(data) if json_out else _render(data)
 
 
 @app.command()
 def history(name: Annotated[str, typer.Argument(help="Model name.")],
-            limit: Annotated[int, typer.Option()] = 50, json_out: JsonOpt = False) -> None:
+            limit: Annotated[int, typer.Option()] = 50, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Past drift checks of every version of NAME, newest first."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        rows = [_report_dict(r) for r in gov.drift_history(session=session, name=name, limit=limit)]
+    rows = operations(actor).drift_history(name=name, limit=limit)
     if json_out:
         print_json(rows)
         return

@@ -10,8 +10,8 @@ import typer
 from convergence.platform.cli._common import (
     ActorOpt,
     JsonOpt,
-    actor_or_fail,
     console,
+    operations,
     parse_json_option,
     print_json,
     print_mapping,
@@ -20,22 +20,54 @@ from convergence.platform.cli._common import (
 )
 
 app = typer.Typer(help="Model registry: register, list, show, validate, approve, reject, promote, roll back, "
-                       "and trace lineage and history.", no_args_is_help=True)
+                       "and trace lineage and history. Each step needs its role, and nobody approves, validates "
+                       "or promotes a version they registered.", no_args_is_help=True)
 
 IdArg = Annotated[int, typer.Argument(help="Model version id (see `cvg models list`).")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded on the audit trail.")]
 
 
-def _render(mv: Any, json_out: bool, verb: str | None = None) -> None:
-    from convergence import governance as gov
-
-    data = gov.model_to_dict(mv)
+def _render(data: dict[str, Any], json_out: bool, verb: str | None = None) -> None:
     if json_out:
         print_json(data)
     elif verb:
-        console().print(f"model version {mv.id} ({mv.name} v{mv.version}) {verb}: stage is now [bold]{mv.stage}[/bold]")
+        console().print(f"model version {data['id']} ({data['name']} v{data['version']}) {verb}: stage is now "
+                        f"[bold]{data['stage']}[/bold]")
     else:
-        print_mapping(f"model version {mv.id}", data)
+        print_mapping(f"model version {data['id']}", data)
+
+
+def _dataset_id(ops: Any, dataset: str | None, project: str) -> int | None:
+    """--dataset as an id, a SHA-256, or a file (hashed here; a CSV's rows and columns are read too)."""
+    import re
+
+    from convergence.platform.errors import InvalidInput
+
+    if dataset is None:
+        return None
+    if dataset.isdigit():
+        return int(dataset)
+    path = Path(dataset)
+    if path.is_file():
+        from convergence.governance import sha256_file
+
+        sha, _ = sha256_file(path)
+        rows, columns = _csv_shape(path) if path.suffix.lower() == ".csv" else (None, None)
+        return ops.register_dataset(sha256=sha, name=path.name, rows=rows, columns=columns,
+                                    uri=path.resolve().as_uri(), project=project)["id"]
+    if re.fullmatch(r"[0-9a-fA-F]{64}", dataset):
+        return ops.register_dataset(sha256=dataset.lower(), project=project)["id"]
+    raise InvalidInput(f"--dataset {dataset!r} is not a file, a dataset id or a SHA-256")
+
+
+def _csv_shape(path: Path) -> tuple[int | None, list[str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        rows = sum(1 for _ in reader)
+    return rows or None, [h[:200] for h in header[:1000]]
 
 
 @app.command()
@@ -54,18 +86,16 @@ def register(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Register a model trained elsewhere as a new candidate version, with its lineage."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
+    """Register a model trained elsewhere as a new candidate version, with its lineage (needs the registrant
+    role; you become the version's registrant)."""
     metrics_obj = parse_json_option(metrics, "--metrics")
     params_obj = parse_json_option(params, "--params")
-    with session_scope() as session:
-        mv = gov.register_model(session=session, actor=who, name=name, artifact=artifact, family=family, role=role,
-                                dataset=dataset, metrics=metrics_obj, params=params_obj, parent_id=parent,
-                                description=description, project=project)
-    _render(mv, json_out, verb="registered")
+    ops = operations(actor)
+    uploaded = ops.upload_artifact(source=artifact)
+    data = ops.register_model(name=name, artifact_sha256=uploaded["sha256"], family=family, role=role,
+                              dataset_id=_dataset_id(ops, dataset, project), metrics=metrics_obj, params=params_obj,
+                              parent_id=parent, description=description, project=project)
+    _render(data, json_out, verb="registered")
 
 
 @app.command("list")
@@ -74,15 +104,11 @@ def list_(
     stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
     family: Annotated[str | None, typer.Option(help="Only this family.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 200,
+    actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List model versions, newest first."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        versions = gov.list_models(session=session, name=name, stage=stage, family=family, limit=limit)
-        rows = [gov.model_to_dict(mv) for mv in versions]
+    rows = operations(actor).list_models(name=name, stage=stage, family=family, limit=limit)
     if json_out:
         print_json(rows)
         return
@@ -93,14 +119,9 @@ def list_(
 
 
 @app.command()
-def show(version_id: IdArg, json_out: JsonOpt = False) -> None:
+def show(version_id: IdArg, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Everything the registry knows about one version."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        mv = gov.get_model(session=session, version_id=version_id)
-    _render(mv, json_out)
+    _render(operations(actor).show_model(version_id=version_id), json_out)
 
 
 @app.command()
@@ -111,37 +132,34 @@ def validate(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Record independent validation (second line of defence). The registrant cannot validate."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        mv = gov.validate(session=session, version_id=version_id, actor=who, evidence=evidence, reason=reason)
-    _render(mv, json_out, verb=f"validated by {who}")
-
-
-def _change(service: str, verb: str, actor: str | None, json_out: bool, **kwargs: Any) -> None:
-    """Call a governance stage-change service as the acting identity and render the version."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        mv = getattr(gov, service)(session=session, actor=who, **kwargs)
-    _render(mv, json_out, verb=f"{verb} by {who}")
+    """Record independent validation (second line of defence; the validator role). The registrant cannot."""
+    ops = operations(actor)
+    uploaded = ops.upload_artifact(source=evidence)
+    data = ops.validate_model(version_id=version_id, evidence_sha256=uploaded["sha256"], reason=reason)
+    _render(data, json_out, verb=f"validated by {ops.principal.name}")
 
 
 @app.command()
-def approve(version_id: IdArg, reason: ReasonOpt, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
-    """Approve a validated version. The approver must not be its registrant."""
-    _change("approve", "approved", actor, json_out, version_id=version_id, reason=reason)
+def approve(
+    version_id: IdArg,
+    reason: ReasonOpt,
+    safe_output: Annotated[float | None, typer.Option("--safe-output", help="Trading: what this version answers "
+                                                      "while killed (0.0 = flat, in [-1, 1]); fixed now, by you. "
+                                                      "Without it, a kill answers 503.")] = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Approve a validated version (the approver role). Neither its registrant nor its validator may."""
+    ops = operations(actor)
+    data = ops.approve_model(version_id=version_id, reason=reason, safe_output=safe_output)
+    _render(data, json_out, verb=f"approved by {ops.principal.name}")
 
 
 @app.command()
 def reject(version_id: IdArg, reason: ReasonOpt, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
-    """Reject a version before production (final)."""
-    _change("reject", "rejected", actor, json_out, version_id=version_id, reason=reason)
+    """Reject a version before production (final; the approver role)."""
+    ops = operations(actor)
+    _render(ops.reject_model(version_id=version_id, reason=reason), json_out, verb=f"rejected by {ops.principal.name}")
 
 
 @app.command()
@@ -151,8 +169,11 @@ def promote(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Put an approved version into production; the previous production version is retired."""
-    _change("promote", "promoted", actor, json_out, version_id=version_id, reason=reason)
+    """Put an approved version into production (the operator role, not its registrant); the previous
+    production version is retired."""
+    ops = operations(actor)
+    data = ops.promote_model(version_id=version_id, reason=reason)
+    _render(data, json_out, verb=f"promoted by {ops.principal.name}")
 
 
 @app.command()
@@ -162,18 +183,15 @@ def rollback(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Retire the production version of NAME and restore the one it replaced."""
-    _change("rollback", "restored", actor, json_out, name=name, reason=reason)
+    """Retire the production version of NAME and restore the one it replaced (the operator role)."""
+    ops = operations(actor)
+    _render(ops.rollback_model(name=name, reason=reason), json_out, verb=f"restored by {ops.principal.name}")
 
 
 @app.command()
-def lineage(version_id: IdArg, json_out: JsonOpt = False) -> None:
+def lineage(version_id: IdArg, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Dataset, run and code, parent teacher, approvals and deployments of a version, as a tree."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        tree = gov.lineage(session=session, version_id=version_id)
+    tree = operations(actor).model_lineage(version_id=version_id)
     if json_out:
         print_json(tree)
         return
@@ -210,13 +228,10 @@ def lineage(version_id: IdArg, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def history(name: Annotated[str, typer.Argument(help="Model name.")], json_out: JsonOpt = False) -> None:
+def history(name: Annotated[str, typer.Argument(help="Model name.")], actor: ActorOpt = None,
+            json_out: JsonOpt = False) -> None:
     """Every stage change of every version of NAME: who, when, why."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        rows = gov.history(session=session, name=name)
+    rows = operations(actor).model_history(name=name)
     if json_out:
         print_json(rows)
         return
@@ -229,18 +244,13 @@ def history(name: Annotated[str, typer.Argument(help="Model name.")], json_out: 
 def at(
     name: Annotated[str, typer.Argument(help="Model name.")],
     time: Annotated[str, typer.Option("--time", help="ISO 8601 instant, 'now', or an age such as 3d.")],
+    actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Which version of NAME was in production at a given time."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-    from convergence.platform.timeparse import parse_time
-
-    when = parse_time(time, option="--time")
-    with session_scope(write=False) as session:
-        mv = gov.in_production_at(session=session, name=name, at=when)
+    data = operations(actor).model_at(name=name, time=time)
     if json_out:
-        print_json({"time": when.isoformat(), **gov.model_to_dict(mv)})
+        print_json(data)
     else:
-        console().print(f"at {when.isoformat()} {name} was served by version {mv.id} (v{mv.version}, "
-                        f"artifact {short(mv.artifact_sha256, 16)}, registered by {mv.created_by})")
+        console().print(f"at {data['time']} {name} was served by version {data['id']} (v{data['version']}, "
+                        f"artifact {short(data['artifact_sha256'], 16)}, registered by {data['created_by']})")

@@ -11,8 +11,8 @@ import typer
 from convergence.platform.cli._common import (
     ActorOpt,
     JsonOpt,
-    actor_or_fail,
     console,
+    operations,
     parse_json_option,
     print_json,
     print_table,
@@ -103,24 +103,29 @@ def run(
                                                     "$CVG_RAY_ADDRESS, else a local Ray).")] = None,
     project: Annotated[str, typer.Option("--project")] = "default",
     trigger: Annotated[str | None, typer.Option("--trigger", hidden=True, help="What started this run (JSON); set "
-                                                "by drift retraining Jobs, recorded in lineage.")] = None,
+                                                "by Kubernetes Jobs, recorded in lineage.")] = None,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a pipeline end to end and register candidates with lineage and evidence. Exits 4 when a gate fails.
+    """Run a pipeline end to end and register candidates with lineage and evidence (the registrant role).
+    Exits 4 when a gate fails. With CVG_API_URL the API server runs it and this follows its progress.
 
     trading: ticks, features, teacher (Ray Train), distilled student, INT8, walk-forward, holdout gates.
     language: corpus, BPE tokenizer, transformer teacher (Ray Train), distilled student and label-only control
     (Ray tasks), held-out perplexity on SOTU and Reuters, tokens/s, fixed-seed samples, gates."""
-    from convergence.pipelines import run_language, run_trading
     from convergence.platform.errors import PolicyViolation
 
     cfg = _config(family, config, overrides)
-    who = actor_or_fail(actor)
-    trigger_obj = parse_json_option(trigger, "--trigger")
-    runner = run_language if family == "language" else run_trading
-    summary = runner(cfg, actor=who, ray_address=ray_address, progress=_progress(), project=project,
-                     trigger=trigger_obj)
+    ops = operations(actor, progress=_progress(), ray_address=ray_address)
+    job = ops.run_pipeline(family=family, overrides=cfg.to_dict(), project=project,
+                           trigger=parse_json_option(trigger, "--trigger"))
+    if job["id"] is not None:
+        job = _follow(ops, job)
+    summary = job["summary"]
+    if summary is None:
+        from convergence.platform.errors import StepFailed
+
+        raise StepFailed(job["error"] or "the run ended without a summary", step=f"job {job['id']}")
     if json_out:
         print_json(summary)
     else:
@@ -128,6 +133,36 @@ def run(
     if not summary["gates"]["passed"]:
         raise PolicyViolation("gates failed, nothing registered: " + "; ".join(summary["gates"]["failed"]),
                               hint=f"the evidence is in {summary['evidence']}")
+
+
+def _follow(ops: Any, job: dict[str, Any], poll_s: float = 1.0) -> dict[str, Any]:
+    """Print a server-side job's progress as it comes, until it ends."""
+    import time
+
+    show, seen = _progress(), 0
+    console(stderr=True).print(f"job {job['id']} started on the API server")
+    while True:
+        for item in job["progress"][seen:]:
+            show(item["step"], item["state"], item["detail"])
+        seen = len(job["progress"])
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(poll_s)
+        job = ops.pipeline_job(job_id=job["id"])
+
+
+@app.command()
+def job(job_id: Annotated[int, typer.Argument(help="Job id (from `cvg pipelines run` with CVG_API_URL).")],
+        actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """A pipeline job on the API server: status, progress, run id, error."""
+    data = operations(actor).pipeline_job(job_id=job_id)
+    if json_out:
+        print_json(data)
+        return
+    console().print(f"job {data['id']} ({data['family']}, by {data['requested_by']}): {data['status']}"
+                    + (f", run {data['run_id']}" if data["run_id"] else "") + (f" — {data['error']}" if data["error"] else ""))
+    for item in data["progress"]:
+        console().print(f"  {item['state']:>6} {item['step']}  {item['detail']}")
 
 
 @app.command("compile")
@@ -186,11 +221,12 @@ def step(
     config: ConfigOpt = None,
     actor: ActorOpt = None,
 ) -> None:
-    """Run one step over directories (what each Kubeflow component executes)."""
+    """Run one step over directories (what each Kubeflow component executes; the pod acts as its service
+    account through CVG_API_KEY)."""
     from convergence.pipelines import run_step
 
     cfg = _config(family, config, config_json)
-    state = run_step(name, cfg, list(inputs or []), out, actor=actor_or_fail(actor))
+    state = run_step(name, cfg, list(inputs or []), out, principal=operations(actor).principal)
     console(stderr=True).print(f"step {name} done: {json.dumps(state, default=str)[:300]}")
 
 
@@ -205,22 +241,19 @@ def trigger(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Start a pipeline run on Kubernetes: a KubeRay RayJob on the chart's RayCluster where KubeRay is
-    installed, else a batch/v1 Job running this CLI in the project's image."""
-    from convergence.pipelines import job_manifest, rayjob_manifest, trigger_run
+    """Start a pipeline run on Kubernetes (the registrant or operator role): a KubeRay RayJob on the chart's
+    RayCluster where KubeRay is installed, else a batch/v1 Job running this CLI in the project's image."""
     from convergence.platform.errors import InvalidInput
 
     if not kubernetes:
         raise InvalidInput("say where: --kubernetes (to run here, use `cvg pipelines run`)")
     _config(family, None, overrides)  # validate the overrides before anything leaves this machine
-    who, extra = actor_or_fail(actor), parse_json_option(overrides, "--set")
-    if dry_run:
-        build = rayjob_manifest if ray else job_manifest
-        print_json(build(family=family, actor=who, overrides=extra))
-        return
-    result = trigger_run(family=family, actor=who, overrides=extra)
-    print_json(result) if json_out else console().print(
-        f"created {result['kind']} {result['job']} in namespace {result['namespace']}")
+    result = operations(actor).trigger_pipeline(family=family, overrides=parse_json_option(overrides, "--set"),
+                                                dry_run=dry_run, rayjob=ray)
+    if dry_run or json_out:
+        print_json(result)
+    else:
+        console().print(f"created {result['kind']} {result['job']} in namespace {result['namespace']}")
 
 
 @app.command()
@@ -242,11 +275,11 @@ def schedule(
     if kubernetes:
         from convergence.pipelines import rayjob_manifest, schedule_run
 
-        who = actor_or_fail(actor)
+        who = operations(actor).principal
         if dry_run:
-            print_json(rayjob_manifest(family=family, actor=who, overrides=cfg.to_dict(), schedule=cron))
+            print_json(rayjob_manifest(family=family, requested_by=who, overrides=cfg.to_dict(), schedule=cron))
             return
-        result = schedule_run(family=family, actor=who, cron=cron, overrides=cfg.to_dict())
+        result = schedule_run(family=family, requested_by=who, cron=cron, overrides=cfg.to_dict())
         print_json(result) if json_out else console().print(f"created RayCronJob {result['job']} ({cron})")
         return
     if not host:
@@ -263,19 +296,10 @@ def schedule(
 
 
 @app.command()
-def runs(limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20, json_out: JsonOpt = False) -> None:
+def runs(limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20, actor: ActorOpt = None,
+         json_out: JsonOpt = False) -> None:
     """Recent pipeline runs: status, code version, dataset, timings."""
-    from sqlalchemy import select
-
-    from convergence.governance import PipelineRun
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        rows = [{"id": r.id, "pipeline": r.pipeline, "status": r.status, "code_version": r.code_version,
-                 "code_dirty": r.code_dirty, "dataset_id": r.dataset_id, "started_at": r.started_at.isoformat(),
-                 "finished_at": r.finished_at.isoformat() if r.finished_at else None, "error": r.error,
-                 "created_by": r.created_by}
-                for r in session.execute(select(PipelineRun).order_by(PipelineRun.id.desc()).limit(limit)).scalars()]
+    rows = operations(actor).list_runs(limit=limit)
     if json_out:
         print_json(rows)
         return

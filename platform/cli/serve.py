@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from convergence.platform.cli._common import ActorOpt, JsonOpt, actor_or_fail, console, print_json, print_table
+from convergence.platform.cli._common import ActorOpt, JsonOpt, console, operations, print_json, print_table
 
 app = typer.Typer(help="Serve approved models with BentoML (adaptive batching, prediction log, metrics); stop "
                        "and resume them on every replica at once (kill switch).", no_args_is_help=True)
@@ -32,8 +32,12 @@ def _serve(family: str, model: str | None, version: int | None, port: int, host:
     if dry_run:
         print_json({**info, "command": command, "env": {k: env[k] for k in ("CVG_SERVE_VERSION", "CVG_HOME")}})
         return
-    console(stderr=True).print(f"serving {info['name']} v{info['version']} (version {info['version_id']}, "
-                               f"{info['stage']}, sha256 {info['artifact_sha256'][:12]}…) on http://{host}:{port}")
+    err = console(stderr=True)
+    err.print(f"serving {info['name']} v{info['version']} (version {info['version_id']}, "
+              f"{info['stage']}, sha256 {info['artifact_sha256'][:12]}…) on http://{host}:{port}")
+    if get_settings().serve_auth != "required" and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/yellow]: {host} is not loopback and CVG_SERVE_AUTH is off: anyone who reaches "
+                  "this port can call the model (set CVG_SERVE_AUTH=required)")
     os.execvpe(command[0], command, env)  # BentoML takes over this process (signals reach it directly)
 
 
@@ -63,47 +67,34 @@ def language(
 def kill(
     name: Annotated[str, typer.Argument(help="Model name, e.g. es-trading-student.")],
     reason: Annotated[str, typer.Option("--reason", help="Why: callers get it in the 503, auditors in the ledger.")],
-    safe_output: Annotated[float | None, typer.Option("--safe-output", help="Answer this value instead of 503 "
-                                                      "(trading: 0.0 is a flat, no-trade signal).")] = None,
+    safe_output: Annotated[bool, typer.Option("--safe-output", help="Answer the safe output the approver fixed for "
+                                              "the production version (trading: e.g. 0.0, a flat, no-trade signal), "
+                                              "flagged killed, instead of 503. The value is never chosen here.")] = False,
     actor: ActorOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Stop NAME on every replica within a second (state in the database); audited."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope() as s:
-        switch = gov.kill(session=s, name=name, reason=reason, actor=actor_or_fail(actor), safe_output=safe_output)
-        out = {"model": switch.model_name, "killed": True, "reason": switch.reason, "safe_output": switch.safe_output}
-    print_json(out) if json_out else console().print(
-        f"killed {name}: replicas answer " + ("503" if safe_output is None else f"{safe_output} (safe output)")
-        + f" — {reason}")
+    """Stop NAME on every replica within a second (the risk role; state in the database); audited."""
+    data = operations(actor).kill(name=name, reason=reason, safe_output=safe_output)
+    print_json(data) if json_out else console().print(
+        f"killed {name}: replicas answer " + ("503" if data["safe_output"] is None else
+                                              f"{data['safe_output']} (the approved safe output)") + f" — {reason}")
 
 
 @app.command()
 def resume(name: Annotated[str, typer.Argument(help="Model name.")],
            reason: Annotated[str, typer.Option("--reason")] = "resumed", actor: ActorOpt = None,
            json_out: JsonOpt = False) -> None:
-    """Let NAME serve again; audited."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope() as s:
-        gov.resume(session=s, name=name, actor=actor_or_fail(actor), reason=reason)
-    print_json({"model": name, "killed": False}) if json_out else console().print(f"resumed {name}")
+    """Let NAME serve again (the risk role); audited."""
+    data = operations(actor).resume(name=name, reason=reason)
+    print_json(data) if json_out else console().print(f"resumed {name}")
 
 
 @app.command()
-def status(json_out: JsonOpt = False) -> None:
+def status(actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Every kill switch ever set: which models are stopped, why, by whom."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as s:
-        rows = [{"model": k.model_name, "killed": k.active, "reason": k.reason, "safe_output": k.safe_output,
-                 "actor": k.actor, "at": k.changed_at.isoformat()} for k in gov.list_switches(session=s)]
+    rows = operations(actor).kill_switches()
     if json_out:
         print_json(rows)
         return
     print_table("kill switches", ("model", "state", "reason", "safe output", "by", "at (UTC)"),
-                ((r["model"], "KILLED" if r["killed"] else "serving", r["reason"],
+                ((r["model"], "KILLED" if r["killed"] else "not killed", r["reason"],
                   "-" if r["safe_output"] is None else r["safe_output"], r["actor"], r["at"][:19]) for r in rows))

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from convergence.platform.cli._common import ActorOpt, JsonOpt, actor_or_fail, console, print_json, print_table
+from convergence.platform.cli._common import ActorOpt, JsonOpt, console, operations, print_json, print_table
 
-app = typer.Typer(help="Signed, durable webhooks for alerts: subscribe, list deliveries, deliver, redeliver, test.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Signed, durable webhooks for alerts: subscribe (the admin role), list subscriptions and "
+                       "deliveries, deliver, redeliver, test.", no_args_is_help=True)
 
 
 @app.command()
@@ -23,14 +23,8 @@ def subscribe(
     json_out: JsonOpt = False,
 ) -> None:
     """Subscribe a receiver; deliveries are signed with the secret (HMAC-SHA256 over timestamp.body)."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        sub = gov.subscribe(session=session, actor=who, url=url, events=[e.strip() for e in events.split(",") if e.strip()],
-                            fmt=fmt, secret=secret)
-        data = {"id": sub.id, "url": sub.url, "events": sub.event_types, "format": sub.format, "secret": sub.secret}
+    data = operations(actor).subscribe(url=url, events=[e.strip() for e in events.split(",") if e.strip()],
+                                       format=fmt, secret=secret)
     if json_out:
         print_json(data)
     else:
@@ -39,49 +33,47 @@ def subscribe(
 
 
 @app.command()
-def unsubscribe(subscription_id: int, actor: ActorOpt = None) -> None:
+def unsubscribe(subscription_id: int, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Stop delivering to a receiver; its pending deliveries are dead-lettered."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
+    data = operations(actor).unsubscribe(subscription_id=subscription_id)
+    print_json(data) if json_out else console().print(f"subscription {subscription_id} ({data['url']}) removed")
 
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        sub = gov.unsubscribe(session=session, subscription_id=subscription_id, actor=who)
-        url = sub.url
-    console().print(f"subscription {subscription_id} ({url}) removed")
+
+@app.command()
+def subscriptions(all_: Annotated[bool, typer.Option("--all", help="Include removed subscriptions.")] = False,
+                  actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """Subscriptions (ids for `unsubscribe`); secrets are never shown again."""
+    rows = operations(actor).list_subscriptions(include_inactive=all_)
+    if json_out:
+        print_json(rows)
+        return
+    print_table(f"{len(rows)} webhook subscriptions", ("id", "url", "events", "format", "active", "by", "since"),
+                ((r["id"], r["url"], ", ".join(r["events"]), r["format"], r["active"], r["created_by"],
+                  r["created_at"][:19]) for r in rows))
 
 
 @app.command("list")
 def list_(failed: Annotated[bool, typer.Option("--failed", help="Only dead-lettered or erroring deliveries.")] = False,
-          limit: Annotated[int, typer.Option()] = 100, json_out: JsonOpt = False) -> None:
+          limit: Annotated[int, typer.Option()] = 100, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Recent deliveries with status, attempts and the last error."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    with session_scope(write=False) as session:
-        rows = [{"id": d.id, "subscription_id": d.subscription_id, "event_id": d.event_id, "event_type": d.event_type,
-                 "status": d.status, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at.isoformat(),
-                 "last_status": d.last_status, "last_error": d.last_error,
-                 "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None}
-                for d in gov.list_deliveries(session=session, failed=failed, limit=limit)]
+    rows = operations(actor).list_deliveries(failed=failed, limit=limit)
     if json_out:
         print_json(rows)
         return
     print_table(f"{len(rows)} webhook deliveries", ("id", "sub", "event", "type", "status", "attempts", "next attempt",
                                                     "last error"),
                 ((r["id"], r["subscription_id"], r["event_id"][:8], r["event_type"], r["status"], r["attempts"],
-                  r["next_attempt_at"][:19], r["last_error"] or "") for r in rows))
+                  (r["next_attempt_at"] or "—")[:19], r["last_error"] or "") for r in rows))
 
 
 @app.command()
 def deliver(loop: Annotated[bool, typer.Option("--loop", help="Keep delivering (a long-running worker).")] = False,
             interval: Annotated[float, typer.Option("--interval", help="Seconds between passes with --loop.")] = 1.0,
-            json_out: JsonOpt = False) -> None:
+            actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Deliver what is due now (or keep doing so with --loop, as the Helm chart's worker does)."""
-    from convergence import governance as gov
-
+    ops = operations(actor)
     while True:
-        counts = gov.deliver_until_idle()
+        counts = ops.deliver_webhooks()
         if json_out:
             print_json(counts)
         elif any(counts.values()) or not loop:
@@ -92,27 +84,21 @@ def deliver(loop: Annotated[bool, typer.Option("--loop", help="Keep delivering (
 
 
 @app.command()
-def redeliver(delivery_id: int, actor: ActorOpt = None) -> None:
+def redeliver(delivery_id: int, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Queue a dead-lettered (or delivered) delivery again, with the same event id."""
-    from convergence import governance as gov
-    from convergence.platform.db import session_scope
-
-    who = actor_or_fail(actor)
-    with session_scope() as session:
-        gov.redeliver(session=session, delivery_id=delivery_id, actor=who)
-    counts = gov.deliver_until_idle(deadline_s=10)
-    console().print(f"delivery {delivery_id} queued again; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    data = operations(actor).redeliver(delivery_id=delivery_id)
+    print_json(data) if json_out else console().print(
+        f"delivery {delivery_id} queued again; " + ", ".join(f"{k} {v}" for k, v in data.items() if k != "delivery_id"))
 
 
 @app.command()
 def test(url: Annotated[str, typer.Argument(help="Receiver URL.")],
          secret: Annotated[str, typer.Option("--secret", help="The secret the receiver verifies with.")],
-         json_out: JsonOpt = False) -> None:
+         actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
     """Send one signed test event now; exit 6 if the receiver does not answer 2xx."""
-    from convergence import governance as gov
     from convergence.platform.errors import Unavailable
 
-    result = gov.send_test(url, secret)
+    result = operations(actor).test_webhook(url=url, secret=secret)
     if json_out:
         print_json(result)
     else:

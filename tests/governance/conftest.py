@@ -10,10 +10,11 @@ def chain(db_url: str):  # type: ignore[no-untyped-def]
     """Twelve committed audit events, one transaction each."""
     from convergence.governance import Subject, append
     from convergence.platform.db import session_scope
+    from tests.people import detached
 
     for i in range(1, 13):
         with session_scope() as s:
-            append(session=s, actor=f"user{i % 3}", action="test.event", subject=Subject("thing", str(i)),
+            append(session=s, principal=detached(f"user{i % 3}"), action="test.event", subject=Subject("thing", str(i)),
                    payload={"i": i, "note": "café ✓", "nested": {"b": [1, 2.5], "a": None}})
     return 12
 

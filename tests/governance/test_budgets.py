@@ -11,6 +11,7 @@ from convergence import governance as gov
 from convergence.platform.db import session_scope
 from convergence.platform.energy import Reading
 from convergence.platform.errors import BudgetExceeded, InvalidInput, NotFound, PolicyViolation
+from tests.people import person
 
 UTC = dt.timezone.utc
 THIS_MONTH = dt.datetime.now(UTC).strftime("%Y-%m")
@@ -25,7 +26,7 @@ def reading(kwh: float, cpu_s: float = 10.0) -> Reading:
 @pytest.fixture
 def project(db_url: str) -> str:
     with session_scope() as s:
-        gov.ensure_project(session=s, name="desk", actor="admin")
+        gov.ensure_project(session=s, name="desk", principal=person("ada"))
     return "desk"
 
 
@@ -56,7 +57,7 @@ def test_malformed_periods(text: str) -> None:
     ({"project": "nope"}, NotFound, "no project called"),
 ])
 def test_bad_budgets_are_refused(project: str, kwargs, error, match) -> None:
-    args = {"actor": "fin", "project": project, "metric": "kwh", "period": THIS_MONTH, "hard": 5.0, **kwargs}
+    args = {"principal": person("fin"), "project": project, "metric": "kwh", "period": THIS_MONTH, "hard": 5.0, **kwargs}
     with pytest.raises(error, match=match), session_scope() as s:
         gov.set_budget(session=s, **args)
     with session_scope(write=False) as s:
@@ -65,39 +66,39 @@ def test_bad_budgets_are_refused(project: str, kwargs, error, match) -> None:
 
 def test_raising_needs_a_second_person(project: str) -> None:
     with session_scope() as s:
-        budget, change = gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH,
+        budget, change = gov.set_budget(session=s, principal=person("fin"), project=project, metric="kwh", period=THIS_MONTH,
                                         hard=5.0, soft=4.0)
     assert change is None
     with session_scope() as s:
-        lowered, change = gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH,
+        lowered, change = gov.set_budget(session=s, principal=person("fin"), project=project, metric="kwh", period=THIS_MONTH,
                                          hard=3.0, soft=2.0)
     assert change is None and lowered.hard_limit == 3.0  # lowering applies at once
     with session_scope() as s:
-        same, change = gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH,
+        same, change = gov.set_budget(session=s, principal=person("fin"), project=project, metric="kwh", period=THIS_MONTH,
                                       hard=10.0)
         change_id = change.id
     assert same.hard_limit == 3.0 and change.status == "pending"
     with pytest.raises(PolicyViolation, match="fin requested budget change .* cannot approve"), session_scope() as s:
-        gov.decide_change(session=s, change_id=change_id, actor="fin", approve=True)
+        gov.decide_change(session=s, change_id=change_id, principal=person("fin"), approve=True)
     with session_scope() as s:
-        gov.decide_change(session=s, change_id=change_id, actor="cfo", approve=True)
+        gov.decide_change(session=s, change_id=change_id, principal=person("cfo"), approve=True)
     with session_scope(write=False) as s:
         status = gov.budget_status(session=s, project=project)[0]
         assert status["hard"] == 10.0 and status["soft"] == 2.0 and status["pending_changes"] == []
         actions = [e.action for e in gov.query_events(session=s, action="budget.*")]
-        assert actions == ["budget.created", "budget.lowered", "budget.raise_requested", "budget.approve_refused",
+        assert actions == ["budget.created", "budget.lowered", "budget.raise_requested", "budget.decide_refused",
                            "budget.raise_approved"]
     with pytest.raises(PolicyViolation, match="already applied"), session_scope() as s:
-        gov.decide_change(session=s, change_id=change_id, actor="cfo", approve=False)
+        gov.decide_change(session=s, change_id=change_id, principal=person("cfo"), approve=False)
 
 
 def test_soft_limit_raises_exactly_one_alert(project: str) -> None:
     with session_scope() as s:
-        gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH, hard=10.0, soft=1.0)
+        gov.set_budget(session=s, principal=person("fin"), project=project, metric="kwh", period=THIS_MONTH, hard=10.0, soft=1.0)
     for kwh in (0.6, 0.6, 0.6):  # crosses the soft limit on the second, stays over on the third
         with session_scope() as s:
-            gov.record_usage(session=s, project=project, reading=reading(kwh), family="trading")
-            assert gov.check_during(session=s, project=project, family="trading", actor="runner") == []
+            gov.record_usage(session=s, project=project, reading=reading(kwh), family="trading", principal=person("runner"))
+            assert gov.check_during(session=s, project=project, family="trading", principal=person("runner")) == []
     with session_scope(write=False) as s:
         alerts = gov.list_alerts(session=s, kind="budget.soft_limit")
         assert len(alerts) == 1 and "soft limit" in alerts[0].message
@@ -106,25 +107,27 @@ def test_soft_limit_raises_exactly_one_alert(project: str) -> None:
 
 def test_family_budgets_only_count_their_family(project: str) -> None:
     with session_scope() as s:
-        gov.set_budget(session=s, actor="fin", project=project, metric="cpu_hours", period=THIS_MONTH, hard=1.0,
+        gov.set_budget(session=s, principal=person("fin"), project=project, metric="cpu_hours", period=THIS_MONTH, hard=1.0,
                        family="language")
-        gov.record_usage(session=s, project=project, reading=reading(0.1, cpu_s=7200), family="trading")
+        gov.record_usage(session=s, project=project, reading=reading(0.1, cpu_s=7200), family="trading",
+                         principal=person("runner"))
     with session_scope(write=False) as s:
         assert gov.budget_status(session=s, project=project)[0]["used"] == 0.0
-        assert gov.check_during(session=s, project=project, family="trading", actor="runner") == []
+        assert gov.check_during(session=s, project=project, family="trading", principal=person("runner")) == []
 
 
 def _finished_run_with_usage(project: str, kwh: float) -> int:
     with session_scope() as s:
-        run = gov.start_run(session=s, actor="quant", pipeline="trading", project=project)
-        gov.record_usage(session=s, project=project, reading=reading(kwh), run_id=run.id, family="trading")
-        gov.finish_run(session=s, actor="quant", run_id=run.id)
+        run = gov.start_run(session=s, principal=person("quant"), pipeline="trading", project=project)
+        gov.record_usage(session=s, project=project, reading=reading(kwh), run_id=run.id, family="trading",
+                             principal=person("quant"))
+        gov.finish_run(session=s, principal=person("quant"), run_id=run.id)
         return run.id
 
 
 def test_check_before_compares_the_estimate_with_what_remains(project: str) -> None:
     with session_scope() as s:
-        gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH, hard=3.0)
+        gov.set_budget(session=s, principal=person("fin"), project=project, metric="kwh", period=THIS_MONTH, hard=3.0)
     run_id = _finished_run_with_usage(project, kwh=2.0)
     with session_scope(write=False) as s:
         assert gov.estimate_run(session=s, project=project, pipeline="trading")["kwh"] == 2.0
@@ -137,10 +140,10 @@ def test_check_before_compares_the_estimate_with_what_remains(project: str) -> N
 def test_serving_usage_per_thousand_predictions_and_lineage(project: str, model_file) -> None:
     run_id = _finished_run_with_usage(project, kwh=0.5)
     with session_scope() as s:
-        mv = gov.register_model(session=s, actor="quant", name="m", artifact=model_file, family="trading",
+        mv = gov.register_model(session=s, principal=person("quant"), name="m", artifact=model_file, family="trading",
                                 role="student", run_id=run_id, project=project)
         gov.record_usage(session=s, project=project, reading=reading(0.02, cpu_s=40), model_version_id=mv.id,
-                         predictions=10_000)
+                         predictions=10_000, principal=person("ops"))
     with session_scope(write=False) as s:
         rows = {r["model"]: r for r in gov.usage_report(session=s, project=project, by="model")}
         assert rows[mv.id]["kwh_per_1k_predictions"] == pytest.approx(0.002)

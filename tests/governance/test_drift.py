@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -57,13 +58,13 @@ def test_few_distinct_values_use_jensen_shannon() -> None:
 def production(db_url: str, model_file: Path, evidence_file: Path) -> int:
     """A promoted version with a SYNTHETIC reference profile over 6 logged features (monitoring 3 + output)."""
     with session_scope() as s:
-        mv = gov.register_model(session=s, actor="quant", name="alpha", artifact=model_file, family="trading",
+        mv = gov.register_model(session=s, principal=person("quant"), name="alpha", artifact=model_file, family="trading",
                                 role="student")
         gov.save_profile(session=s, model_version_id=mv.id, data=synthetic(5000), columns=COLUMNS, positions=[3, 4, 5, -1])
     with session_scope() as s:
-        gov.validate(session=s, version_id=mv.id, actor="val", evidence=evidence_file)
-        gov.approve(session=s, version_id=mv.id, actor="boss", reason="ok")
-        gov.promote(session=s, version_id=mv.id, actor="ops")
+        gov.validate(session=s, version_id=mv.id, principal=person("val"), evidence=evidence_file)
+        gov.approve(session=s, version_id=mv.id, principal=person("boss"), reason="ok")
+        gov.promote(session=s, version_id=mv.id, principal=person("ops"))
     return mv.id
 
 
@@ -76,23 +77,23 @@ def _log(version: int, data: np.ndarray, at: dt.datetime) -> None:
 
 def test_check_stores_report_alerts_once_and_queues_webhooks(production: int) -> None:
     with session_scope() as s:
-        gov.subscribe(session=s, actor="ops", url="http://127.0.0.1:9/hook", events=["drift.alert"], secret="s3cret")
+        gov.subscribe(session=s, principal=person("ada"), url="http://127.0.0.1:9/hook", events=["drift.alert"], secret="s3cret")
     t0 = dt.datetime(2026, 11, 1, tzinfo=UTC)
     _log(production, synthetic(3000, seed=5), t0)
     _log(production, synthetic(3000, shift=0.7, scale=2.0, seed=6), t0 + dt.timedelta(hours=1))
     with session_scope() as s:
         calm, alerts = gov.check_drift(session=s, name="alpha", since=t0, until=t0 + dt.timedelta(minutes=30),
-                                       actor="monitor", evidently=False)
+                                       principal=person("monitor"), evidently=False)
         assert not calm.drifted and alerts == [] and calm.rows == 3000
     with session_scope() as s:
         report, alerts = gov.check_drift(session=s, name="alpha", since=t0 + dt.timedelta(hours=1),
-                                         until=t0 + dt.timedelta(hours=2), actor="monitor", evidently=True)
+                                         until=t0 + dt.timedelta(hours=2), principal=person("monitor"), evidently=True)
         assert report.drifted and report.drift_share == 0.5 and report.severity == "critical"
         assert sorted(a.payload["column"] for a in alerts) == ["ret_1", "rvol_5"]
         assert report.evidently_html_uri and report.columns["ret_1"]["evidently_drifted"] is True
     with session_scope() as s:  # the same drift again within the cool-down: counted, not re-raised
         _, again = gov.check_drift(session=s, name="alpha", since=t0 + dt.timedelta(hours=1),
-                                   until=t0 + dt.timedelta(hours=2), actor="monitor", evidently=False)
+                                   until=t0 + dt.timedelta(hours=2), principal=person("monitor"), evidently=False)
         assert again == []
     with session_scope(write=False) as s:
         rows = gov.list_alerts(session=s, kind="drift")
@@ -114,7 +115,7 @@ def test_bad_input_is_refused_and_stores_nothing(production: int) -> None:
              ("alpha", t0, t0, InvalidInput, "window is empty")]
     for name, since, until, error, match in cases:
         with pytest.raises(error, match=match), session_scope() as s:
-            gov.check_drift(session=s, name=name, since=since, until=until, actor="monitor", evidently=False)
+            gov.check_drift(session=s, name=name, since=since, until=until, principal=person("monitor"), evidently=False)
     with session_scope(write=False) as s:
         assert s.execute(select(func.count()).select_from(gov.DriftReport)).scalar() == 0
         assert s.execute(select(func.count()).select_from(gov.Alert)).scalar() == 0

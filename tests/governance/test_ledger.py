@@ -25,6 +25,7 @@ from convergence.governance import (
 from convergence.platform.db import get_engine, session_scope
 from convergence.platform.errors import InvalidInput, NotFound
 from tests.governance.conftest import verify_now
+from tests.people import detached
 
 
 def _rows():  # type: ignore[no-untyped-def]
@@ -51,12 +52,12 @@ def test_chain_links_and_documented_hash(chain: int) -> None:
 
 def test_rolled_back_append_leaves_no_event_and_no_gap(db_url: str) -> None:
     with session_scope() as s:
-        append(session=s, actor="a", action="x", subject=Subject("t", "1"))
+        append(session=s, principal=detached("a"), action="x", subject=Subject("t", "1"))
     with pytest.raises(RuntimeError), session_scope() as s:
-        append(session=s, actor="a", action="x", subject=Subject("t", "2"))
+        append(session=s, principal=detached("a"), action="x", subject=Subject("t", "2"))
         raise RuntimeError("the change failed")
     with session_scope() as s:
-        event = append(session=s, actor="a", action="x", subject=Subject("t", "3"))
+        event = append(session=s, principal=detached("a"), action="x", subject=Subject("t", "3"))
     assert event.seq == 2
     assert [r.subject_id for r in _rows()] == ["1", "3"]
     assert verify_now().ok
@@ -69,20 +70,26 @@ def test_rolled_back_append_leaves_no_event_and_no_gap(db_url: str) -> None:
 ])
 def test_bad_payload_is_refused_before_anything_is_written(db_url: str, payload, message: str) -> None:
     with pytest.raises(InvalidInput, match=message), session_scope() as s:
-        append(session=s, actor="a", action="x", subject=Subject("t", "1"), payload=payload)
+        append(session=s, principal=detached("a"), action="x", subject=Subject("t", "1"), payload=payload)
     assert _rows() == []
 
 
-def test_missing_actor_is_refused(db_url: str) -> None:
-    with pytest.raises(InvalidInput, match="actor"), session_scope() as s:
-        append(session=s, actor=" ", action="x", subject=Subject("t", "1"))
+def test_an_event_without_an_authenticated_principal_is_refused(db_url: str) -> None:
+    with pytest.raises(InvalidInput, match="authenticated principal"), session_scope() as s:
+        append(session=s, principal="alice", action="x", subject=Subject("t", "1"))  # type: ignore[arg-type]
+
+
+def test_the_payload_key_principal_is_reserved_for_the_ledger(db_url: str) -> None:
+    with pytest.raises(InvalidInput, match="reserved"), session_scope() as s:
+        append(session=s, principal=detached("a"), action="x", subject=Subject("t", "1"),
+               payload={"principal": {"id": 99, "name": "someone else"}})
 
 
 def test_batch_append_keeps_one_chain(db_url: str) -> None:
     with session_scope() as s:
-        append(session=s, actor="a", action="single", subject=Subject("t", "0"))
+        append(session=s, principal=detached("a"), action="single", subject=Subject("t", "0"))
     with session_scope() as s:
-        events = append_many(session=s, events=(EventIn("svc", "prediction.logged", Subject("prediction", str(i)),
+        events = append_many(session=s, events=(EventIn(detached("svc"), "prediction.logged", Subject("prediction", str(i)),
                                                         {"y": i / 7}) for i in range(12_000)), chunk=5000)
     assert events[0].seq == 2 and events[-1].seq == 12_001
     result = verify_now()
@@ -177,7 +184,7 @@ def _rehash_everything(raw_sql) -> None:
 
 def test_fully_rehashed_forgery_is_caught_by_an_earlier_checkpoint(chain: int, unprotect, raw_sql) -> None:
     with session_scope() as s:
-        cp = checkpoint(session=s, actor="auditor")
+        cp = checkpoint(session=s, principal=detached("auditor"))
     assert cp.seq == chain
     unprotect()
     raw_sql("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
@@ -188,7 +195,7 @@ def test_fully_rehashed_forgery_is_caught_by_an_earlier_checkpoint(chain: int, u
 
 def test_truncated_tail_is_caught_by_a_checkpoint(chain: int, unprotect, raw_sql) -> None:
     with session_scope() as s:
-        checkpoint(session=s, actor="auditor")
+        checkpoint(session=s, principal=detached("auditor"))
     unprotect()
     raw_sql(f"DELETE FROM audit_events WHERE seq > {chain - 3}")
     result = verify_now()
@@ -197,9 +204,9 @@ def test_truncated_tail_is_caught_by_a_checkpoint(chain: int, unprotect, raw_sql
 
 def test_verify_from_checkpoint_skips_the_verified_prefix(chain: int) -> None:
     with session_scope() as s:
-        cp = checkpoint(session=s, actor="auditor")
+        cp = checkpoint(session=s, principal=detached("auditor"))
     with session_scope() as s:
-        append(session=s, actor="a", action="after", subject=Subject("t", "x"))
+        append(session=s, principal=detached("a"), action="after", subject=Subject("t", "x"))
     with session_scope(write=False) as s:
         result = verify(session=s, from_checkpoint=cp.id)
     # the checkpoint's own audit event and the one after it
@@ -227,12 +234,13 @@ def test_database_refuses_changes_to_events(chain: int, backend: str, raw_sql, s
 
 _WORKER = """
 import sys
-from convergence.governance import Subject, append
+from convergence.governance import Principal, Subject, append
 from convergence.platform.db import session_scope
 worker = sys.argv[1]
 for i in range(int(sys.argv[2])):
     with session_scope() as s:
-        append(session=s, actor="w" + worker, action="load.append", subject=Subject("worker", worker), payload={"i": i})
+        append(session=s, principal=Principal(id=1, name="w" + worker, kind="service", issuer="t", subject=worker),
+               action="load.append", subject=Subject("worker", worker), payload={"i": i})
 """
 
 
@@ -259,7 +267,7 @@ def test_threads_never_fork_the_chain(db_url: str) -> None:
         try:
             for i in range(60):
                 with session_scope() as s:
-                    append(session=s, actor=f"t{w}", action="load", subject=Subject("thread", str(w)), payload={"i": i})
+                    append(session=s, principal=detached(f"t{w}"), action="load", subject=Subject("thread", str(w)), payload={"i": i})
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from tests.people import person
 import pytest
 
 from convergence import governance as gov
@@ -18,16 +19,16 @@ def two_releases(db_url: str, model_file: Path, evidence_file: Path):  # type: i
     ids = []
     for _ in range(2):
         with session_scope() as s:
-            ids.append(gov.register_model(session=s, actor="bob", name="alpha", artifact=model_file,
+            ids.append(gov.register_model(session=s, principal=person("bob"), name="alpha", artifact=model_file,
                                           family="trading", role="student").id)
         with session_scope() as s:
-            gov.validate(session=s, version_id=ids[-1], actor="carol", evidence=evidence_file)
-            gov.approve(session=s, version_id=ids[-1], actor="alice", reason="ok")
+            gov.validate(session=s, version_id=ids[-1], principal=person("carol"), evidence=evidence_file)
+            gov.approve(session=s, version_id=ids[-1], principal=person("alice"), reason="ok")
     with session_scope() as s:
-        gov.promote(session=s, version_id=ids[0], actor="ops")
+        gov.promote(session=s, version_id=ids[0], principal=person("ops"))
     between = dt.datetime.now(dt.timezone.utc)
     with session_scope() as s:
-        gov.promote(session=s, version_id=ids[1], actor="ops")
+        gov.promote(session=s, version_id=ids[1], principal=person("ops"))
     return ids, between
 
 
@@ -67,9 +68,9 @@ def test_history_and_in_production_at(two_releases) -> None:
 
 def test_lineage_includes_the_parent_teacher(db_url: str, model_file: Path) -> None:
     with session_scope() as s:
-        teacher = gov.register_model(session=s, actor="bob", name="big", artifact=model_file, family="language",
+        teacher = gov.register_model(session=s, principal=person("bob"), name="big", artifact=model_file, family="language",
                                      role="teacher")
-        student = gov.register_model(session=s, actor="bob", name="small", artifact=model_file, family="language",
+        student = gov.register_model(session=s, principal=person("bob"), name="small", artifact=model_file, family="language",
                                      role="student", parent_id=teacher.id)
     with session_scope(write=False) as s:
         tree = gov.lineage(session=s, version_id=student.id)
@@ -83,10 +84,10 @@ def test_lineage_follows_a_dataset_to_the_one_it_was_derived_from(db_url: str, m
     corpus_file.write_text('{"text": "synthetic"}\n')
     tokenizer_file.write_text('{"model": "synthetic"}')
     with session_scope() as s:
-        corpus = gov.register_dataset(session=s, actor="bob", path=corpus_file)
-        tokenizer = gov.register_dataset(session=s, actor="bob", path=tokenizer_file,
+        corpus = gov.register_dataset(session=s, principal=person("bob"), path=corpus_file)
+        tokenizer = gov.register_dataset(session=s, principal=person("bob"), path=tokenizer_file,
                                          schema={"kind": "tokenizer", "derived_from": corpus.id})
-        teacher = gov.register_model(session=s, actor="bob", name="lm", artifact=model_file, family="language",
+        teacher = gov.register_model(session=s, principal=person("bob"), name="lm", artifact=model_file, family="language",
                                      role="teacher", dataset=tokenizer.id)
     with session_scope(write=False) as s:
         ds = gov.lineage(session=s, version_id=teacher.id)["dataset"]

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -20,7 +21,7 @@ from tests.governance.conftest import verify_now
 
 
 def _register(model_file: Path, **kw):  # type: ignore[no-untyped-def]
-    args = {"actor": "bob", "name": "alpha", "artifact": model_file, "family": "trading", "role": "teacher"}
+    args = {"principal": person("bob"), "name": "alpha", "artifact": model_file, "family": "trading", "role": "teacher"}
     args.update(kw)
     with session_scope() as s:
         return gov.register_model(session=s, **args)
@@ -51,9 +52,9 @@ def test_register_records_version_lineage_and_audit(db_url: str, model_file: Pat
 def test_dataset_by_sha_and_run_lineage(db_url: str, model_file: Path) -> None:
     sha = "ab" * 32
     with session_scope() as s:
-        run = gov.start_run(session=s, actor="ci", pipeline="trading", params={"horizon": 5})
+        run = gov.start_run(session=s, principal=person("ci"), pipeline="trading", params={"horizon": 5})
     with session_scope() as s:
-        gov.finish_run(session=s, actor="ci", run_id=run.id)
+        gov.finish_run(session=s, principal=person("ci"), run_id=run.id)
     mv = _register(model_file, dataset=sha, run_id=run.id)
     with session_scope(write=False) as s:
         tree = gov.lineage(session=s, version_id=mv.id)
@@ -120,10 +121,13 @@ if mode == "pause":
             time.sleep(120)
         return event
     registry.append = append_then_hang
+with session_scope(write=False) as s:  # bob is seeded into every test database
+    row = gov.identity.find_principal(session=s, issuer="https://idp.test", subject="bob")
+    bob = gov.identity.to_principal(row, auth=gov.identity.AuthContext("oidc"), session=s)
 n = 0
 while True:
     with session_scope() as s:
-        gov.register_model(session=s, actor="bob", name="crashy", artifact=artifact, family="trading", role="student")
+        gov.register_model(session=s, principal=bob, name="crashy", artifact=artifact, family="trading", role="student")
     n += 1
     flag.write_text(f"committed {n}")
 """

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.people import person
 import pytest
 from sqlalchemy import select
 
@@ -93,7 +94,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _subscribe(url: str) -> None:
     with session_scope() as s:
-        gov.subscribe(session=s, actor="ops", url=url, events=["drift.alert"], secret=SECRET)
+        gov.subscribe(session=s, principal=person("ada"), url=url, events=["drift.alert"], secret=SECRET)
 
 
 def _alerts(n: int) -> None:
@@ -191,11 +192,11 @@ def test_dead_letter_after_max_attempts_then_redeliver(db_url: str, fast_retries
             assert [x.id for x in gov.list_deliveries(session=s, failed=True)] == [d.id]
         receiver.status = 200
         with session_scope() as s:
-            gov.redeliver(session=s, delivery_id=d.id, actor="ops")
+            gov.redeliver(session=s, delivery_id=d.id, principal=person("ops"))
         assert gov.deliver_until_idle(deadline_s=10)["delivered"] == 1
         with pytest.raises(PolicyViolation, match="still pending"), session_scope() as s:
             _alerts(1)
-            gov.redeliver(session=s, delivery_id=_deliveries()[-1].id, actor="ops")
+            gov.redeliver(session=s, delivery_id=_deliveries()[-1].id, principal=person("ops"))
     finally:
         receiver.stop()
     assert receiver.processed == [d.event_id]  # the same event id as the dead attempts
@@ -210,16 +211,16 @@ def test_test_endpoint_and_bad_urls(db_url: str) -> None:
     down = gov.send_test(receiver.url, SECRET)
     assert not down["ok"] and down["status"] is None
     with pytest.raises(InvalidInput, match="http"), session_scope() as s:
-        gov.subscribe(session=s, actor="ops", url="ftp://x", events=["drift.alert"])
+        gov.subscribe(session=s, principal=person("ada"), url="ftp://x", events=["drift.alert"])
 
 
 def test_unsubscribe_stops_deliveries(db_url: str) -> None:
     with session_scope() as s:
-        sub = gov.subscribe(session=s, actor="ops", url="http://127.0.0.1:9/hooks", events=["*"], secret=SECRET)
+        sub = gov.subscribe(session=s, principal=person("ada"), url="http://127.0.0.1:9/hooks", events=["*"], secret=SECRET)
         sub_id = sub.id
     _alerts(2)
     with session_scope() as s:
-        gov.unsubscribe(session=s, subscription_id=sub_id, actor="ops")
+        gov.unsubscribe(session=s, subscription_id=sub_id, principal=person("ada"))
     _alerts(1)  # nothing is queued for an inactive subscription
     assert [d.status for d in _deliveries()] == ["dead", "dead"]
     assert gov.deliver_due() == {"delivered": 0, "retry": 0, "dead": 0}

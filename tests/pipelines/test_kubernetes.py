@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from tests.people import person
 import pytest
 
 from convergence.pipelines import job_manifest, submit_job
@@ -71,7 +72,7 @@ def test_manifest_is_a_valid_locked_down_job(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CVG_K8S_NAMESPACE", "quant")
     get_settings.cache_clear()
     trigger = {"kind": "drift", "alert_ids": [4, 5], "model": "es-trading-student"}
-    manifest = job_manifest(family="trading", actor="monitor", overrides={"eval": {"folds": 2}}, trigger=trigger)
+    manifest = job_manifest(family="trading", principal=person("monitor"), overrides={"eval": {"folds": 2}}, trigger=trigger)
     get_settings.cache_clear()
     job = _as_v1job(manifest)
     pod = job.spec.template.spec
@@ -91,7 +92,7 @@ def test_manifest_is_a_valid_locked_down_job(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_submission_goes_through_the_client_call() -> None:
     fake = RecordingBatchApi()
-    manifest = job_manifest(family="trading", actor="ops")
+    manifest = job_manifest(family="trading", principal=person("ops"))
     result = submit_job(manifest, api=fake)
     assert fake.calls == [("convergence", manifest)] and result == {"job": manifest["metadata"]["name"],
                                                                    "namespace": "convergence"}
@@ -101,9 +102,9 @@ def test_without_a_cluster_the_error_is_one_line(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(Unavailable, match="no Kubernetes configuration"):
-        submit_job(job_manifest(family="trading", actor="ops"))
+        submit_job(job_manifest(family="trading", principal=person("ops")))
     with pytest.raises(InvalidInput, match="unknown pipeline family"):
-        job_manifest(family="crypto", actor="ops")
+        job_manifest(family="crypto", principal=person("ops"))
 
 
 def test_drift_retraining_on_kubernetes_submits_the_same_job(db_url: str, model_file, evidence_file) -> None:
@@ -112,14 +113,14 @@ def test_drift_retraining_on_kubernetes_submits_the_same_job(db_url: str, model_
     from convergence.platform.db import session_scope
 
     with session_scope() as s:
-        mv = gov.register_model(session=s, actor="quant", name="es-trading-student", artifact=model_file,
+        mv = gov.register_model(session=s, principal=person("quant"), name="es-trading-student", artifact=model_file,
                                 family="trading", role="student", params={"config": {"eval": {"folds": 3}}})
-        gov.validate(session=s, version_id=mv.id, actor="val", evidence=evidence_file)
-        gov.approve(session=s, version_id=mv.id, actor="boss", reason="ok")
-        gov.promote(session=s, version_id=mv.id, actor="ops")
+        gov.validate(session=s, version_id=mv.id, principal=person("val"), evidence=evidence_file)
+        gov.approve(session=s, version_id=mv.id, principal=person("boss"), reason="ok")
+        gov.promote(session=s, version_id=mv.id, principal=person("ops"))
     for kuberay in (False, True):
         fakes = fake_cluster(kuberay)
-        result = retrain_after_alerts(name="es-trading-student", alert_ids=[7], actor="monitor", kubernetes=True,
+        result = retrain_after_alerts(name="es-trading-student", alert_ids=[7], principal=person("monitor"), kubernetes=True,
                                       api=fakes)
         if kuberay:
             [call] = fakes["custom"].calls
@@ -139,9 +140,9 @@ def test_scheduled_runs_are_raycronjobs_where_kuberay_is() -> None:
     from convergence.pipelines import schedule_run
 
     fakes = fake_cluster(kuberay=True)
-    result = schedule_run(family="trading", actor="ops", cron="0 6 * * 1-5", apis=fakes["apis"], custom=fakes["custom"])
+    result = schedule_run(family="trading", principal=person("ops"), cron="0 6 * * 1-5", apis=fakes["apis"], custom=fakes["custom"])
     [call] = fakes["custom"].calls
     assert (call["plural"], call["body"]["kind"], result["schedule"]) == ("raycronjobs", "RayCronJob", "0 6 * * 1-5")
     without = fake_cluster(kuberay=False)
     with pytest.raises(Unavailable, match="KubeRay is not installed"):
-        schedule_run(family="trading", actor="ops", cron="0 6 * * *", apis=without["apis"], custom=without["custom"])
+        schedule_run(family="trading", principal=person("ops"), cron="0 6 * * *", apis=without["apis"], custom=without["custom"])

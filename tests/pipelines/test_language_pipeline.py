@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -22,7 +23,7 @@ from tests.pipelines.conftest import LENIENT_LM_GATES, TINY_LM
 
 @pytest.mark.ray
 def test_full_run_registers_teacher_and_student_with_lineage(db_url: str, ray_session, tiny_lm_config) -> None:
-    summary = run_language(tiny_lm_config, actor="nlp")
+    summary = run_language(tiny_lm_config, principal=person("nlp"))
     assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student"}
     v = summary["versions"]
     with session_scope(write=False) as s:
@@ -56,9 +57,9 @@ def test_full_run_registers_teacher_and_student_with_lineage(db_url: str, ray_se
 @pytest.mark.ray
 @pytest.mark.parametrize("backend", ["sqlite"])  # two more full runs; the registration is covered on both above
 def test_same_seed_same_perplexity_and_failed_gates_register_nothing(db_url: str, ray_session) -> None:
-    first = run_language(parse_config({**TINY_LM, "gates": LENIENT_LM_GATES}, "language"), actor="nlp")
+    first = run_language(parse_config({**TINY_LM, "gates": LENIENT_LM_GATES}, "language"), principal=person("nlp"))
     strict = parse_config({**TINY_LM, "gates": {**LENIENT_LM_GATES, "min_speedup": 1e9}}, "language")
-    second = run_language(strict, actor="nlp")
+    second = run_language(strict, principal=person("nlp"))
     assert second["perplexity"] == first["perplexity"]  # same seed, same data: the same numbers, exactly
     assert second["tokenizer"]["sha256"] == first["tokenizer"]["sha256"]
     assert second["dataset"]["id"] == first["dataset"]["id"]  # the same text is one dataset row
@@ -100,7 +101,7 @@ def test_empty_corpus_fails_before_a_run_and_registers_nothing(db_url: str, tmp_
     get_settings.cache_clear()
     try:
         with pytest.raises(InvalidInput, match="no documents with text"):
-            run_language(parse_config(TINY_LM, "language"), actor="nlp")
+            run_language(parse_config(TINY_LM, "language"), principal=person("nlp"))
     finally:
         get_settings.cache_clear()
     with session_scope(write=False) as s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -19,9 +20,9 @@ THIS_MONTH = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
 def test_a_run_that_would_exceed_the_hard_limit_is_refused_before_it_starts(project: str) -> None:
     _finished_run_with_usage(project, kwh=2.0)  # the estimate for the next run
     with session_scope() as s:
-        gov.set_budget(session=s, actor="fin", project=project, metric="kwh", period=THIS_MONTH, hard=3.0)
+        gov.set_budget(session=s, principal=person("fin"), project=project, metric="kwh", period=THIS_MONTH, hard=3.0)
     with pytest.raises(BudgetExceeded, match="estimated at 2"):
-        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant", project=project,
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant"), project=project,
                           family="trading"):
             pytest.fail("the run must not start")
     with session_scope(write=False) as s:
@@ -32,10 +33,10 @@ def test_a_run_that_would_exceed_the_hard_limit_is_refused_before_it_starts(proj
 
 def test_crossing_the_hard_limit_stops_at_the_next_step_boundary(project: str, monkeypatch) -> None:
     with session_scope() as s:
-        gov.set_budget(session=s, actor="fin", project=project, metric="cpu_hours", period=THIS_MONTH, hard=1e-6)
+        gov.set_budget(session=s, principal=person("fin"), project=project, metric="cpu_hours", period=THIS_MONTH, hard=1e-6)
     ran = []
     with pytest.raises(BudgetExceeded, match="stopped after step first"):
-        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant", project=project,
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant"), project=project,
                           family="trading") as ctx:
             assert ctx.metering
             with ctx.step("first"):
@@ -56,7 +57,7 @@ def test_crossing_the_hard_limit_stops_at_the_next_step_boundary(project: str, m
 
 def test_a_failing_step_is_recorded_and_closes_the_run_as_failed(project: str) -> None:
     with pytest.raises(InvalidInput):
-        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant", project=project) as ctx:
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant"), project=project) as ctx:
             with ctx.step("features"):
                 raise InvalidInput("no columns")
     with session_scope(write=False) as s:

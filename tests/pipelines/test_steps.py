@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.people import person
 import pytest
 
 from convergence import governance as gov
@@ -18,7 +19,7 @@ def test_step_chain_registers_like_the_local_runner(db_url: str, ray_session, sm
     dirs = {step: tmp_path / step for step in STEP_DEPENDENCIES}
     state = {}
     for step, deps in STEP_DEPENDENCIES.items():
-        state = run_step(step, small_config, [dirs[d] for d in deps], dirs[step], actor="kubeflow")
+        state = run_step(step, small_config, [dirs[d] for d in deps], dirs[step], principal=person("kubeflow"))
     assert state["gates_passed"] and set(state["versions"]) == {"teacher", "student", "int8"}
     with session_scope(write=False) as s:
         run = gov.get_run(session=s, run_id=state["run_id"])
@@ -40,7 +41,7 @@ def test_language_steps_chain_registers_like_the_local_runner(db_url: str, ray_s
     dirs = {step: tmp_path / step for step in steps}
     state = {}
     for step, deps in steps.items():
-        state = run_step(step, tiny_lm_config, [dirs[d] for d in deps], dirs[step], actor="kubeflow")
+        state = run_step(step, tiny_lm_config, [dirs[d] for d in deps], dirs[step], principal=person("kubeflow"))
     assert state["gates_passed"] and set(state["versions"]) == {"teacher", "student"}
     assert set(state["training"]) == {"teacher", "student", "label_only"}  # states merge across inputs
     with session_scope(write=False) as s:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.ray
 
 
 def test_full_run_registers_lineage_and_evidence(db_url: str, ray_session, small_config) -> None:
-    summary = run_trading(small_config, actor="quant")
+    summary = run_trading(small_config, principal=person("quant"))
     assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student", "int8"}
     v = summary["versions"]
     with session_scope(write=False) as s:
@@ -54,7 +55,7 @@ def test_full_run_registers_lineage_and_evidence(db_url: str, ray_session, small
 
 def test_failed_gates_register_nothing_and_say_why(db_url: str, ray_session) -> None:
     cfg = parse_config({**SMALL, "gates": {**LENIENT_GATES, "min_speedup": 1e9}})
-    summary = run_trading(cfg, actor="quant")
+    summary = run_trading(cfg, principal=person("quant"))
     assert summary["status"] == "gates_failed" and summary["versions"] == {}
     assert any("latency at batch 1" in reason for reason in summary["gates"]["failed"])
     with session_scope(write=False) as s:
@@ -69,7 +70,7 @@ def test_bad_data_fails_the_step_with_a_clear_error(db_url: str, tmp_path: Path)
     csv.write_text("DateTime,Price,Volume\n" + "".join(f"2024-01-02 09:30:{i:02d},100.{i % 4},1\n" for i in range(60)))
     cfg = parse_config({"data": {"source": "csv", "path": str(csv)}, "features": {"horizon": 500}})
     with pytest.raises(InvalidInput, match="too few"):
-        run_trading(cfg, actor="quant")
+        run_trading(cfg, principal=person("quant"))
     with session_scope(write=False) as s:
         runs = list(s.execute(select(gov.PipelineRun)).scalars())
         assert [r.status for r in runs] == ["failed"] and "too few" in runs[0].error
@@ -79,11 +80,11 @@ def test_a_stale_run_is_marked_failed_by_the_next_start(db_url: str, monkeypatch
     from convergence.platform.settings import get_settings
 
     with session_scope() as s:
-        dead = gov.start_run(session=s, actor="quant", pipeline="trading")
+        dead = gov.start_run(session=s, principal=person("quant"), pipeline="trading")
     monkeypatch.setenv("CVG_STALE_AFTER_S", "0.2")
     get_settings.cache_clear()
     time.sleep(0.3)
-    with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant") as ctx:
+    with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant")) as ctx:
         ctx.finished = True
     with session_scope(write=False) as s:
         run = gov.get_run(session=s, run_id=dead.id)
@@ -117,7 +118,7 @@ def test_sigkill_mid_run_leaves_nothing_half_registered(db_url: str, tmp_path: P
     get_settings.cache_clear()
     try:
         time.sleep(1.5)
-        with pipeline_run(pipeline="trading", params={}, dataset_id=None, actor="quant") as ctx:
+        with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant")) as ctx:
             ctx.finished = True
     finally:
         del os.environ["CVG_STALE_AFTER_S"]
@@ -136,14 +137,14 @@ def test_drift_retraining_run_links_alert_run_and_candidate(db_url: str, ray_ses
 
     import numpy as np
 
-    first = run_trading(small_config, actor="quant")
+    first = run_trading(small_config, principal=person("quant"))
     student = first["versions"]["student"]
     with session_scope() as s:
         profile = s.execute(select(gov.ReferenceProfile).where(gov.ReferenceProfile.model_version_id == student)).scalar_one()
         assert profile.columns[-1] == "output" and len(profile.columns) == 14 and profile.rows > 100
-        gov.validate(session=s, version_id=student, actor="val", evidence=evidence_file)
-        gov.approve(session=s, version_id=student, actor="boss", reason="ok")
-        gov.promote(session=s, version_id=student, actor="ops")
+        gov.validate(session=s, version_id=student, principal=person("val"), evidence=evidence_file)
+        gov.approve(session=s, version_id=student, principal=person("boss"), reason="ok")
+        gov.promote(session=s, version_id=student, principal=person("ops"))
         # SYNTHETIC traffic: the reference's feature vectors shifted far away, logged as if served
         width = max(profile.positions) + 1
         now = dt.datetime.now(dt.timezone.utc)
@@ -151,12 +152,12 @@ def test_drift_retraining_run_links_alert_run_and_candidate(db_url: str, ray_ses
         gov.log_predictions(session=s, model_version_id=student, rows=rows)
     with session_scope() as s:
         report, alerts = gov.check_drift(session=s, name="es-trading-student", since=now - dt.timedelta(minutes=1),
-                                         until=now + dt.timedelta(minutes=1), actor="monitor", evidently=False)
+                                         until=now + dt.timedelta(minutes=1), principal=person("monitor"), evidently=False)
         alert_ids = [a.id for a in alerts]
     assert report.drifted and alert_ids
     from convergence.pipelines import retrain_after_alerts
 
-    result = retrain_after_alerts(name="es-trading-student", alert_ids=alert_ids, actor="monitor", cfg=small_config)
+    result = retrain_after_alerts(name="es-trading-student", alert_ids=alert_ids, principal=person("monitor"), cfg=small_config)
     with session_scope(write=False) as s:
         new_student = gov.get_model(session=s, version_id=result["versions"]["student"])
         assert new_student.stage == "candidate"  # validation and approval still required

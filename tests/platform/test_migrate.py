@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.people import detached
 import pytest
 from sqlalchemy import inspect
 
@@ -11,6 +12,7 @@ from convergence.platform.errors import SchemaOutdated
 
 TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
           "budgets", "budget_changes", "alerts", "prediction_log", "reference_profiles", "drift_reports",
+          "principals", "role_grants", "api_keys", "control_settings",
           "webhook_subscriptions", "webhook_deliveries", "kill_switches",
           "approvals", "stage_transitions"}
 
@@ -36,7 +38,7 @@ def test_upgrade_downgrade_upgrade_and_check(empty_db_url: str) -> None:
     from convergence.platform.db import session_scope
 
     with session_scope() as s:
-        append(session=s, actor="a", action="x", subject=Subject("t", "1"))
+        append(session=s, principal=detached("a"), action="x", subject=Subject("t", "1"))
     with pytest.raises(DBAPIError, match="append-only"), get_engine().begin() as conn:
         conn.exec_driver_sql("DELETE FROM audit_events")
 

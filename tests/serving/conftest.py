@@ -12,18 +12,23 @@ from typing import Any
 
 import httpx
 import numpy as np
+from tests.people import person
 import pytest
 
 N_FEATURES = 8
 
 
-def _approve(s: Any, version_id: int, evidence: Path, promote: bool = True) -> None:
+def _approve(version_id: int, evidence: Path, promote: bool = True, safe_output: float | None = None) -> None:
+    """Validate (val), approve (boss) and promote (ops) a version: three people, as separation of duties asks."""
     from convergence import governance as gov
+    from convergence.platform.db import session_scope
 
-    gov.validate(session=s, version_id=version_id, actor="val", evidence=evidence, reason="reviewed")
-    gov.approve(session=s, version_id=version_id, actor="boss", reason="ok")
-    if promote:
-        gov.promote(session=s, version_id=version_id, actor="ops", reason="release")
+    val, boss, ops = person("val"), person("boss"), person("ops")
+    with session_scope() as s:
+        gov.validate(session=s, version_id=version_id, principal=val, evidence=evidence, reason="reviewed")
+        gov.approve(session=s, version_id=version_id, principal=boss, reason="ok", safe_output=safe_output)
+        if promote:
+            gov.promote(session=s, version_id=version_id, principal=ops, reason="release")
 
 
 def register_trading(tmp: Path, evidence: Path, *, name: str = "es-trading-student", stage: str = "production") -> int:
@@ -40,11 +45,13 @@ def register_trading(tmp: Path, evidence: Path, *, name: str = "es-trading-stude
     path = nets.save_artifact(tmp / f"{name}-{time.time_ns()}.pt", net=nets.from_arch(arch), role="student", arch=arch,
                               quantized=False, mean=rng.normal(size=N_FEATURES), std=rng.uniform(0.5, 2, N_FEATURES),
                               y_scale=0.01, meta={"synthetic": True, "nonce": time.time_ns()})
+    quant = person("quant")
     with session_scope() as s:
-        mv = gov.register_model(session=s, actor="quant", name=name, artifact=path, family="trading", role="student")
-        if stage != "candidate":
-            _approve(s, mv.id, evidence, promote=stage == "production")
-        return mv.id
+        version_id = gov.register_model(session=s, principal=quant, name=name, artifact=path, family="trading",
+                                        role="student").id
+    if stage != "candidate":
+        _approve(version_id, evidence, promote=stage == "production", safe_output=0.0)
+    return version_id
 
 
 def register_language(tmp: Path, evidence: Path) -> int:
@@ -61,11 +68,12 @@ def register_language(tmp: Path, evidence: Path) -> int:
     spec = lm.arch(vocab=tok.get_vocab_size(), context=48, d_model=32, layers=2, heads=2)
     torch.manual_seed(0)
     path = lm.save_artifact(tmp / "lm.pt", model=lm.build(spec), spec=spec, tokenizer=tok, role="student", meta={})
+    nlp = person("nlp")
     with session_scope() as s:
-        mv = gov.register_model(session=s, actor="nlp", name="sotu-lm-student", artifact=path, family="language",
-                                role="student")
-        _approve(s, mv.id, evidence)
-        return mv.id
+        version_id = gov.register_model(session=s, principal=nlp, name="sotu-lm-student", artifact=path,
+                                        family="language", role="student").id
+    _approve(version_id, evidence)
+    return version_id
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.people import person
 import pytest
 
 from convergence import governance as gov
@@ -28,7 +29,7 @@ def test_metrics_render_counters_gauges_and_cumulative_histograms() -> None:
 @pytest.fixture
 def version(db_url: str, model_file: Path) -> int:
     with session_scope() as s:
-        return gov.register_model(session=s, actor="q", name="m", artifact=model_file, family="trading",
+        return gov.register_model(session=s, principal=person("q"), name="m", artifact=model_file, family="trading",
                                   role="student").id
 
 
@@ -56,7 +57,7 @@ def test_logger_and_watcher_survive_a_database_that_went_away(version: int, monk
     from convergence.platform.settings import get_settings
 
     with session_scope() as s:
-        gov.kill(session=s, name="m", reason="stop", actor="risk")
+        gov.kill(session=s, name="m", reason="stop", principal=person("risk"))
     watcher = KillWatcher(0.05)
     watcher.poll()
     assert watcher.state("m")["reason"] == "stop"

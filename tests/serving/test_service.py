@@ -10,6 +10,7 @@ import struct
 import time
 
 import numpy as np
+from tests.people import person
 import pytest
 
 from convergence import governance as gov
@@ -90,20 +91,20 @@ def test_kill_switch_stops_a_running_server_within_a_second_and_resume_restores_
     client, name = trading_server.client, "es-trading-student"
     assert client.post("/predict", json={"rows": _rows(1).tolist()}).status_code == 200
     with session_scope() as s:
-        gov.kill(session=s, name=name, reason="runaway orders", actor="risk")
+        gov.kill(session=s, name=name, reason="runaway orders", principal=person("risk"))
     t0 = time.monotonic()
     while client.post("/predict", json={"rows": _rows(1).tolist()}).status_code == 200:
         assert time.monotonic() - t0 < 1.0, "still serving a second after the kill"
     r = client.post("/predict", json={"rows": _rows(1).tolist()})
     assert r.status_code == 503 and "runaway orders" in r.json()["message"]
     with session_scope() as s:
-        gov.resume(session=s, name=name, actor="risk", reason="fixed")
-        gov.kill(session=s, name=name, reason="flatten", actor="risk", safe_output=0.0)
+        gov.resume(session=s, name=name, principal=person("risk"), reason="fixed")
+        gov.kill(session=s, name=name, reason="flatten", principal=person("risk"), safe_output=0.0)
     time.sleep(0.6)
     flat = client.post("/predict", json={"rows": _rows(3).tolist()}).json()
     assert flat["killed"] and flat["predictions"] == [0.0, 0.0, 0.0] and flat["reason"] == "flatten"
     with session_scope() as s:
-        gov.resume(session=s, name=name, actor="risk", reason="fixed")
+        gov.resume(session=s, name=name, principal=person("risk"), reason="fixed")
     t0 = time.monotonic()
     while "killed" in client.post("/predict", json={"rows": _rows(1).tolist()}).json():
         assert time.monotonic() - t0 < 1.0, "still killed a second after the resume"

@@ -43,3 +43,19 @@ def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cvg: error:"), result.err
     assert "Traceback" not in result.err and fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def sandbox(db_url: str) -> str:
+    """The test's database as a sandbox (``--as NAME`` works), with the people of tests/people.py and their
+    roles already there, and the OS account (who runs commands without --as) an auditor."""
+    from convergence.governance import identity
+    from convergence.platform.db import session_scope
+    from tests.people import ROLES, person
+
+    with session_scope() as s:
+        os_account = identity.make_sandbox(session=s)
+    for name in ROLES:
+        person(name)
+    person(os_account.name, "auditor")  # bare `cvg audit …`, `cvg models list` run as the OS account
+    return db_url

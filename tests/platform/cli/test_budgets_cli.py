@@ -9,7 +9,7 @@ from tests.platform.cli.conftest import assert_one_line_error
 MONTH = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
 
 
-def test_budget_lifecycle_and_errors(db_url: str, cvg, model_file) -> None:
+def test_budget_lifecycle_and_errors(db_url: str, sandbox: str, cvg, model_file) -> None:
     # a first registration creates the default project
     assert cvg("models", "register", "m", "--artifact", str(model_file), "--family", "trading", "--role", "student",
                "--as", "quant").code == 0
@@ -31,4 +31,4 @@ def test_budget_lifecycle_and_errors(db_url: str, cvg, model_file) -> None:
                           2, "hard limit must be positive")
     assert_one_line_error(cvg("budgets", "set", "--project", "ghost", "--metric", "kwh", "--period", MONTH, "--hard",
                               "1", "--as", "fin"), 3, "no project called 'ghost'")
-    assert_one_line_error(cvg("budgets", "report", "--by", "colour"), 2, "--by must be one of")
+    assert_one_line_error(cvg("budgets", "report", "--by", "colour"), 2, "by: Input should be 'run'")

@@ -18,16 +18,18 @@ def test_help_teaches(cvg) -> None:
     assert sub.code == 0 and "registrant" in sub.out and "--reason" in sub.out
 
 
-def test_the_whole_governance_story_through_the_cli(db_url: str, cvg, model_file: Path, evidence_file: Path,
+def test_the_whole_governance_story_through_the_cli(db_url: str, sandbox: str, cvg, model_file: Path, evidence_file: Path,
                                                     tmp_path: Path) -> None:
     reg = cvg("models", "register", "alpha", "--artifact", str(model_file), "--family", "trading", "--role",
-              "student", "--metrics", '{"ic": 0.05}', "--as", "bob", "--json")
+              "student", "--metrics", '{"ic": 0.05}', "--as", "solo", "--json")
     assert reg.code == 0, reg.err
     vid = str(reg.json["id"])
-    assert reg.json["stage"] == "candidate" and reg.json["created_by"] == "bob"
+    assert reg.json["stage"] == "candidate" and reg.json["created_by"] == "solo"
 
     assert cvg("models", "validate", vid, "--evidence", str(evidence_file), "--as", "carol").code == 0
-    assert_one_line_error(cvg("models", "approve", vid, "--reason", "mine", "--as", "bob"), 4, "cannot approve")
+    # solo holds the approver role too: separation of duties on the principal, not the role, refuses it
+    assert_one_line_error(cvg("models", "approve", vid, "--reason", "mine", "--as", "Solo"), 4,
+                          "rule approver-not-registrant")
     approved = cvg("models", "approve", vid, "--reason", "policy met", "--json", env={"CVG_ACTOR": "alice"})
     assert approved.code == 0 and approved.json["stage"] == "approved"
     assert cvg("models", "promote", vid, "--as", "ops").code == 0
@@ -45,8 +47,10 @@ def test_the_whole_governance_story_through_the_cli(db_url: str, cvg, model_file
     at = cvg("models", "at", "alpha", "--time", "now", "--json")
     assert at.json["id"] == int(vid)
 
-    refused = cvg("audit", "query", "--action", "model.approval_refused", "--json").json
-    assert [(e["actor"], e["subject_id"]) for e in refused] == [("bob", vid)]
+    refused = cvg("audit", "query", "--action", "model.approve_refused", "--json").json
+    assert [(e["actor"], e["subject_id"]) for e in refused] == [("solo", vid)]
+    assert refused[0]["payload"]["rule"] == "approver-not-registrant"
+    assert refused[0]["payload"]["principal"]["auth"] == "sandbox" and refused[0]["payload"]["principal"]["sandbox"]
     assert len(cvg("audit", "query", "--subject", f"model_version:{vid}", "--json").json) == 5
 
     cp = cvg("audit", "checkpoint", "--as", "auditor", "--json")
@@ -64,16 +68,16 @@ def test_the_whole_governance_story_through_the_cli(db_url: str, cvg, model_file
     assert stdout_export.out.splitlines()[0].startswith("seq,ts,actor,action")
 
 
-def test_bad_input_is_one_line_and_an_exit_code(db_url: str, cvg, model_file: Path) -> None:
+def test_bad_input_is_one_line_and_an_exit_code(db_url: str, sandbox: str, cvg, model_file: Path) -> None:
     assert_one_line_error(cvg("models", "show", "99"), 3, "no model version with id 99")
     assert_one_line_error(cvg("models", "at", "alpha", "--time", "last tuesday"), 2, "is not a time")
     assert_one_line_error(cvg("audit", "query", "--since", "13/45/2026"), 2, "is not a time")
     assert_one_line_error(cvg("models", "register", "a", "--artifact", str(model_file), "--family", "trading",
                               "--role", "student", "--metrics", "{oops", "--as", "bob"), 2, "not valid JSON")
     assert_one_line_error(cvg("models", "register", "a", "--artifact", str(model_file), "--family", "trading",
-                              "--role", "student"), 2, "no acting identity")
+                              "--role", "student"), 4, "needs the registrant or validator role")
     assert_one_line_error(cvg("audit", "query", "--subject", "nocolon"), 2, "TYPE:ID")
-    assert_one_line_error(cvg("audit", "export", "--format", "xml"), 2, "--format must be one of")
+    assert_one_line_error(cvg("audit", "export", "--format", "xml"), 2, "format: Input should be 'jsonl'")
     assert_one_line_error(cvg("db", "downgrade", "base"), 2, "--yes")
     usage = cvg("models", "show", "not-a-number")
     assert usage.code == 2 and "Traceback" not in usage.err
@@ -103,21 +107,22 @@ def test_database_not_at_head(empty_db_url: str, cvg) -> None:
     assert down.code == 0 and down.json["current"] is None
 
 
-def test_verify_exits_5_and_names_the_seq(db_url: str, backend: str, cvg, model_file: Path, raw_sql) -> None:
+def test_verify_exits_5_and_names_the_seq(db_url: str, sandbox: str, backend: str, cvg, model_file: Path, raw_sql) -> None:
     for _ in range(3):
         assert cvg("models", "register", "a", "--artifact", str(model_file), "--family", "trading", "--role",
                    "teacher", "--as", "bob").code == 0
+    target = cvg("audit", "verify", "--json").json["head_seq"] - 1
     if backend == "postgres":
         raw_sql("ALTER TABLE audit_events DISABLE TRIGGER USER")
     else:
         raw_sql("DROP TRIGGER audit_events_no_update")
-    raw_sql("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3")
-    assert_one_line_error(cvg("audit", "verify"), 5, "broken at seq 3: hash mismatch")
+    raw_sql(f"UPDATE audit_events SET actor = 'mallory' WHERE seq = {target}")
+    assert_one_line_error(cvg("audit", "verify"), 5, f"broken at seq {target}: hash mismatch")
     data = json.loads(cvg("audit", "verify", "--json").out)
-    assert data["first_bad_seq"] == 3 and not data["ok"]
+    assert data["first_bad_seq"] == target and not data["ok"]
 
 
-def test_doctor_reports_the_language_corpora(db_url: str, cvg, tmp_path: Path) -> None:
+def test_doctor_reports_the_language_corpora(db_url: str, sandbox: str, cvg, tmp_path: Path) -> None:
     present = next(c for c in cvg("doctor", "--json").json if c["name"] == "language data")
     assert present["ok"] and "convergence-data" in present["detail"]
     gone = cvg("doctor", "--json", env={"CVG_CORPUS_DIR": str(tmp_path)})

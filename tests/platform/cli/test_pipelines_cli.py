@@ -10,7 +10,7 @@ import yaml
 from tests.platform.cli.conftest import assert_one_line_error
 
 
-def test_pipeline_input_errors(db_url: str, cvg, tmp_path: Path) -> None:
+def test_pipeline_input_errors(db_url: str, sandbox: str, cvg, tmp_path: Path) -> None:
     assert_one_line_error(cvg("pipelines", "run", "language", "--as", "q", "--set",
                               '{"student": {"d_model": 512, "layers": 2, "heads": 2}}'), 2,
                           "must be smaller than the teacher")
@@ -46,7 +46,7 @@ def test_compile_language(cvg, tmp_path: Path) -> None:
     assert {e["container"]["command"][3] for e in doc["deploymentSpec"]["executors"].values()} == {"language"}
 
 
-def test_steps_over_directories(db_url: str, cvg, tmp_path: Path) -> None:
+def test_steps_over_directories(db_url: str, sandbox: str, cvg, tmp_path: Path) -> None:
     """The first two Kubeflow steps, exactly as a component runs them."""
     config = json.dumps({"data": {"max_ticks": 20_000}, "eval": {"folds": 2}})
     load, feats = tmp_path / "load", tmp_path / "features"

@@ -11,7 +11,7 @@ from tests.platform.cli.conftest import assert_one_line_error
 from tests.serving.conftest import register_trading
 
 
-def test_only_approved_versions_with_intact_artifacts_may_serve(db_url: str, cvg, tmp_path: Path,
+def test_only_approved_versions_with_intact_artifacts_may_serve(db_url: str, sandbox: str, cvg, tmp_path: Path,
                                                                 evidence_file: Path) -> None:
     assert_one_line_error(cvg("serve", "trading", "--dry-run"), 3, "no model called 'es-trading-student'")
     candidate = register_trading(tmp_path, evidence_file, stage="candidate")
@@ -33,16 +33,20 @@ def test_only_approved_versions_with_intact_artifacts_may_serve(db_url: str, cvg
     assert_one_line_error(cvg("serve", "trading", "--version", str(live), "--dry-run"), 4, "is retired")
 
 
-def test_kill_resume_status(db_url: str, cvg, tmp_path: Path, evidence_file: Path) -> None:
+def test_kill_resume_status(db_url: str, sandbox: str, cvg, tmp_path: Path, evidence_file: Path) -> None:
     register_trading(tmp_path, evidence_file)
     assert_one_line_error(cvg("serve", "kill", "nope", "--reason", "x", "--as", "risk"), 3, "no model called 'nope'")
     assert_one_line_error(cvg("serve", "kill", "es-trading-student", "--reason", " ", "--as", "risk"), 2,
                           "needs a reason")
     assert_one_line_error(cvg("serve", "resume", "es-trading-student", "--as", "risk"), 2, "is not killed")
-    killed = cvg("serve", "kill", "es-trading-student", "--reason", "fat finger", "--safe-output", "0",
+    assert_one_line_error(cvg("serve", "kill", "es-trading-student", "--reason", "x", "--safe-output", "9.99e37",
+                              "--as", "risk"), 2, "unexpected extra argument")  # the value is never chosen here
+    assert_one_line_error(cvg("serve", "kill", "es-trading-student", "--reason", "x", "--as", "ops"), 4,
+                          "needs the risk role")
+    killed = cvg("serve", "kill", "es-trading-student", "--reason", "fat finger", "--safe-output",
                  "--as", "risk", "--json")
-    assert killed.code == 0 and killed.json == {"model": "es-trading-student", "killed": True,
-                                                "reason": "fat finger", "safe_output": 0.0}
+    assert killed.code == 0 and {k: killed.json[k] for k in ("model", "killed", "reason", "safe_output")} == {
+        "model": "es-trading-student", "killed": True, "reason": "fat finger", "safe_output": 0.0}
     status = cvg("serve", "status", "--json").json
     assert status[0]["killed"] and status[0]["actor"] == "risk"
     assert cvg("serve", "resume", "es-trading-student", "--as", "risk2").code == 0

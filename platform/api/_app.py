@@ -1,0 +1,295 @@
+"""``cvg api``: FastAPI over ``Operations``, every route authenticated, every error one JSON object.
+
+Routes are generated from the operations' ``@op`` declarations: path parameters from the path, query
+parameters for GET, a JSON body (unknown fields refused) otherwise, so the HTTP surface, its OpenAPI 3.1
+document and the CLI's client cannot drift apart. Errors map in one place: a ``ConvergenceError`` answers
+its status with ``{"error", "message", "hint"?, "rule"?}``; validation is 422 (400 for JSON that does not
+parse, 413 for a body over the limit); anything unexpected is a logged 500 that says only its request id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from convergence.platform.api._spec import OpSpec
+from convergence.platform.errors import ConvergenceError, InvalidInput, MalformedRequest, PayloadTooLarge
+
+log = logging.getLogger("convergence.api")
+
+ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 422, 503)
+PUBLIC_PATHS = ("/livez", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _error_body(exc: ConvergenceError) -> dict[str, Any]:
+    return {k: v for k, v in exc.to_dict().items() if v is not None}
+
+
+def _error_response(exc: ConvergenceError, request_id: str | None) -> Any:
+    from starlette.responses import JSONResponse
+
+    headers = {"x-request-id": request_id} if request_id else {}
+    if exc.http_status == 401:
+        headers["www-authenticate"] = 'Bearer realm="convergence"'
+    return JSONResponse(_error_body(exc), status_code=exc.http_status, headers=headers)
+
+
+class _Limits:
+    """ASGI middleware: a request id on every request and answer, and the body-size limits."""
+
+    def __init__(self, app: Any, *, max_body: int, max_upload: int) -> None:
+        self.app, self.max_body, self.max_upload = app, max_body, max_upload
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        limit = self.max_upload if scope.get("path") == "/artifacts" else self.max_body
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _send_error(send, PayloadTooLarge(f"body of {int(declared):,} bytes is over the limit of {limit:,}"),
+                              request_id)
+            return
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"body is over the limit of {limit:,} bytes")
+            return message
+
+        async def tagged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, counted, tagged)
+
+
+async def _send_error(send: Any, exc: ConvergenceError, request_id: str) -> None:
+    response = _error_response(exc, request_id)
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> ConvergenceError:
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return MalformedRequest("the body is not valid JSON")
+    parts = []
+    for err in errors[:3]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",)) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return InvalidInput("; ".join(parts) or "invalid request")
+
+
+def _install_error_handlers(app: Any) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from sqlalchemy.exc import DataError, DBAPIError
+    from starlette.exceptions import HTTPException
+
+    def rid(request: Any) -> str | None:
+        return getattr(request.state, "request_id", None)
+
+    @app.exception_handler(ConvergenceError)
+    async def ours(request: Any, exc: ConvergenceError) -> Any:
+        return _error_response(exc, rid(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, exc: RequestValidationError) -> Any:
+        return _error_response(_validation_error(list(exc.errors())), rid(request))
+
+    @app.exception_handler(HTTPException)
+    async def http(request: Any, exc: HTTPException) -> Any:
+        from starlette.responses import JSONResponse
+
+        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404 else
+                   f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else
+                   str(exc.detail))
+        return JSONResponse({"error": name, "message": message}, status_code=exc.status_code,
+                            headers={**(exc.headers or {}), "x-request-id": rid(request) or ""})
+
+    @app.exception_handler(DBAPIError)
+    async def database(request: Any, exc: DBAPIError) -> Any:
+        if isinstance(exc, DataError):  # a value the database cannot store; never echo the statement
+            return _error_response(InvalidInput("the database refused a value in this request"), rid(request))
+        log.error("database error on %s %s (request %s): %s", request.method, request.url.path, rid(request),
+                  type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
+        from convergence.platform.errors import Unavailable
+
+        return _error_response(Unavailable("the database could not complete this request"), rid(request))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Any, exc: Exception) -> Any:
+        from starlette.responses import JSONResponse
+
+        log.exception("internal error on %s %s (request %s)", request.method, request.url.path, rid(request))
+        return JSONResponse({"error": "InternalError", "message": f"internal error (request {rid(request)}); "
+                             "the server's log has the details"}, status_code=500)
+
+
+def _signature(spec: OpSpec) -> tuple[list[inspect.Parameter], Any]:
+    """FastAPI parameters for an operation: path, query (GET and downloads) or one JSON body model."""
+    from fastapi import Body, Path as PathParam, Query
+    from pydantic import ConfigDict, create_model
+
+    out: list[inspect.Parameter] = []
+    body: dict[str, Any] = {}
+    for p in spec.parameters():
+        if spec.kind == "upload":
+            continue  # the upload's file is the request body itself
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        if p.name in spec.path_params:
+            out.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
+                                         annotation=Annotated[p.annotation, PathParam()]))
+        elif spec.method == "GET":
+            out.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
+                                         annotation=Annotated[p.annotation, Query()], default=default))
+        else:
+            body[p.name] = (p.annotation, default)
+    model = None
+    if body:
+        title = "".join(part.title() for part in spec.name.split("_")) + "Request"
+        model = create_model(title, __config__=ConfigDict(extra="forbid"), **body)
+        required = any(d is ... for _, d in body.values())
+        out.append(inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY,
+                                     annotation=Annotated[model if required else model | None, Body()],
+                                     default=inspect.Parameter.empty if required else None))
+    return out, model
+
+
+def _endpoint(spec: OpSpec) -> Any:
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    from convergence.platform.api.operations import Operations
+
+    params, _ = _signature(spec)
+
+    async def upload(request: Request, ops: Operations) -> Any:
+        import anyio
+
+        await anyio.to_thread.run_sync(lambda: ops.check("artifact.upload"))  # before reading a byte of it
+        fd, name = tempfile.mkstemp(prefix="cvg-upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in request.stream():
+                    out.write(chunk)
+            return await anyio.to_thread.run_sync(lambda: ops.upload_artifact(source=Path(name)))
+        finally:
+            os.unlink(name)
+
+    async def endpoint(request: Request, **kwargs: Any) -> Any:
+        import anyio
+
+        principal = request.state.principal
+        ops = Operations(who=lambda: principal, jobs=request.app.state.jobs)
+        if spec.kind == "upload":
+            return JSONResponse(await upload(request, ops), status_code=spec.status)
+        body = kwargs.pop("body", None)
+        args = {**kwargs, **(body.model_dump(exclude_unset=True) if body is not None else {})}
+        result = await anyio.to_thread.run_sync(lambda: getattr(ops, spec.name)(**args))
+        if spec.kind == "stream":
+            fmt = args.get("format", "jsonl")
+            media = {"jsonl": "application/x-ndjson", "csv": "text/csv"}.get(fmt, "application/octet-stream")
+            return StreamingResponse(result, media_type=media,
+                                     headers={"content-disposition": f'attachment; filename="audit.{fmt}"'})
+        return JSONResponse(result, status_code=spec.status)
+
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request), *params])
+    endpoint.__name__ = spec.name
+    return endpoint
+
+
+def _authenticated(request: Any) -> None:
+    """The route dependency: who is asking (``Authorization: Bearer <API key or OIDC token>``)."""
+    auth = request.app.state.auth
+    request.state.principal = auth.from_header(request.headers.get("authorization"),
+                                               request_id=getattr(request.state, "request_id", None))
+
+
+def create_app(*, authenticator: Any = None, jobs: Any = None) -> Any:
+    """The control-plane app; ``authenticator`` and ``jobs`` are owned by it (tests may pass their own)."""
+    from pydantic import BaseModel
+
+    from convergence.governance.identity import Authenticator
+    from convergence.platform.api._jobs import BackgroundJobs
+    from convergence.platform.api.operations import Operations
+    from convergence.platform.settings import get_settings
+
+    settings = get_settings()
+    app = FastAPI(title="convergence control plane", version=_version(), docs_url="/docs", redoc_url=None,
+                  description="Govern, train, serve and audit trading and language models. Every route but the "
+                              "health checks needs `Authorization: Bearer <API key or OIDC access token>`.")
+    app.state.auth = authenticator or Authenticator(settings=settings)
+    app.state.jobs = jobs or BackgroundJobs(settings.api_max_runs)
+    _install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False, description="A service account's API key (cvgk_…) or an OIDC access token.")
+
+    class ErrorBody(BaseModel):
+        error: str
+        message: str
+        hint: str | None = None
+        rule: str | None = None
+
+    async def authenticated(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        _authenticated(request)
+
+    errors = {status: {"model": ErrorBody} for status in ERROR_STATUSES}
+    for spec in Operations.specs():
+        extra: dict[str, Any] = {}
+        if spec.kind == "upload":
+            extra["openapi_extra"] = {"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+        app.add_api_route(spec.path, _endpoint(spec), methods=[spec.method], status_code=spec.status,
+                          tags=[spec.tag], name=spec.name, summary=spec.name.replace("_", " "),
+                          description=inspect.getdoc(spec.func), dependencies=[Depends(authenticated)],
+                          responses=errors, **extra)
+    _health(app)
+    app.add_middleware(_Limits, max_body=settings.api_max_body_bytes, max_upload=settings.api_max_upload_bytes)
+    return app
+
+
+def _health(app: Any) -> None:
+    from convergence.platform.errors import Unavailable
+
+    @app.get("/livez", tags=["health"], summary="the process is up")
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="the database answers and its schema is current",
+             responses={503: {"description": "not ready"}})
+    def readyz() -> dict[str, str]:
+        from convergence.platform.db import session_scope
+
+        try:
+            with session_scope(write=False) as session:
+                session.connection()
+        except ConvergenceError as exc:
+            raise Unavailable(f"not ready: {exc.message}") from None
+        return {"status": "ready"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convergence")
+    except PackageNotFoundError:
+        return "0+unknown"
