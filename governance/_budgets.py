@@ -21,7 +21,7 @@ from convergence.governance._alerts import raise_alert
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import FAMILIES, METRICS, Budget, BudgetChange, PipelineRun, Project, Usage
 from convergence.governance._principal import Principal, check_text
-from convergence.governance._registry import ensure_project
+from convergence.governance._registry import DEFAULT_PROJECT, ensure_project
 from convergence.platform.db import utcnow
 from convergence.platform.errors import BudgetExceeded, InvalidInput, NotFound, PolicyViolation
 
@@ -111,7 +111,8 @@ def set_budget(*, session: Session, principal: Principal, project: str, metric: 
     _validate_limits(metric, family, hard, soft)
     start, end = parse_period(period)
     serialize_writes(session=session)
-    proj = _project(session, project)
+    # the default project always exists in principle (a budget may come before its first run); others are named
+    proj = ensure_project(session=session, principal=principal) if project == DEFAULT_PROJECT else _project(session, project)
     budget = session.execute(select(Budget).where(Budget.project_id == proj.id, Budget.family == family,
                                                   Budget.metric == metric, Budget.period_start == start)
                              ).scalar_one_or_none()

@@ -27,11 +27,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``with ServerProcess("trading", log=path) as server: httpx.post(server.url + "/predict", …)``."""
+    """``with ServerProcess("trading", log=path) as server: httpx.post(server.url + "/predict", …)``;
+    ``command=("api",)`` runs ``cvg api`` instead of ``cvg serve FAMILY``."""
 
     def __init__(self, family: str, *args: str, log: Path, env: dict[str, str] | None = None,
-                 port: int | None = None, ready_timeout_s: float = 90) -> None:
+                 port: int | None = None, ready_timeout_s: float = 90, command: tuple[str, ...] | None = None) -> None:
         self.family, self.args, self.log, self.env = family, args, Path(log), env or {}
+        self.command = command or ("serve", family)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
@@ -43,21 +45,21 @@ class ServerProcess:
         cvg = str(Path(sys.executable).with_name("cvg"))
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([cvg, "serve", self.family, "--port", str(self.port), *self.args],
+            self.proc = subprocess.Popen([cvg, *self.command, "--port", str(self.port), *self.args],
                                          env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-                raise Unavailable(f"cvg serve {self.family} exited with {self.proc.returncode}: {tail[0]}",
+                raise Unavailable(f"cvg {' '.join(self.command)} exited with {self.proc.returncode}: {tail[0]}",
                                   hint=f"the server's output is in {self.log}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
             time.sleep(0.3)
         self.stop()
-        raise Unavailable(f"cvg serve {self.family} was not ready in {self.ready_timeout_s:.0f} s",
+        raise Unavailable(f"cvg {' '.join(self.command)} was not ready in {self.ready_timeout_s:.0f} s",
                           hint=f"the server's output is in {self.log}")
 
     def stop(self) -> None:

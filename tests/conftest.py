@@ -62,7 +62,6 @@ def _reset_process_state() -> None:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from convergence.platform import migrate
-
     from tests.people import seed
 
     path = tmp_path_factory.mktemp("template") / "template.db"

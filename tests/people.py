@@ -24,6 +24,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "auditor": ("auditor",), "ada": ("admin",), "sam": ("admin",), "max": ("admin",),
     # one person holding every role of the model lifecycle: separation of duties, not roles, must stop them
     "solo": ("registrant", "validator", "approver", "operator"),
+    "retrainer": ("operator", "registrant"),  # drift checks that start a retraining run
 }
 
 _made: dict[tuple[str, str, tuple[str, ...]], Principal] = {}
@@ -96,3 +97,22 @@ def seed(url: str) -> None:
                                                       requested_by_id=pid, requested_at=now, decided_by_id=pid,
                                                       decided_at=now))
     engine.dispose()
+
+
+def api_key(account: str, *roles: str) -> str:
+    """A service account with ``roles`` (seeded like the people above) and a fresh API key for it."""
+    import datetime as dt
+
+    from convergence.governance import identity
+    from convergence.governance._models import RoleGrant
+    from convergence.platform.db import session_scope
+
+    admin = person("ada")
+    with session_scope() as s:
+        row = identity.create_service_account(session=s, principal=admin, name=account)
+        now = dt.datetime.now(dt.timezone.utc)
+        for role in roles:
+            s.add(RoleGrant(principal_id=row.id, role=role, status="active", reason="test seed",
+                            requested_by_id=admin.id, requested_at=now, decided_by_id=admin.id, decided_at=now))
+        _, key = identity.create_api_key(session=s, principal=admin, account=account)
+    return key

@@ -204,6 +204,8 @@ def _endpoint(spec: OpSpec) -> Any:
         body = kwargs.pop("body", None)
         args = {**kwargs, **(body.model_dump(exclude_unset=True) if body is not None else {})}
         result = await anyio.to_thread.run_sync(lambda: getattr(ops, spec.name)(**args))
+        if spec.tag == "principals" and spec.method != "GET":
+            request.app.state.auth.invalidate()  # a grant, revocation or key change applies to the next request
         if spec.kind == "stream":
             fmt = args.get("format", "jsonl")
             media = {"jsonl": "application/x-ndjson", "csv": "text/csv"}.get(fmt, "application/octet-stream")

@@ -1,12 +1,14 @@
-"""The main job behind ``cvg demo``: every governance capability, end to end, on this machine.
+"""The main job behind ``cvg demo``: every governance capability, end to end, on this machine, with every
+persona acting through the control-plane API with its own service-account key.
 
-It works on whatever database the settings name (SQLite under CVG_HOME by default) and leaves a
-trail a person can inspect afterwards with the commands printed in the summary. Each run adds new
-versions; nothing is deleted.
+It works on whatever database the settings name (SQLite under CVG_HOME by default), which becomes a
+sandbox if it is new, and leaves a trail a person can inspect afterwards with the commands printed in the
+summary. Each run adds new versions; nothing is deleted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import subprocess
 import sys
@@ -16,12 +18,10 @@ from typing import Any
 
 from convergence.platform.cli._common import console, short
 
-
 QUICK = {"data": {"max_ticks": 100_000},
          "model": {"teacher_hidden": 256, "teacher_layers": 2, "student_hidden": 16, "epochs": 3, "student_epochs": 60},
          "eval": {"folds": 2, "latency_repeats": 100},
          "gates": {"min_fidelity": 0.5, "max_loss_ratio": 1.2, "min_speedup": 1.5, "max_int8_gap": 0.2}}
-
 
 # The language pipeline for the demo: the default model sizes with fewer steps (--quick: smaller still).
 LM_DEMO = {"train": {"teacher_steps": 120, "student_steps": 160}, "eval": {"eval_tokens": 20_000, "gen_repeats": 2}}
@@ -30,209 +30,289 @@ LM_QUICK = {"corpus": {"max_train_docs": 60}, "tokenizer": {"vocab_size": 2048},
             "train": {"context": 64, "teacher_steps": 60, "student_steps": 80},
             "eval": {"eval_tokens": 8_000, "gen_repeats": 2},
             "gates": {"max_ppl_ratio": 1.5, "min_param_ratio": 2.0, "min_speedup": 1.5, "distill_must_help": False}}
+TRADING_MODEL = "es-trading-student"
 
 
-def _language(say: Any, out: Any, quick: bool) -> tuple[dict[str, int], dict[str, Any]]:
-    """Train and distill the language model, then validate, approve and promote its student (four eyes)."""
-    from convergence import governance as gov
-    from convergence.pipelines import parse_config, run_language
-    from convergence.platform.db import session_scope
+@dataclasses.dataclass
+class Story:
+    """What the demo's steps share: the printer, the personas' API clients, and what happened."""
 
-    cfg = parse_config(LM_QUICK if quick else LM_DEMO, "language")
-    say("language pipeline on local Ray: State of the Union addresses (npm) → byte-level BPE → transformer teacher "
-        "(Ray Train) → distilled student + label-only control (Ray tasks) → perplexity on 2010–2021 and Reuters")
-    summary = run_language(cfg, actor="nina", progress=_indented(out))
-    ppl, speed, size = summary["perplexity"], summary["speed"], summary["size"]
-    if summary["status"] != "succeeded":
-        say(f"language gates failed, nothing registered: {'; '.join(summary['gates']['failed'])} "
-            f"(evidence {summary['evidence']}); the story goes on with the trading models")
-        return {}, summary["usage"]
-    v = summary["versions"]
-    sample = summary["samples"]["student"][0]
-    say(f"nina's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']}: "
-        f"{size['teacher']['params'] / size['student']['params']:.1f}x fewer parameters, "
-        f"{speed['student']['tokens_per_s_batch1'] / speed['teacher']['tokens_per_s_batch1']:.1f}x the tokens/s, "
-        f"held-out perplexity {ppl['student']['sotu_holdout']:.0f} vs teacher {ppl['teacher']['sotu_holdout']:.0f} "
-        f"(label-only {ppl['label_only']['sotu_holdout']:.0f}); sample: {sample['prompt']}{sample['text'][:60]!r}…")
-    with session_scope() as s:
-        gov.validate(session=s, version_id=v["student"], actor="carol", evidence=Path(summary["evidence"]),
-                     reason="held-out perplexity, speed and samples reviewed")
-        gov.approve(session=s, version_id=v["student"], actor="alice", reason="meets model risk policy")
-        gov.promote(session=s, version_id=v["student"], actor="ops", reason="release")
-    say(f"carol validated, alice approved and ops promoted the language student ({v['student']}); "
-        f"lineage: corpus {summary['dataset']['id']} → tokenizer {summary['tokenizer']['id']} → teacher "
-        f"{v['teacher']} → student {v['student']}")
-    return v, summary["usage"]
+    out: Any
+    work: Path
+    quick: bool
+    people: dict[str, Any] = dataclasses.field(default_factory=dict)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    step: int = 0
+
+    def say(self, text: str) -> None:
+        self.step += 1
+        self.out.print(f"[bold cyan]{self.step:>2}.[/bold cyan] {text}")
+
+    def __getitem__(self, persona: str) -> Any:
+        return self.people[persona]
 
 
-def _indented(out: Any) -> Any:
-    def show(step: str, state: str, detail: str) -> None:
-        if state != "start":
-            out.print(f"      {'✓' if state == 'done' else '✗'} {step}" + (f"  [dim]{detail}[/dim]" if detail else ""))
+def _follow(story: Story, client: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Print a server-side pipeline job's steps as they finish; its summary when it ends."""
+    seen = 0
+    while True:
+        for item in job["progress"][seen:]:
+            if item["state"] != "start":
+                mark = "✓" if item["state"] == "done" else "✗"
+                story.out.print(f"      {mark} {item['step']}" + (f"  [dim]{item['detail']}[/dim]" if item["detail"] else ""))
+        seen = len(job["progress"])
+        if job["status"] not in ("queued", "running"):
+            if job["summary"] is None:
+                from convergence.platform.errors import StepFailed
 
-    return show
+                raise StepFailed(job["error"] or "no summary", step=f"pipeline job {job['id']}")
+            return job["summary"]
+        time.sleep(1.0)
+        job = client.pipeline_job(job_id=job["id"])
 
 
-def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, Any]:
-    from convergence import governance as gov
-    from convergence.platform import migrate
-    from convergence.platform.db import redact_url, session_scope
+def _cast(story: Story, api_url: str, keys: dict[str, str]) -> None:
+    from convergence.platform.cli._cast import PERSONAS, cast
+
+    story.people, counts = cast(api_url, keys)
+    roles = ", ".join(f"{name} ({'/'.join(r) or 'calls the model'})" for name, r in PERSONAS.items())
+    story.say(f"through the API, admin ada created {counts['accounts']} service accounts and asked for "
+              f"{counts['grants']} roles; admin sam approved each grant (nobody grants alone): {roles}; each persona "
+              "now acts with its own API key")
+
+
+def _trading(story: Story) -> dict[str, Any]:
     from convergence.platform.errors import PolicyViolation
-    from convergence.platform.settings import get_settings
-
-    out = console()
-    settings = get_settings()
-    work = Path(workdir) if workdir else settings.home / "demo"
-    out.print("[bold]convergence demo[/bold]: the whole governed lifecycle on this machine "
-              f"(database {redact_url(settings.resolved_database_url)})")
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    step = 0
-
-    def say(text: str) -> None:
-        nonlocal step
-        step += 1
-        out.print(f"[bold cyan]{step:>2}.[/bold cyan] {text}")
-
-    status = migrate.upgrade()
-    say(f"database {status.url} migrated to {status.head}")
-
-    from convergence.pipelines import parse_config, run_trading
 
     month = time.strftime("%Y-%m", time.gmtime())
-    with session_scope() as s:
-        gov.ensure_project(session=s, name="default", actor="fin")
-        budget, _ = gov.set_budget(session=s, actor="fin", project="default", metric="kwh", period=month, hard=1.0,
-                                   soft=0.0001, reason="demo: monthly energy budget for model training")
-    say(f"fin set this month's energy budget: 1 kWh hard, 0.1 Wh soft (budget {budget.id}); every step is metered")
-
-    # The trading pipeline on the real E-mini ticks; --quick shrinks the models and the data, not the steps.
-    cfg = parse_config(QUICK if quick else {})
-    say("trading pipeline on local Ray: E-mini ticks → features → teacher (Ray Train) → distilled student → "
-        "INT8 → walk-forward → gates" + (" [quick settings]" if quick else ""))
-    summary = run_trading(cfg, actor="quinn", progress=_indented(out))
+    budget = story["fin"].set_budget(metric="kwh", period=month, hard=1.0, soft=0.0001,
+                                     reason="demo: monthly energy budget for model training")
+    story.facts["budget_id"] = budget["budget_id"]
+    story.say(f"fin set this month's energy budget: 1 kWh hard, 0.1 Wh soft (budget {budget['budget_id']}); "
+              "every step is metered")
+    story.say("quinn asked the API to run the trading pipeline (local Ray on the server): E-mini ticks → features → "
+              "teacher (Ray Train) → distilled student → INT8 → walk-forward → gates"
+              + (" [quick settings]" if story.quick else ""))
+    job = story["quinn"].run_pipeline(family="trading", overrides=QUICK if story.quick else {})
+    summary = _follow(story, story["quinn"], job)
     if summary["status"] != "succeeded":
-        say(f"gates failed, nothing registered: {'; '.join(summary['gates']['failed'])}")
-        return {"ok": False, "summary": summary}
+        raise PolicyViolation(f"trading gates failed, nothing registered: {'; '.join(summary['gates']['failed'])}")
+    v, h = summary["versions"], summary["holdout"]
+    story.say(f"quinn's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']} → INT8 "
+              f"{v['int8']}: student fidelity {h['student']['fidelity']:.3f}, "
+              f"{summary['latency']['teacher']['batch1_s'] / summary['latency']['student']['batch1_s']:.1f}x faster "
+              f"than the teacher at batch 1; evidence {summary['evidence']}")
+    return summary
+
+
+def _four_eyes(story: Story, summary: dict[str, Any]) -> None:
+    from convergence.platform.errors import Forbidden
+
     v = summary["versions"]
-    h = summary["holdout"]
-    say(f"quinn's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']} → INT8 "
-        f"{v['int8']}: student fidelity {h['student']['fidelity']:.3f}, "
-        f"{summary['latency']['teacher']['batch1_s'] / summary['latency']['student']['batch1_s']:.1f}x faster "
-        f"than the teacher at batch 1; evidence {summary['evidence']}")
-    evidence = Path(summary["evidence"])
-
+    evidence = story["carol"].upload_artifact(source=Path(summary["evidence"]))["sha256"]
     for key in ("student", "int8"):
-        with session_scope() as s:
-            gov.validate(session=s, version_id=v[key], actor="carol", evidence=evidence,
-                         reason="walk-forward and holdout evidence reviewed")
-    say(f"carol (model validation) validated versions {v['student']} and {v['int8']} with the run's evidence")
-
+        story["carol"].validate_model(version_id=v[key], evidence_sha256=evidence,
+                                      reason="walk-forward and holdout evidence reviewed")
+    story.say(f"carol (validator) uploaded the run's evidence and validated versions {v['student']} and {v['int8']}")
+    refusals = []
     try:
-        with session_scope() as s:
-            gov.approve(session=s, version_id=v["student"], actor="quinn", reason="my model looks good")
-    except PolicyViolation as exc:
-        say(f"quinn tried to approve her own model: refused ([italic]{exc.message}[/italic]) and the refusal was audited")
+        story["quinn"].approve_model(version_id=v["student"], reason="my model looks good")
+    except Forbidden as exc:
+        refusals.append(f"by role ({exc.rule})")
+    grant = story["ada"].request_grant(principal="sa:quinn", role="approver", reason="demo: try to self-approve")
+    story["sam"].approve_grant(grant_id=grant["id"], reason="second admin")
+    try:
+        story["quinn"].approve_model(version_id=v["student"], reason="now I hold the approver role")
+    except Forbidden as exc:
+        refusals.append(f"by identity ({exc.rule}), even holding the approver role")
+    story["ada"].revoke_role(principal="sa:quinn", role="approver", reason="demo over")
+    story.say(f"quinn tried to approve her own model: refused {' and then '.join(refusals)}; both refusals are "
+              "on the audit trail, and ada took the role back")
+    for key in ("student", "int8"):
+        story["alice"].approve_model(version_id=v[key], reason="meets model risk policy", safe_output=0.0)
+        story["ops"].promote_model(version_id=v[key], reason="release")
+    story.say(f"alice approved the student ({v['student']}) and its INT8 copy ({v['int8']}), fixing 0.0 (flat) as "
+              "what they answer if killed; ops promoted both to production")
 
-    with session_scope() as s:
-        for key in ("student", "int8"):
-            gov.approve(session=s, version_id=v[key], actor="alice", reason="meets model risk policy")
-            gov.promote(session=s, version_id=v[key], actor="ops", reason="release")
-    say(f"alice approved and ops promoted the student ({v['student']}) and its INT8 copy ({v['int8']}) to production")
 
-    # Serving: the promoted student behind BentoML; the later (holdout) ticks are its production traffic.
+def _serving(story: Story, summary: dict[str, Any]) -> dt.datetime:
     import httpx
 
     from convergence.pipelines import holdout_features
+    from convergence.platform.errors import Forbidden
     from convergence.serving import ServerProcess
 
-    secret = "demo-signing-secret"
-    X = holdout_features(version_id=v["student"])
+    X = holdout_features(version_id=summary["versions"]["student"])
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    desk = {"authorization": story["desk"].http.headers["authorization"]}  # the desk's own key
     # --float: the float student is faster than its INT8 copy at this size (measured; see the README)
-    with ServerProcess("trading", "--float", log=work / "serve-trading.log") as server:
-        say(f"ops started `cvg serve trading` ({server.url}): BentoML serving the production student, "
-            f"approved and SHA-256 checked; output in {server.log}")
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+    with ServerProcess("trading", "--float", log=story.work / "serve-trading.log",
+                       env={"CVG_SERVE_AUTH": "required"}) as server:
+        story.say(f"ops started `cvg serve trading` ({server.url}) with authentication required: BentoML serving the "
+                  f"production student, approved and SHA-256 checked; output in {server.log}")
+        with httpx.Client(base_url=server.url, timeout=30, headers=desk) as client:
             answers = [client.post("/predict", json={"rows": [x.tolist()]}).json() for x in X]
-            with session_scope() as s:
-                gov.kill(session=s, name=f"{cfg.name}-student", reason="demo: risk stops the algorithm", actor="risk")
+            anonymous = httpx.post(server.url + "/predict", json={"rows": [X[0].tolist()]}).status_code
+            try:
+                story["ops"].kill(name=TRADING_MODEL, reason="ops thinks it misbehaves")
+                ops_kill = "allowed?!"
+            except Forbidden as exc:
+                ops_kill = f"refused ({exc.rule})"
+            story["risk"].kill(name=TRADING_MODEL, reason="demo: risk stops the algorithm", safe_output=True)
             time.sleep(1.0)  # replicas read the switch four times a second
-            stopped = client.post("/predict", json={"rows": [X[0].tolist()]})
-            with session_scope() as s:
-                gov.resume(session=s, name=f"{cfg.name}-student", actor="risk", reason="demo: checks done")
+            stopped = client.post("/predict", json={"rows": [X[0].tolist()]}).json()
+            story["risk"].resume(name=TRADING_MODEL, reason="demo: checks done")
             time.sleep(1.0)
-            back = client.post("/predict", json={"rows": [X[0].tolist()]}).status_code
-        say(f"the student answered {len(answers):,} requests with the later ticks (each with its version "
-            f"{answers[0]['version_id']} and a prediction id, logged in batches); risk killed it → "
-            f"{stopped.status_code} {stopped.json().get('message', '')!r}; resumed → {back}")
+            back = client.post("/predict", json={"rows": [X[0].tolist()]})
+        story.say(f"the trading desk (its own key) sent {len(answers):,} requests with the later ticks (each answered "
+                  f"with version {answers[0]['version_id']} and a prediction id, logged in batches; without a key: "
+                  f"{anonymous}); ops' kill was {ops_kill}; risk killed it → answers {stopped['predictions']} flagged "
+                  f"killed={stopped.get('killed')} (the approved safe output, logged and flagged); resumed → "
+                  f"{back.status_code}")
+    return since
+
+
+def _drift(story: Story, since: dt.datetime) -> None:
+    from convergence import governance as gov
+
+    secret = "demo-signing-secret"
     with gov.ReferenceReceiver(secret) as receiver:
-        with session_scope() as s:
-            sub = gov.subscribe(session=s, actor="ops", url=receiver.url, events=["drift.alert"], secret=secret)
-        say(f"ops subscribed a local receiver ({receiver.url}, subscription {sub.id}) to drift alerts")
-        with session_scope() as s:
-            report, alerts = gov.check_drift(session=s, name=f"{cfg.name}-student", since=since,
-                                             until=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1),
-                                             actor="monitor")
-            drifted = [c for c, r in report.columns.items() if r["drifted"]]
-            html = gov.report_html_path(report)
-        delivered = gov.deliver_until_idle(deadline_s=15)
-        with session_scope() as s:  # the receiver goes away with the demo; so does its subscription
-            gov.unsubscribe(session=s, subscription_id=sub.id, actor="ops")
-        say(f"drift check (report {report.id}): {len(drifted)} of {len(report.columns)} columns drifted"
-            + (f" ({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})" if drifted else "")
-            + f"; {len(alerts)} new alerts; the receiver verified and accepted {len(receiver.events)} signed "
-              f"webhook(s) ({delivered['delivered']} delivered, {receiver.rejected} rejected); Evidently report {html}")
+        sub = story["ada"].subscribe(url=receiver.url, events=["drift.alert"], secret=secret)
+        story.say(f"ada (admin) subscribed a local receiver ({receiver.url}, subscription {sub['id']}) to drift alerts")
+        until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).isoformat()
+        report = story["monitor"].check_drift(name=TRADING_MODEL, since=since.isoformat(), until=until)
+        story["ada"].unsubscribe(subscription_id=sub["id"])  # the receiver goes away with the demo
+        drifted = [c for c, r in report["columns"].items() if r["drifted"]]
+        story.say(f"monitor's drift check (report {report['id']}, {report['rows']:,} predictions, the killed answers "
+                  f"left out): {len(drifted)} of {len(report['columns'])} columns drifted"
+                  + (f" ({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})" if drifted else "")
+                  + f"; {len(report['new_alerts'])} new alerts; the receiver verified and accepted "
+                    f"{len(receiver.events)} signed webhook(s) ({report['webhooks']['delivered']} delivered, "
+                    f"{receiver.rejected} rejected); Evidently report {report['html_report']}")
 
-    lm_versions, lm_usage = _language(say, out, quick)
 
-    with session_scope(write=False) as s:
-        status = next(b for b in gov.budget_status(session=s, project="default") if b["id"] == budget.id)
-        alerts = gov.list_alerts(session=s, kind="budget.soft_limit")
-    usage = summary["usage"]
-    say(f"budgets: the trading run used {usage['kwh'] * 1000:.2f} Wh, the language run {lm_usage['kwh'] * 1000:.2f} Wh "
-        f"({'measured' if usage['measured'] else 'estimated'}; {usage['cpu_hours'] + lm_usage['cpu_hours']:.3f} CPU-h, "
-        f"{usage['gco2e'] + lm_usage['gco2e']:.2f} gCO2e together); this month {status['used'] * 1000:.2f} Wh of "
-        f"{status['hard'] * 1000:.0f} Wh ({status['fraction']:.2%}); soft-limit alerts: {len(alerts)}")
+def _language(story: Story) -> tuple[dict[str, int], dict[str, Any]]:
+    """Train and distill the language model through the API, then validate, approve and promote its student."""
+    story.say("nina asked the API to run the language pipeline: State of the Union addresses (npm) → byte-level BPE "
+              "→ transformer teacher (Ray Train) → distilled student + label-only control (Ray tasks) → perplexity "
+              "on 2010–2021 and Reuters")
+    summary = _follow(story, story["nina"], story["nina"].run_pipeline(
+        family="language", overrides=LM_QUICK if story.quick else LM_DEMO))
+    ppl, speed, size = summary["perplexity"], summary["speed"], summary["size"]
+    if summary["status"] != "succeeded":
+        story.say(f"language gates failed, nothing registered: {'; '.join(summary['gates']['failed'])} "
+                  f"(evidence {summary['evidence']}); the story goes on with the trading models")
+        return {}, summary["usage"]
+    v = summary["versions"]
+    sample = summary["samples"]["student"][0]
+    story.say(f"nina's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']}: "
+              f"{size['teacher']['params'] / size['student']['params']:.1f}x fewer parameters, "
+              f"{speed['student']['tokens_per_s_batch1'] / speed['teacher']['tokens_per_s_batch1']:.1f}x the tokens/s, "
+              f"held-out perplexity {ppl['student']['sotu_holdout']:.0f} vs teacher {ppl['teacher']['sotu_holdout']:.0f} "
+              f"(label-only {ppl['label_only']['sotu_holdout']:.0f}); sample: {sample['prompt']}{sample['text'][:60]!r}…")
+    evidence = story["carol"].upload_artifact(source=Path(summary["evidence"]))["sha256"]
+    story["carol"].validate_model(version_id=v["student"], evidence_sha256=evidence,
+                                  reason="held-out perplexity, speed and samples reviewed")
+    story["alice"].approve_model(version_id=v["student"], reason="meets model risk policy")
+    story["ops"].promote_model(version_id=v["student"], reason="release")
+    story.say(f"carol validated, alice approved and ops promoted the language student ({v['student']}); "
+              f"lineage: corpus {summary['dataset']['id']} → tokenizer {summary['tokenizer']['id']} → teacher "
+              f"{v['teacher']} → student {v['student']}")
+    return v, summary["usage"]
 
-    with session_scope() as s:
-        cp = gov.checkpoint(session=s, actor="auditor")
-    say(f"checkpoint {cp.id}: seq {cp.seq}, head {short(cp.head_hash, 16)} (anchor this outside the database)")
 
-    with session_scope(write=False) as s:
-        result = gov.verify(session=s)
-    say(f"audit chain verified: {result.checked:,} events, {'intact' if result.ok else 'BROKEN: ' + str(result.detail)}")
+def _audit(story: Story, usage: dict[str, Any], lm_usage: dict[str, Any]) -> dict[str, Any]:
+    from convergence import governance as gov
 
-    export = work / f"audit-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
-    with session_scope(write=False) as s:
-        count = gov.export_events(session=s, out=export, fmt="jsonl")
-    auditor = Path(gov.__file__).with_name("auditor.py")
-    offline = subprocess.run([sys.executable, str(auditor), str(export)], capture_output=True, text=True)
-    say(f"exported {count:,} events to {export}; the standalone auditor says: {offline.stdout.strip()}")
+    shown = story["fin"].show_budgets()
+    status = next(b for b in shown["budgets"] if b["id"] == story.facts["budget_id"])
+    story.say(f"budgets: the trading run used {usage['kwh'] * 1000:.2f} Wh, the language run {lm_usage['kwh'] * 1000:.2f} "
+              f"Wh ({'measured' if usage['measured'] else 'estimated'}; "
+              f"{usage['cpu_hours'] + lm_usage['cpu_hours']:.3f} CPU-h, {usage['gco2e'] + lm_usage['gco2e']:.2f} gCO2e "
+              f"together); this month {status['used'] * 1000:.2f} Wh of {status['hard'] * 1000:.0f} Wh "
+              f"({status['fraction']:.2%}); soft-limit alerts: {len(shown['alerts'])}")
+    auditor = story["auditor"]
+    cp = auditor.checkpoint_audit()
+    story.say(f"auditor's checkpoint {cp['id']}: seq {cp['seq']}, head {short(cp['head_hash'], 16)} (anchor this "
+              "outside the database)")
+    result = auditor.verify_audit()
+    refused = auditor.query_audit(action="*_refused", limit=10_000)
+    story.say(f"audit chain verified: {result['checked']:,} events, "
+              f"{'intact' if result['ok'] else 'BROKEN: ' + str(result['detail'])}; every event names its principal and "
+              f"how it authenticated; {len(refused)} refusal(s) recorded with the rule that refused them")
+    export = story.work / f"audit-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    with open(export, "wb") as fh:
+        for chunk in auditor.export_audit(format="jsonl"):
+            fh.write(chunk)
+    script = Path(gov.__file__).with_name("auditor.py")
+    offline = subprocess.run([sys.executable, str(script), str(export)], capture_output=True, text=True)
+    story.say(f"auditor exported the trail through the API to {export}; the standalone auditor says: "
+              f"{offline.stdout.strip()}")
+    return {"result": result, "export": export, "offline_ok": offline.returncode == 0, "script": script}
 
-    elapsed = time.perf_counter() - started
+
+def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, Any]:
+    from convergence.platform import migrate
+    from convergence.platform.cli._cast import admin_keys, prepare_sandbox, revoke_demo_keys
+    from convergence.platform.db import redact_url
+    from convergence.platform.settings import get_settings
+    from convergence.serving import ServerProcess
+
+    settings = get_settings()
+    story = Story(console(), Path(workdir) if workdir else settings.home / "demo", quick)
+    story.out.print("[bold]convergence demo[/bold]: the whole governed lifecycle on this machine "
+                    f"(database {redact_url(settings.resolved_database_url)})")
+    story.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    status = migrate.upgrade()
+    installer = prepare_sandbox()
+    keys = admin_keys()
+    story.say(f"database {status.url} migrated to {status.head}, a sandbox; the OS account ({installer.name}) "
+              "installed two admins, ada and sam (service accounts)")
+    with ServerProcess("api", log=story.work / "api.log", command=("api",)) as api:
+        story.say(f"`cvg api` is up at {api.url} (authentication required; OpenAPI at {api.url}/docs)")
+        _cast(story, api.url, keys)
+        summary = _trading(story)
+        _four_eyes(story, summary)
+        since = _serving(story, summary)
+        _drift(story, since)
+        lm_versions, lm_usage = _language(story)
+        audit = _audit(story, summary["usage"], lm_usage)
+        revoked = revoke_demo_keys(story["sam"])
+    story.say(f"sam revoked the {revoked} API keys the demo issued; the personas keep their identities and roles")
+    _summary(story, summary, lm_versions, audit, time.perf_counter() - started)
+    return {"ok": audit["result"]["ok"] and audit["offline_ok"], "events": audit["result"]["head_seq"],
+            "export": str(audit["export"]), "summary": summary}
+
+
+def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int], audit: dict[str, Any],
+             elapsed: float) -> None:
+    from convergence.platform.db import redact_url
+    from convergence.platform.settings import get_settings
+
+    settings, v, result = get_settings(), summary["versions"], audit["result"]
+    out = story.out
     out.rule("summary")
-    out.print(f"database     {redact_url(settings.resolved_database_url)}\n"
+    out.print(f"database     {redact_url(settings.resolved_database_url)} (a sandbox: --as works here, and says so)\n"
               f"artifacts    {settings.resolved_artifact_store}\n"
-              f"demo files   {work}\n"
-              f"audit trail  {result.head_seq:,} events, chain {'intact' if result.ok else 'BROKEN'}\n"
+              f"demo files   {story.work} (api.log, serve-trading.log, the audit export)\n"
+              f"audit trail  {result['head_seq']:,} events, chain {'intact' if result['ok'] else 'BROKEN'}\n"
               f"took         {elapsed:.1f} s\n\n"
-              f"evidence     {evidence}\n"
+              f"evidence     {summary['evidence']}\n"
               f"models       trading: teacher {v['teacher']}, student {v['student']} (production), INT8 {v['int8']} "
               "(production)\n"
               + (f"             language: teacher {lm_versions['teacher']}, student {lm_versions['student']} "
                  "(production)\n" if lm_versions else "") + "\n"
-              "look further:\n"
+              "look further (as your OS account, an auditor here):\n"
               f"  cvg models lineage {v['int8']}\n"
               + (f"  cvg models lineage {lm_versions['student']}\n" if lm_versions else "") +
-              f"  cvg models history {cfg.name}-student\n"
+              f"  cvg models history {TRADING_MODEL}\n"
               f"  cvg audit query --subject model_version:{v['student']}\n"
+              "  cvg audit query --action '*_refused'\n"
+              "  cvg principals list\n"
               "  cvg pipelines runs\n"
               "  cvg budgets show\n"
-              f"  cvg drift history {cfg.name}-student\n"
-              "  cvg webhooks list\n"
-              "  cvg budgets report --by step\n"
+              f"  cvg drift history {TRADING_MODEL}\n"
               "  cvg audit verify\n"
-              f"  python {auditor} {export}")
-    return {"ok": result.ok and offline.returncode == 0, "events": result.head_seq, "export": str(export),
-            "summary": summary}
+              f"  python {audit['script']} {audit['export']}\n"
+              "  cvg api   # then, with a service account's key: CVG_API_URL=http://127.0.0.1:8000 CVG_API_KEY=… cvg whoami")

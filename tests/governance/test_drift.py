@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -17,6 +16,7 @@ from convergence import governance as gov
 from convergence.governance._drift import column_stats, evidently_report, fast_drift
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput, NotFound
+from tests.people import person
 
 UTC = dt.timezone.utc
 COLUMNS = ["ret_1", "rvol_5", "imbalance", "output"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from tests.people import person
 import pytest
 
 from convergence import governance as gov
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput, NotFound
+from tests.people import person
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -18,6 +17,7 @@ from convergence.governance import AuditEvent, ModelVersion
 from convergence.platform.db import session_scope
 from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
 from tests.governance.conftest import verify_now
+from tests.people import person
 
 
 def _register(model_file: Path, **kw):  # type: ignore[no-untyped-def]

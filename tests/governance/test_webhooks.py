@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.people import person
 import pytest
 from sqlalchemy import select
 
@@ -22,6 +21,7 @@ from convergence import governance as gov
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput, PolicyViolation
 from convergence.platform.settings import get_settings
+from tests.people import person
 
 SECRET = "receiver-secret"
 

@@ -36,7 +36,7 @@ def test_dependencies_and_inputs_match_the_steps(spec) -> None:
     for step, deps in STEP_DEPENDENCIES.items():
         task = tasks[step.replace("_", "-")]
         assert sorted(task.get("dependentTasks", [])) == sorted(d.replace("_", "-") for d in deps)
-        assert set(task["inputs"]["parameters"]) == {"config_json", "actor"}
+        assert set(task["inputs"]["parameters"]) == {"config_json"}  # who acts is the pod's service account
         assert set(task["inputs"].get("artifacts", {})) == set(deps)
     default = doc["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
     assert '"folds": 3' in default
@@ -48,7 +48,7 @@ def test_spec_loads_back_as_a_component(spec) -> None:
     path, _ = spec
     loaded = components.load_component_from_file(str(path))
     assert loaded.name == "convergence-trading"
-    assert set(loaded.component_spec.inputs) == {"actor", "config_json"}
+    assert set(loaded.component_spec.inputs) == {"config_json"}
 
 
 def test_bad_output_name_and_unreachable_server(tmp_path: Path, spec) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import shlex
 
-from tests.people import person
 import pytest
 
 from convergence.pipelines import job_manifest, submit_job
 from convergence.platform.errors import InvalidInput, Unavailable
+from tests.people import detached, person
 
 
 class RecordingBatchApi:
@@ -72,7 +72,8 @@ def test_manifest_is_a_valid_locked_down_job(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CVG_K8S_NAMESPACE", "quant")
     get_settings.cache_clear()
     trigger = {"kind": "drift", "alert_ids": [4, 5], "model": "es-trading-student"}
-    manifest = job_manifest(family="trading", principal=person("monitor"), overrides={"eval": {"folds": 2}}, trigger=trigger)
+    manifest = job_manifest(family="trading", requested_by=detached("monitor", 7), overrides={"eval": {"folds": 2}},
+                            trigger=trigger)
     get_settings.cache_clear()
     job = _as_v1job(manifest)
     pod = job.spec.template.spec
@@ -82,8 +83,10 @@ def test_manifest_is_a_valid_locked_down_job(monkeypatch: pytest.MonkeyPatch) ->
     assert pod.security_context.run_as_non_root and container.security_context.read_only_root_filesystem
     assert container.security_context.capabilities.drop == ["ALL"]
     assert container.image == "registry.example/convergence:1.2.3"
-    assert container.command[:6] == ["cvg", "pipelines", "run", "trading", "--as", "monitor"]
-    assert json.loads(container.command[container.command.index("--trigger") + 1]) == trigger
+    # the pod acts as its service account (CVG_API_KEY from the Secret); who asked is recorded, never acted as
+    assert container.command[:5] == ["cvg", "pipelines", "run", "trading", "--json"] and "--as" not in container.command
+    assert json.loads(container.command[container.command.index("--trigger") + 1]) == {
+        **trigger, "requested_by": {"id": 7, "name": "monitor"}}
     assert json.loads(container.command[container.command.index("--set") + 1]) == {"eval": {"folds": 2}}
     assert [e.config_map_ref.name if e.config_map_ref else e.secret_ref.name for e in container.env_from] == [
         "convergence-config", "convergence-secrets"]
@@ -92,7 +95,7 @@ def test_manifest_is_a_valid_locked_down_job(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_submission_goes_through_the_client_call() -> None:
     fake = RecordingBatchApi()
-    manifest = job_manifest(family="trading", principal=person("ops"))
+    manifest = job_manifest(family="trading", requested_by=detached("ops"))
     result = submit_job(manifest, api=fake)
     assert fake.calls == [("convergence", manifest)] and result == {"job": manifest["metadata"]["name"],
                                                                    "namespace": "convergence"}
@@ -102,9 +105,9 @@ def test_without_a_cluster_the_error_is_one_line(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(Unavailable, match="no Kubernetes configuration"):
-        submit_job(job_manifest(family="trading", principal=person("ops")))
+        submit_job(job_manifest(family="trading", requested_by=detached("ops")))
     with pytest.raises(InvalidInput, match="unknown pipeline family"):
-        job_manifest(family="crypto", principal=person("ops"))
+        job_manifest(family="crypto", requested_by=detached("ops"))
 
 
 def test_drift_retraining_on_kubernetes_submits_the_same_job(db_url: str, model_file, evidence_file) -> None:
@@ -140,9 +143,9 @@ def test_scheduled_runs_are_raycronjobs_where_kuberay_is() -> None:
     from convergence.pipelines import schedule_run
 
     fakes = fake_cluster(kuberay=True)
-    result = schedule_run(family="trading", principal=person("ops"), cron="0 6 * * 1-5", apis=fakes["apis"], custom=fakes["custom"])
+    result = schedule_run(family="trading", requested_by=detached("ops"), cron="0 6 * * 1-5", apis=fakes["apis"], custom=fakes["custom"])
     [call] = fakes["custom"].calls
     assert (call["plural"], call["body"]["kind"], result["schedule"]) == ("raycronjobs", "RayCronJob", "0 6 * * 1-5")
     without = fake_cluster(kuberay=False)
     with pytest.raises(Unavailable, match="KubeRay is not installed"):
-        schedule_run(family="trading", principal=person("ops"), cron="0 6 * * *", apis=without["apis"], custom=without["custom"])
+        schedule_run(family="trading", requested_by=detached("ops"), cron="0 6 * * *", apis=without["apis"], custom=without["custom"])

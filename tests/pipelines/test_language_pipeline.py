@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -18,6 +17,7 @@ from convergence.pipelines._corpus import load_corpus
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput
 from convergence.platform.settings import get_settings
+from tests.people import person
 from tests.pipelines.conftest import LENIENT_LM_GATES, TINY_LM
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
@@ -13,6 +12,7 @@ from convergence.pipelines._runner import pipeline_run
 from convergence.platform.db import session_scope
 from convergence.platform.errors import BudgetExceeded, InvalidInput
 from tests.governance.test_budgets import _finished_run_with_usage, project  # noqa: F401 - a shared fixture
+from tests.people import person
 
 THIS_MONTH = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.people import person
 import pytest
 
 from convergence import governance as gov
 from convergence.pipelines import STEP_DEPENDENCIES, run_step
 from convergence.platform.db import session_scope
+from tests.people import person
 
 
 @pytest.mark.ray

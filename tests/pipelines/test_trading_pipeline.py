@@ -10,16 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-from tests.people import person
 import pytest
 from sqlalchemy import func, select
 
 from convergence import governance as gov
-from convergence.pipelines import parse_config, run_trading
 from convergence.pipelines import _nets as nets
+from convergence.pipelines import parse_config, run_trading
 from convergence.pipelines._runner import pipeline_run
 from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput
+from tests.people import api_key, person
 from tests.pipelines.conftest import LENIENT_GATES, SMALL
 
 pytestmark = pytest.mark.ray
@@ -96,8 +96,8 @@ def test_a_stale_run_is_marked_failed_by_the_next_start(db_url: str, monkeypatch
 def test_sigkill_mid_run_leaves_nothing_half_registered(db_url: str, tmp_path: Path) -> None:
     """A real `cvg pipelines run` killed mid-training; the next start marks it failed."""
     cfg = {**SMALL, "model": {**SMALL["model"], "epochs": 200}, "gates": LENIENT_GATES}
-    env = {**os.environ, "CVG_HEARTBEAT_INTERVAL_S": "0.5"}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("cvg")), "pipelines", "run", "trading", "--as", "quant",
+    env = {**os.environ, "CVG_HEARTBEAT_INTERVAL_S": "0.5", "CVG_API_KEY": api_key("pipelines-sa", "registrant")}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("cvg")), "pipelines", "run", "trading",
                              "--set", json.dumps(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 120
@@ -152,12 +152,14 @@ def test_drift_retraining_run_links_alert_run_and_candidate(db_url: str, ray_ses
         gov.log_predictions(session=s, model_version_id=student, rows=rows)
     with session_scope() as s:
         report, alerts = gov.check_drift(session=s, name="es-trading-student", since=now - dt.timedelta(minutes=1),
-                                         until=now + dt.timedelta(minutes=1), principal=person("monitor"), evidently=False)
+                                         until=now + dt.timedelta(minutes=1), principal=person("retrainer"),
+                                         evidently=False)
         alert_ids = [a.id for a in alerts]
     assert report.drifted and alert_ids
     from convergence.pipelines import retrain_after_alerts
 
-    result = retrain_after_alerts(name="es-trading-student", alert_ids=alert_ids, principal=person("monitor"), cfg=small_config)
+    result = retrain_after_alerts(name="es-trading-student", alert_ids=alert_ids, principal=person("retrainer"),
+                                  cfg=small_config)
     with session_scope(write=False) as s:
         new_student = gov.get_model(session=s, version_id=result["versions"]["student"])
         assert new_student.stage == "candidate"  # validation and approval still required

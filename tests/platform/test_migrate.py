@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tests.people import detached
 import pytest
 from sqlalchemy import inspect
 
 from convergence.platform import migrate
 from convergence.platform.db import get_engine
 from convergence.platform.errors import SchemaOutdated
+from tests.people import detached
 
 TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
           "budgets", "budget_changes", "alerts", "prediction_log", "reference_profiles", "drift_reports",

@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from tests.people import person
 import pytest
+
+from tests.people import person
 
 N_FEATURES = 8
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.people import person
 import pytest
 
 from convergence import governance as gov
 from convergence.platform.db import session_scope
 from convergence.serving._runtime import KillWatcher, Metrics, PredictionLogger
+from tests.people import person
 
 
 def test_metrics_render_counters_gauges_and_cumulative_histograms() -> None:

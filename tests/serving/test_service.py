@@ -10,11 +10,11 @@ import struct
 import time
 
 import numpy as np
-from tests.people import person
 import pytest
 
 from convergence import governance as gov
 from convergence.platform.db import session_scope
+from tests.people import person
 from tests.serving.conftest import N_FEATURES
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -89,22 +89,28 @@ def test_bad_input_gets_a_precise_4xx_and_the_server_keeps_answering(trading_ser
 
 def test_kill_switch_stops_a_running_server_within_a_second_and_resume_restores_it(trading_server) -> None:
     client, name = trading_server.client, "es-trading-student"
+    risk = person("risk")
     assert client.post("/predict", json={"rows": _rows(1).tolist()}).status_code == 200
     with session_scope() as s:
-        gov.kill(session=s, name=name, reason="runaway orders", principal=person("risk"))
+        gov.kill(session=s, name=name, reason="runaway orders", principal=risk)
     t0 = time.monotonic()
     while client.post("/predict", json={"rows": _rows(1).tolist()}).status_code == 200:
         assert time.monotonic() - t0 < 1.0, "still serving a second after the kill"
     r = client.post("/predict", json={"rows": _rows(1).tolist()})
     assert r.status_code == 503 and "runaway orders" in r.json()["message"]
     with session_scope() as s:
-        gov.resume(session=s, name=name, principal=person("risk"), reason="fixed")
-        gov.kill(session=s, name=name, reason="flatten", principal=person("risk"), safe_output=0.0)
+        gov.resume(session=s, name=name, principal=risk, reason="fixed")
+        gov.kill(session=s, name=name, reason="flatten", principal=risk, safe_output=True)
     time.sleep(0.6)
     flat = client.post("/predict", json={"rows": _rows(3).tolist()}).json()
     assert flat["killed"] and flat["predictions"] == [0.0, 0.0, 0.0] and flat["reason"] == "flatten"
+    # answers given while killed are logged, flagged, and kept out of drift checks
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not _logged_killed(flat["prediction_ids"]):
+        time.sleep(0.1)
+    assert _logged_killed(flat["prediction_ids"]) == [True, True, True]
     with session_scope() as s:
-        gov.resume(session=s, name=name, principal=person("risk"), reason="fixed")
+        gov.resume(session=s, name=name, principal=risk, reason="fixed")
     t0 = time.monotonic()
     while "killed" in client.post("/predict", json={"rows": _rows(1).tolist()}).json():
         assert time.monotonic() - t0 < 1.0, "still killed a second after the resume"
@@ -112,6 +118,15 @@ def test_kill_switch_stops_a_running_server_within_a_second_and_resume_restores_
         actions = [e.action for e in gov.query_events(session=s, subject=gov.Subject("model", name))]
         assert actions == ["serving.killed", "serving.resumed", "serving.killed", "serving.resumed"]
         assert gov.verify(session=s).ok
+
+
+def _logged_killed(prediction_ids: list[str]) -> list[bool]:
+    from sqlalchemy import select
+
+    with session_scope(write=False) as s:
+        rows = s.execute(select(gov.PredictionLog.prediction_id, gov.PredictionLog.killed)
+                         .where(gov.PredictionLog.prediction_id.in_(prediction_ids))).all()
+    return [killed for _, killed in sorted(rows, key=lambda r: prediction_ids.index(r[0]))]
 
 
 def test_64_concurrent_clients_are_all_answered_and_batched(trading_server) -> None:
@@ -134,7 +149,7 @@ def test_64_concurrent_clients_are_all_answered_and_batched(trading_server) -> N
     counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if " " in line}
     assert counts['cvg_serving_batch_size_count'] < counts['cvg_serving_predictions_total{version_id="%d"}'
                                                            % trading_server.version_id]  # some batches > 1 row
-    assert json.loads(client.get("/info").text)["trading"]["queue_depth"] == 0
+    assert "cvg_serving_queue_depth 0" in client.get("/metrics").text
     client.close()
 
 

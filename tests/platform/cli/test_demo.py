@@ -14,15 +14,27 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("CVG_DATABASE_URL", raising=False)
     result = cvg("demo", "--quick", env=env)
     assert result.code == 0, result.err[-3000:]
-    for fragment in ("migrated", "energy budget", "train_teacher", "registered teacher", "validated", "refused",
+    for fragment in ("migrated", "a sandbox", "installed two admins", "`cvg api` is up", "sam approved each grant",
+                     "energy budget", "train_teacher", "registered teacher", "validated",
+                     "refused by role (role-required:model.approve) and then by identity (approver-not-registrant)",
+                     "without a key: 401", "ops' kill was refused", "flagged killed=True",
                      "drift check", "signed webhook", "budgets:", "language pipeline", "nina's run",
-                     "lineage: corpus", "the language run",
-                     "promoted the student", "audit chain verified", "OK:", "summary"):
+                     "lineage: corpus", "the language run", "promoted both to production", "audit chain verified",
+                     "OK:", "revoked the", "summary"):
         assert fragment in result.out, fragment
     assert (tmp_path / "home" / "convergence.db").exists()
-    verify = cvg("audit", "verify", "--json", env=env)
+    verify = cvg("audit", "verify", "--json", env=env)  # as the OS account, an auditor on the demo's sandbox
     assert verify.json["ok"] and verify.json["checked"] >= 14
     production = cvg("models", "list", "--stage", "production", "--json", env=env).json
     assert sorted((m["family"], m["role"]) for m in production) == [("language", "student"), ("trading", "quantized"),
                                                                     ("trading", "student")]
     assert {m["created_by"] for m in production} == {"quinn", "nina"}
+    # every persona acted through the API with its own key: the chain says so for each of them
+    events = cvg("audit", "query", "--limit", "10000", "--json", env=env).json
+    by_key = {e["actor"] for e in events if e["payload"]["principal"]["auth"] == "api_key"}
+    assert {"ada", "sam", "quinn", "nina", "carol", "alice", "ops", "risk", "fin", "auditor", "monitor"} <= by_key
+    refusals = {(e["actor"], e["payload"]["rule"]) for e in events if e["action"].endswith("_refused")}
+    assert refusals == {("quinn", "role-required:model.approve"), ("quinn", "approver-not-registrant"),
+                        ("ops", "role-required:serving.kill")}
+    keys = cvg("principals", "keys", "--json", env=env).json
+    assert keys and all(k["state"] != "active" for k in keys)  # the demo revoked what it issued
