@@ -54,7 +54,7 @@ def grant_to_dict(grant: RoleGrant, names: dict[int, str] | None = None, *,
 
 
 def names_by_id(session: Session) -> dict[int, str]:
-    return dict(session.execute(select(PrincipalRow.id, PrincipalRow.name)).tuples().all())
+    return {pid: name for pid, name in session.execute(select(PrincipalRow.id, PrincipalRow.name))}
 
 
 def request_grant(*, session: Session, principal: Principal, grantee: str, role: str,
