@@ -53,6 +53,7 @@ class TokenVerifier:
         self._config: dict[str, Any] | None = None
         self._keys: dict[str, dict[str, Any]] = {}
         self._fetched_at: float | None = None
+        self._forced_at: float | None = None
         self._lock = threading.Lock()
 
     def configuration(self) -> dict[str, Any]:
@@ -76,10 +77,11 @@ class TokenVerifier:
 
     def _key(self, kid: str) -> dict[str, Any]:
         with self._lock:
-            if kid not in self._keys:
-                due = self._fetched_at is None or self.clock() - self._fetched_at >= self.refresh_s
-                if due:
-                    self._refresh()  # an unknown kid: the issuer may have rotated its keys
+            if self._fetched_at is None:
+                self._refresh()
+            if kid not in self._keys and (self._forced_at is None or self.clock() - self._forced_at >= self.refresh_s):
+                self._forced_at = self.clock()  # an unknown kid: the issuer may have rotated its keys; refetch,
+                self._refresh()                 # but at most once per refresh_s, so junk kids cannot hammer it
             key = self._keys.get(kid)
         if key is None:
             raise Unauthenticated(f"the token is signed with key {kid!r}, which the issuer does not publish")

@@ -83,6 +83,18 @@ def test_in_a_sandbox_every_variant_of_the_registrant_is_the_registrant(db_url: 
     assert event.payload_obj["principal"] == {**event.payload_obj["principal"], "sandbox": True, "auth": "sandbox"}
 
 
+def test_the_same_name_from_another_issuer_is_another_principal_with_a_distinct_name(db_url: str) -> None:
+    alice = person("alice")
+    auth = identity.AuthContext("oidc")
+    with session_scope() as s:
+        other = identity.ensure_principal(session=s, issuer="https://login.partner.example", subject="a-9",
+                                          name="Alice", kind="human", auth=auth)
+        assert (other.id != alice.id, other.name) == (True, "Alice@login.partner.example")
+        again = identity.ensure_principal(session=s, issuer="https://login.partner.example", subject="a-9",
+                                          name="someone else now", kind="human", auth=auth)
+        assert again.id == other.id
+
+
 def test_without_credentials_the_cli_acts_as_the_os_account(db_url: str) -> None:
     me = identity.Authenticator().local()
     assert (me.issuer, me.subject, me.auth.method, me.roles) == (identity.OS_ISSUER, identity.os_account(), "os",
