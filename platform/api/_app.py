@@ -256,13 +256,21 @@ def create_app(*, authenticator: Any = None, jobs: Any = None) -> Any:
     errors = {status: {"model": ErrorBody} for status in ERROR_STATUSES}
     for spec in Operations.specs():
         extra: dict[str, Any] = {}
+        responses: dict[int | str, Any] = dict(errors)
+        if spec.kind == "stream":
+            from starlette.responses import StreamingResponse
+
+            extra["response_class"] = StreamingResponse
+            responses[200] = {"description": "the export, streamed", "content": {
+                media: {"schema": {"type": "string"}} for media in ("application/x-ndjson", "text/csv",
+                                                                   "application/octet-stream")}}
         if spec.kind == "upload":
             extra["openapi_extra"] = {"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
         app.add_api_route(spec.path, _endpoint(spec), methods=[spec.method], status_code=spec.status,
                           tags=[spec.tag], name=spec.name, summary=spec.name.replace("_", " "),
                           description=inspect.getdoc(spec.func), dependencies=[Depends(authenticated)],
-                          responses=errors, **extra)
+                          responses=responses, **extra)
     _health(app)
     app.add_middleware(_Limits, max_body=settings.api_max_body_bytes, max_upload=settings.api_max_upload_bytes)
     return app
