@@ -60,7 +60,7 @@ def job_manifest(*, family: str, requested_by: Principal, overrides: dict[str, A
                         "command": command,
                         "envFrom": [{"configMapRef": {"name": settings.k8s_config_map}},
                                     {"secretRef": {"name": settings.k8s_secret}}],
-                        "env": [{"name": "CVG_HOME", "value": "/var/lib/convergence"}],
+                        "env": [{"name": "CVG_HOME", "value": "/var/lib/convergence"}, *_key_env(settings)],
                         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
                         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}},
@@ -72,6 +72,14 @@ def job_manifest(*, family: str, requested_by: Principal, overrides: dict[str, A
             },
         },
     }
+
+
+def _key_env(settings: Any) -> list[dict[str, Any]]:
+    """The pipelines service account's API key, from the chart's keys Secret when it names one."""
+    if not settings.k8s_keys_secret:
+        return []
+    return [{"name": "CVG_API_KEY", "valueFrom": {"secretKeyRef": {"name": settings.k8s_keys_secret,
+                                                                   "key": "pipelines", "optional": True}}}]
 
 
 def _command(family: str, overrides: dict[str, Any] | None, trigger: dict[str, Any] | None) -> list[str]:

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     k8s_config_map: str = Field(default="convergence-config", description="ConfigMap with the CVG_ settings.")
     k8s_secret: str = Field(default="convergence-secrets", description="Secret with the database URL and signing secrets.")
     k8s_ray_cluster: str = Field(default="convergence-ray", description="The chart's RayCluster that RayJobs run on.")
+    k8s_keys_secret: str = Field(default="", description="Secret with the service accounts' API keys (key "
+                                 "pipelines is what triggered Jobs act with).")
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
     webhook_timeout_s: float = Field(default=5.0, gt=0)

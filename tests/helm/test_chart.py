@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.helm.conftest import CHART
+from tests.people import detached
 
 K8S_VERSION = "1.30.0"
 CRDS = Path(__file__).parent / "crds"
@@ -44,7 +45,8 @@ def test_lint_template_and_every_manifest_validates(helm: str, render, values: l
     for doc in docs:
         _validate(doc)
     kinds = {d["kind"] for d in docs}
-    assert {"Job", "ConfigMap", "RayCluster", "CronJob", "Role", "RoleBinding", "ServiceAccount"} <= kinds
+    assert {"Job", "ConfigMap", "RayCluster", "CronJob", "Role", "RoleBinding", "ServiceAccount", "Deployment",
+            "Service", "NetworkPolicy"} <= kinds  # the API and the NetworkPolicy are on by default
     runs = [d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] for d in docs
             if d["kind"] == "CronJob" and d["metadata"]["name"].endswith(("-pipeline-trading", "-pipeline-language"))]
     assert sorted(a[:3] for a in runs) == [["pipelines", "run", "language"], ["pipelines", "run", "trading"]]
@@ -102,7 +104,8 @@ def test_secret_values_are_not_in_the_defaults(render) -> None:
     assert code == 0, err
     assert not [d for d in docs if d["kind"] == "Secret"]
     configmap = next(d for d in docs if d["kind"] == "ConfigMap")
-    assert not any("url" in k.lower() or "secret" in k.lower() for k in configmap["data"] if k != "CVG_K8S_SECRET")
+    # (CVG_K8S_SECRET and CVG_K8S_KEYS_SECRET only name Secrets; they hold nothing secret)
+    assert not any("url" in k.lower() or "secret" in k.lower() for k in configmap["data"] if not k.startswith("CVG_K8S_"))
 
 
 @pytest.mark.parametrize("values,message", [
@@ -110,6 +113,9 @@ def test_secret_values_are_not_in_the_defaults(render) -> None:
     ({"rayCluster": {"gpuWorkers": {"enabled": True, "gpus": 1.5}}}, "rayCluster.gpuWorkers.gpus: Invalid type. Expected: integer"),
     ({"database": {"embedded": False}}, "database.existingSecret: String length must be greater than or equal to 1"),
     ({"drift": {"window": "an hour"}}, "drift.window"),
+    ({"auth": {"oidc": {"issuer": "login.example.com"}}}, "auth.oidc.issuer: Does not match pattern"),
+    ({"auth": {"oidc": {"issuer": "https://login.example.com", "audience": ""}}}, "auth.oidc.audience"),
+    ({"networkPolicy": {"enabled": "yes"}}, "networkPolicy.enabled: Invalid type. Expected: boolean"),
 ])
 def test_invalid_values_fail_with_the_schema_message(render, tmp_path: Path, values: dict, message: str) -> None:
     file = tmp_path / "bad.yaml"
@@ -123,12 +129,57 @@ def test_what_the_trigger_would_submit_validates() -> None:
     from convergence.pipelines import job_manifest, rayjob_manifest
 
     trigger = {"kind": "drift", "alert_ids": [1]}
-    job = job_manifest(family="trading", actor="ops", trigger=trigger)
-    rayjob = rayjob_manifest(family="trading", actor="ops", trigger=trigger, overrides={"eval": {"folds": 2}})
-    cron = rayjob_manifest(family="trading", actor="ops", schedule="0 6 * * 1-5")
+    ops = detached("ops")
+    job = job_manifest(family="trading", requested_by=ops, trigger=trigger)
+    rayjob = rayjob_manifest(family="trading", requested_by=ops, trigger=trigger, overrides={"eval": {"folds": 2}})
+    cron = rayjob_manifest(family="trading", requested_by=ops, schedule="0 6 * * 1-5")
     for manifest in (job, rayjob, cron):
         _validate(manifest)
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "convergence-pipelines"
     assert rayjob["spec"]["clusterSelector"] == {"ray.io/cluster": "convergence-ray"}
-    assert rayjob["spec"]["entrypoint"].startswith("cvg pipelines run trading --as ops --json")
+    assert rayjob["spec"]["entrypoint"].startswith("cvg pipelines run trading --json")
+    assert "--as" not in rayjob["spec"]["entrypoint"] and '"requested_by"' in rayjob["spec"]["entrypoint"]
     assert cron["spec"]["schedule"] == "0 6 * * 1-5" and cron["spec"]["jobTemplate"]["entrypoint"]
+
+
+def _doc(docs: list[dict], kind: str, suffix: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix))
+
+
+def test_the_api_is_deployed_authenticated_and_fenced_by_default(render) -> None:
+    code, docs, err = render()
+    assert code == 0, err
+    api = _doc(docs, "Deployment", "-api")["spec"]["template"]["spec"]
+    assert api["containers"][0]["args"][:4] == ["api", "--host", "0.0.0.0", "--port"]
+    assert api["automountServiceAccountToken"] is False and api["serviceAccountName"].endswith("-api")
+    assert api["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert _doc(docs, "Service", "-api")["spec"]["ports"][0]["targetPort"] == "http"
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert "CVG_ACTOR" not in config  # nobody acts as a typed name in a cluster
+    assert config["CVG_SERVE_AUTH"] == "required" and config["CVG_API_MAX_RUNS"] == "0"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"] if "ports" in r] == [8000]
+
+
+def test_oidc_settings_and_workload_keys_come_from_values(render) -> None:
+    code, docs, err = render("-f", str(EVERYTHING))
+    assert code == 0, err
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert (config["CVG_OIDC_ISSUER"], config["CVG_OIDC_AUDIENCE"], config["CVG_OIDC_ROLES_CLAIM"],
+            config["CVG_OIDC_CLIENT_ID"]) == ("https://login.example.com/realms/quant", "urn:convergence:api",
+                                              "groups", "cvg-cli")
+    assert config["CVG_K8S_KEYS_SECRET"] == "convergence-keys"
+
+    def key_of(pod: dict) -> str | None:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        ref = env.get("CVG_API_KEY", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        return ref.get("key") if ref.get("name") == "convergence-keys" else None
+
+    keys = {name.rsplit("-", 1)[-1] if "pipeline" not in name else "pipeline": key_of(pod)
+            for name, pod in _pods(docs)}
+    assert keys["pipeline"] == "pipelines" and keys["webhooks"] == "deliverer" and keys["api"] is None
+    assert key_of(_doc(docs, "CronJob", "-drift-es-trading-student")["spec"]["jobTemplate"]["spec"]["template"]
+                  ["spec"]) == "monitor"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    api_rule = next(r for r in policy["spec"]["ingress"] if r.get("ports", [{}])[0].get("port") == 8000)
+    assert api_rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "quant"}}}]

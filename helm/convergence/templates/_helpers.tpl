@@ -27,6 +27,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "ray://%s-ray-head-svc:10001" (include "cvg.fullname" .) }}
 {{- end -}}
 
+{{/* The API key a workload acts with (its service account's, from auth.serviceAccountKeys), if any. */}}
+{{- define "cvg.keyEnv" -}}
+{{- if and .key .root.Values.auth.serviceAccountKeys.existingSecret }}
+- name: CVG_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.auth.serviceAccountKeys.existingSecret }}
+      key: {{ .key }}
+      optional: true
+{{- end }}
+{{- end -}}
+
 {{/* Environment every convergence container gets: settings, the database URL, a writable home. */}}
 {{- define "cvg.env" -}}
 - name: CVG_HOME
@@ -95,6 +107,7 @@ containers:
       {{- toYaml .args | nindent 6 }}
     env:
       {{- include "cvg.env" $root | nindent 6 }}
+      {{- include "cvg.keyEnv" (dict "root" $root "key" .key) | nindent 6 }}
     envFrom:
       {{- include "cvg.envFrom" $root | nindent 6 }}
     {{- with .resources }}
