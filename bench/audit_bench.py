@@ -21,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _people import principal
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("CVG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -45,14 +47,15 @@ def bench_backend(label: str, url: str, events: int, single: int) -> dict:
     from convergence.platform.db import session_scope
 
     _fresh(url)
+    bench = principal("bench")
     t0 = time.perf_counter()
     for i in range(single):
         with session_scope() as s:
-            append(session=s, actor="bench", action="prediction.logged", subject=Subject("prediction", str(i)),
+            append(session=s, principal=bench, action="prediction.logged", subject=Subject("prediction", str(i)),
                    payload=_payload(i))
     single_rate = single / (time.perf_counter() - t0)
 
-    batch = [EventIn("bench", "prediction.logged", Subject("prediction", str(i)), _payload(i)) for i in range(events)]
+    batch = [EventIn(bench, "prediction.logged", Subject("prediction", str(i)), _payload(i)) for i in range(events)]
     t0 = time.perf_counter()
     with session_scope() as s:
         append_many(session=s, events=batch)

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _people import principal
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +62,10 @@ def webhooks(n: int) -> dict:
     get_settings.cache_clear()
     dispose_engines()
     migrate.upgrade()
+    admin = principal("bench-admin", "admin")
     with gov.ReferenceReceiver("bench-secret") as receiver:
         with session_scope() as s:
-            gov.subscribe(session=s, actor="bench", url=receiver.url, events=["drift.alert"], secret="bench-secret")
+            gov.subscribe(session=s, principal=admin, url=receiver.url, events=["drift.alert"], secret="bench-secret")
             for i in range(n):
                 gov.enqueue(session=s, event_type="drift.alert", data={"i": i})
         t0 = time.perf_counter()

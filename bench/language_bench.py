@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from _people import principal
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,8 @@ def main() -> None:
 
     migrate.upgrade()
     cfg = parse_config({**json.loads(args.set), "eval": {"gen_repeats": 5}}, "language")
-    summary = run_language(cfg, actor="bench", progress=lambda s, state, d: print(f"  {state:6} {s} {d}"))
+    summary = run_language(cfg, principal=principal("bench", "registrant"),
+                           progress=lambda s, state, d: print(f"  {state:6} {s} {d}"))
     ppl, speed, size = summary["perplexity"], summary["speed"], summary["size"]
     batched = f"tokens_per_s_batch{cfg.eval.batch}"
     head = f"tok/s b{cfg.eval.batch}"

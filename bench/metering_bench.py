@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _people import principal
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,16 +41,17 @@ def main() -> None:
     get_settings.cache_clear()
     dispose_engines()
     migrate.upgrade()
+    bench = principal("bench", "registrant", "finance")
     with session_scope() as s:
-        gov.ensure_project(session=s, name="default", actor="bench")
-        gov.set_budget(session=s, actor="bench", project="default", metric="kwh", period=time.strftime("%Y"),
+        gov.ensure_project(session=s, name="default", principal=bench)
+        gov.set_budget(session=s, principal=bench, project="default", metric="kwh", period=time.strftime("%Y"),
                        hard=1e6, soft=1e5)
     cfg = parse_config({"model": {"teacher_hidden": 512, "teacher_layers": 2, "epochs": 3, "student_epochs": 60}})
     ticks = load_ticks()
 
     def pipeline() -> float:
         t0 = time.perf_counter()
-        with pipeline_run(pipeline="bench", params={}, dataset_id=None, actor="bench") as ctx:
+        with pipeline_run(pipeline="bench", params={}, dataset_id=None, principal=bench) as ctx:
             with ctx.step("build_features"):
                 fs = features_for(cfg, ticks)
                 _, (train, _test) = time_folds(len(fs), 2, 0.2, cfg.features.horizon)
@@ -58,7 +61,7 @@ def main() -> None:
             with ctx.step("distill_student"):
                 T.fit_students(teacher, p, train, cfg)
             with session_scope() as s:
-                gov.finish_run(session=s, actor="bench", run_id=ctx.run_id)
+                gov.finish_run(session=s, principal=bench, run_id=ctx.run_id)
                 ctx.finished = True
         return time.perf_counter() - t0
 
@@ -79,8 +82,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for _ in range(50):  # what each step adds besides the meter: a usage row and the budget checks
         with session_scope() as s:
-            gov.record_usage(session=s, project="default", reading=reading, step="bench", actor="bench")
-            gov.check_during(session=s, project="default", family=None, actor="bench")
+            gov.record_usage(session=s, project="default", reading=reading, step="bench", principal=bench)
+            gov.check_during(session=s, project="default", family=None, principal=bench)
     per_record_ms = (time.perf_counter() - t0) / 50 * 1000
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
     print(f"\npipeline steps, median of 5: metering off {off:.2f} s, on {on:.2f} s → overhead {(on / off - 1):+.2%} "

@@ -27,6 +27,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from _people import principal
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,12 +172,16 @@ def setup_registry(tmp: Path) -> tuple[dict[str, str], Path, Path]:
     language = lm.save_artifact(tmp / "lm.pt", model=lm.build(spec), spec=spec, tokenizer=tok, role="student", meta={})
     evidence = tmp / "evidence.md"
     evidence.write_text("benchmark models (synthetic weights)\n")
+    people = {"bench": principal("bench", "registrant"), "val": principal("val", "validator"),
+              "boss": principal("boss", "approver"), "ops": principal("ops", "operator")}
     with session_scope() as s:
         for name, path, family in (("es-trading-student", trading, "trading"), ("sotu-lm-student", language, "language")):
-            mv = gov.register_model(session=s, actor="bench", name=name, artifact=path, family=family, role="student")
-            gov.validate(session=s, version_id=mv.id, actor="val", evidence=evidence)
-            gov.approve(session=s, version_id=mv.id, actor="boss", reason="bench")
-            gov.promote(session=s, version_id=mv.id, actor="ops", reason="bench")
+            mv = gov.register_model(session=s, principal=people["bench"], name=name, artifact=path, family=family,
+                                    role="student")
+            gov.validate(session=s, version_id=mv.id, principal=people["val"], evidence=evidence)
+            gov.approve(session=s, version_id=mv.id, principal=people["boss"], reason="bench", safe_output=0.0
+                        if family == "trading" else None)
+            gov.promote(session=s, version_id=mv.id, principal=people["ops"], reason="bench")
     return env, trading, language
 
 

@@ -67,6 +67,7 @@ class Authenticator:
         self._verifier = verifier
         self._keys: dict[str, _Entry] = {}
         self._tokens: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self._subjects: dict[tuple[str, str, frozenset[str]], _Entry] = {}  # a person's next token: no lookup
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -88,6 +89,7 @@ class Authenticator:
         with self._lock:
             self._keys.clear()
             self._tokens.clear()
+            self._subjects.clear()
 
     def from_header(self, authorization: str | None, *, request_id: str | None = None) -> Principal:
         """``Authorization: Bearer <API key or token>`` → Principal, or ``Unauthenticated``."""
@@ -163,13 +165,21 @@ class Authenticator:
         name = claims.get(s.oidc_name_claim) or claims.get("email") or subject
         auth = AuthContext("oidc", credential=str(claims.get("jti") or "")[:100] or None)
         claimed = roles_from_claims(claims, s.oidc_roles_claim, s.oidc_role_prefix)
+        known = self._subjects.get((issuer, subject, claimed))
+        if known is not None and known.until > self.clock():
+            return dataclasses.replace(known.principal, auth=auth)
+        principal = self._lookup(issuer, subject, str(name), auth, claimed)
+        with self._lock:
+            self._subjects[(issuer, subject, claimed)] = _Entry(principal, self.clock() + s.auth_cache_s)
+        return principal
+
+    def _lookup(self, issuer: str, subject: str, name: str, auth: AuthContext, claimed: frozenset[str]) -> Principal:
         with session_scope(write=False) as session:
             row = find_principal(session=session, issuer=issuer, subject=subject)
             if row is not None:
                 return self._usable(to_principal(row, auth=auth, session=session, roles=claimed), row)
         with session_scope() as session:
-            row = ensure_principal(session=session, issuer=issuer, subject=subject, name=str(name), kind="human",
-                                   auth=auth)
+            row = ensure_principal(session=session, issuer=issuer, subject=subject, name=name, kind="human", auth=auth)
             return self._usable(to_principal(row, auth=auth, session=session, roles=claimed), row)
 
     @staticmethod

@@ -54,6 +54,7 @@ class TokenVerifier:
         self._keys: dict[str, dict[str, Any]] = {}
         self._fetched_at: float | None = None
         self._forced_at: float | None = None
+        self._built: dict[tuple[str, str], Any] = {}  # (kid, alg) → the key object, built once per JWKS
         self._lock = threading.Lock()
 
     def configuration(self) -> dict[str, Any]:
@@ -73,6 +74,7 @@ class TokenVerifier:
         if not isinstance(keys, list):
             raise Unavailable("the issuer's JWKS has no keys list")
         self._keys = {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
+        self._built = {}
         self._fetched_at = self.clock()
 
     def _key(self, kid: str) -> dict[str, Any]:
@@ -91,10 +93,7 @@ class TokenVerifier:
         """The token's claims if it is a valid access token for this API; else ``Unauthenticated``."""
         import jwt
 
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise Unauthenticated("the bearer token is not a JWT") from None
+        header = _header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ASYMMETRIC_ALGS:
             raise Unauthenticated(f"token algorithm {alg!r} is refused: only signed tokens "
@@ -106,7 +105,9 @@ class TokenVerifier:
             raise Unauthenticated(f"key {kid!r} is a {jwk.get('kty')} {jwk.get('alg', '')} key and cannot verify "
                                   f"an {alg} signature")
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg).key
+            key = self._built.get((kid, alg))
+            if key is None:
+                key = self._built[(kid, alg)] = jwt.PyJWK(jwk, algorithm=alg).key
             return jwt.decode(token, key=key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
                               leeway=self.leeway_s, options={"require": ["exp", "iss", "aud", "sub"]})
         except jwt.ExpiredSignatureError:
@@ -124,6 +125,21 @@ class TokenVerifier:
             raise Unauthenticated(f"the token has no {exc.claim!r} claim") from None
         except (jwt.PyJWTError, jwt.PyJWKError, ValueError, TypeError) as exc:
             raise Unauthenticated(f"the token is not valid: {type(exc).__name__}") from None
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header, read with the standard library (PyJWT reads it again, checked, when it verifies)."""
+    import base64
+    import binascii
+
+    segment = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Unauthenticated("the bearer token is not a JWT") from None
+    if not isinstance(header, dict) or token.count(".") != 2:
+        raise Unauthenticated("the bearer token is not a JWT")
+    return header
 
 
 def _claim(token: str, name: str) -> Any:
