@@ -137,6 +137,37 @@ def _meters() -> Check:
                                        "GPU is visible; set CVG_WATTS_PER_CORE to your hardware's figure")
 
 
+def _identity() -> Check:
+    """Where identities come from: the OIDC issuer (discovery reachable) and the API a client would use."""
+    s = get_settings()
+    parts, ok, fix = [], True, None
+    if s.oidc_issuer:
+        from convergence.platform.oidc import TokenVerifier
+
+        try:
+            config = TokenVerifier(s.oidc_issuer, s.oidc_audience or "-").configuration()
+            flow = "device flow offered" if config.get("device_authorization_endpoint") else "no device flow"
+            parts.append(f"OIDC issuer {s.oidc_issuer} answers ({flow}; audience {s.oidc_audience or 'NOT SET'})")
+            ok, fix = bool(s.oidc_audience), None if s.oidc_audience else "set CVG_OIDC_AUDIENCE"
+        except ConvergenceError as exc:
+            parts.append(exc.message)
+            ok, fix = False, "check CVG_OIDC_ISSUER and that the issuer is reachable"
+    else:
+        parts.append("no OIDC issuer (people act as their OS account here; service accounts use API keys)")
+    if s.api_url:
+        import httpx
+
+        try:
+            ready = httpx.get(s.api_url.rstrip("/") + "/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        parts.append(f"CVG_API_URL {s.api_url} {'ready' if ready else 'NOT reachable'}")
+        ok, fix = ok and ready, fix or (None if ready else "start `cvg api` there, or unset CVG_API_URL")
+    credential = "CVG_API_KEY" if s.api_key else "CVG_TOKEN" if s.token else None
+    parts.append(f"credential: {credential}" if credential else "credential: none set (OS account or `cvg login`)")
+    return Check("identity", ok, "; ".join(parts), fix)
+
+
 def run_checks() -> list[Check]:
     return [
         _database(),
@@ -151,5 +182,6 @@ def run_checks() -> list[Check]:
         _package("evidently", "evidently", "pip install 'evidently==0.7.23' 'pandas<3' (drift reports for the record)"),
         _gpu(),
         _meters(),
+        _identity(),
         _helm(),
     ]
