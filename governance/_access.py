@@ -56,8 +56,12 @@ RULES: dict[str, str] = {
     "promoter-not-registrant": "the registrant of a model version cannot put it into production",
     "budget-raise-second-person": "the requester of a budget raise cannot approve or reject it",
     "grant-second-admin": "a role grant takes effect only when a second admin approves it",
+    "key-second-admin": "an API key works only once a second admin approves it",
     "no-self-grant": "nobody requests, approves or bootstraps a role for themselves",
     "human-only-role": "validator and approver are held by people, not service accounts (sandboxes excepted)",
+    "two-admins": "there are always at least two admins, so every grant can have a second one",
+    "bootstrap-once": "the first admins are installed once; after that, roles are granted under four eyes",
+    "sandbox-only": "--as NAME works only on a sandbox, and only a new, empty database becomes one",
 }
 
 
@@ -65,13 +69,20 @@ def roles_for(permission: str) -> frozenset[str]:
     return PERMISSIONS[permission][0]
 
 
+def record_refusal(*, session: Session, principal: Principal, permission: str, rule: str, message: str,
+                   subject: Subject | None = None, payload: Mapping[str, Any] | None = None) -> None:
+    """Commit the refused attempt to the audit trail on its own (the attempted change is rolled back)."""
+    commit_refusal(session=session, principal=principal, action=f"{permission}_refused",
+                   subject=subject or Subject("permission", permission),
+                   payload={"rule": rule, "reason": message, **(payload or {})})
+
+
 def refuse(*, session: Session, principal: Principal, permission: str, rule: str, message: str,
            subject: Subject | None = None, payload: Mapping[str, Any] | None = None,
            hint: str | None = None) -> NoReturn:
     """Audit the refused attempt (its own transaction), then raise ``Forbidden`` naming the rule."""
-    commit_refusal(session=session, principal=principal, action=f"{permission}_refused",
-                   subject=subject or Subject("permission", permission),
-                   payload={"rule": rule, "reason": message, **(payload or {})})
+    record_refusal(session=session, principal=principal, permission=permission, rule=rule, message=message,
+                   subject=subject, payload=payload)
     raise Forbidden(f"{message} (rule {rule})", rule=rule, hint=hint)
 
 
@@ -89,9 +100,27 @@ def require(*, session: Session, principal: Principal, permission: str, subject:
            hint="an admin grants roles with `cvg principals grant`, and a second admin approves")
 
 
+def same_person(session: Session, principal: Principal, other_id: int | None) -> bool:
+    """Whether ``other_id`` is ``principal``: the same id, or a legacy principal (a name recorded before
+    principals existed) whose name is the principal's — so a version registered as "alice" before the upgrade
+    is still alice's own to everyone called alice after it."""
+    if other_id is None:
+        return False
+    if principal.id == other_id:
+        return True
+    from convergence.governance._models import PrincipalRow
+    from convergence.governance._principal import LEGACY_ISSUER, name_key
+
+    other = session.get(PrincipalRow, other_id)
+    if other is None or other.issuer != LEGACY_ISSUER:
+        return False
+    mine = {name_key(principal.name), name_key(principal.name.rsplit("@", 1)[0]), name_key(principal.subject)}
+    return other.name_key in mine or name_key(other.name) in mine
+
+
 def distinct(*, session: Session, principal: Principal, other_id: int | None, permission: str, rule: str,
              message: str, subject: Subject, payload: Mapping[str, Any] | None = None) -> None:
-    """Separation of duties on principal ids: refuse (audited) when ``principal`` is ``other_id``."""
-    if other_id is not None and principal.id == other_id:
+    """Separation of duties on principals: refuse (audited) when ``principal`` is ``other_id``."""
+    if same_person(session, principal, other_id):
         refuse(session=session, principal=principal, permission=permission, rule=rule, message=message,
                subject=subject, payload=payload, hint="a different person must do this (four-eyes principle)")

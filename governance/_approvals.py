@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from convergence.governance._access import distinct, refuse, require
+from convergence.governance._access import distinct, refuse, require, same_person
 from convergence.governance._artifacts import StoredArtifact, get_artifact_store
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import Approval, ModelVersion, StageTransition
@@ -53,11 +53,21 @@ def _move(session: Session, mv: ModelVersion, to: str, *, actor: Principal, reas
     mv.stage = to
 
 
+def _requester_id(mv: ModelVersion) -> int | None:
+    """Who asked for the run that registered ``mv`` (a Kubernetes-triggered run registers as the pipelines
+    service account; the person who triggered it is its registrant too)."""
+    trigger = ((mv.run.params or {}).get("trigger") or {}) if mv.run is not None else {}
+    requested = trigger.get("requested_by") if isinstance(trigger, dict) else None
+    value = requested.get("id") if isinstance(requested, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _not_registrant(session: Session, mv: ModelVersion, principal: Principal, *, permission: str, verb: str,
                     rule: str) -> None:
-    distinct(session=session, principal=principal, other_id=mv.registrant_id, permission=permission, rule=rule,
-             message=f"{principal.name} registered model version {mv.id} and cannot {verb} it", subject=_subject(mv),
-             payload={"registrant_id": mv.registrant_id})
+    for registrant in (mv.registrant_id, _requester_id(mv)):
+        distinct(session=session, principal=principal, other_id=registrant, permission=permission, rule=rule,
+                 message=f"{principal.name} registered model version {mv.id} and cannot {verb} it",
+                 subject=_subject(mv), payload={"registrant_id": mv.registrant_id, "requested_by": _requester_id(mv)})
 
 
 def _validator_ids(session: Session, mv: ModelVersion) -> set[int]:
@@ -123,7 +133,7 @@ def _decide(session: Session, version_id: int, principal: Principal, reason: str
     mv = _load_for_change(session, version_id)
     safe = _check_safe_output(mv, safe_output)
     _not_registrant(session, mv, principal, permission=permission, verb=verb, rule="approver-not-registrant")
-    if principal.id in _validator_ids(session, mv):
+    if any(same_person(session, principal, vid) for vid in _validator_ids(session, mv)):
         refuse(session=session, principal=principal, permission=permission, rule="approver-not-validator",
                subject=_subject(mv), message=f"{principal.name} validated model version {mv.id} and cannot also "
                f"{verb} it", hint="a different person must do this (four-eyes principle)")

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from convergence.governance._access import record_refusal
 from convergence.governance._grants import KEY_PREFIX, check_api_key
 from convergence.governance._identity import (
     ensure_principal,
@@ -103,7 +104,12 @@ class Authenticator:
     def from_credential(self, credential: str, *, request_id: str | None = None) -> Principal:
         if len(credential) > 16384 or not credential.isascii():
             raise Unauthenticated("the credential is not an API key or a JWT")
-        principal = self._api_key(credential) if credential.startswith(KEY_PREFIX) else self._token(credential)
+        try:
+            principal = self._api_key(credential) if credential.startswith(KEY_PREFIX) else self._token(credential)
+        except InvalidInput as exc:  # a name or claim we cannot take: still a refusal of the credential, 401
+            raise Unauthenticated(f"the credential cannot be used: {exc.message}") from None
+        except (ValueError, TypeError, OverflowError, KeyError) as exc:
+            raise Unauthenticated(f"the credential is not valid ({type(exc).__name__})") from None
         return dataclasses.replace(principal, auth=dataclasses.replace(principal.auth, request_id=request_id))
 
     # --- API keys -----------------------------------------------------------------------------
@@ -149,8 +155,10 @@ class Authenticator:
         if entry is not None and entry.until > now and (entry.expires_at is None or entry.expires_at > utcnow()):
             return entry.principal
         claims = self.verifier.verify(token)
+        if isinstance(claims.get("exp"), bool) or not isinstance(claims.get("exp"), (int, float)):
+            raise Unauthenticated("the token's exp is not a number of seconds")
         principal = self._principal_for(claims)
-        exp = dt.datetime.fromtimestamp(float(claims["exp"]), dt.timezone.utc) + dt.timedelta(
+        exp = dt.datetime.fromtimestamp(min(float(claims["exp"]), 32503680000.0), dt.timezone.utc) + dt.timedelta(
             seconds=self.settings.oidc_leeway_s)
         with self._lock:
             self._tokens[digest] = _Entry(principal, now + self.settings.auth_cache_s, expires_at=exp)
@@ -162,7 +170,7 @@ class Authenticator:
         """The principal of a verified token: (iss, sub), created on first sight; roles from grants ∪ claim."""
         s = self.settings
         issuer, subject = str(claims["iss"]), str(claims["sub"])
-        name = claims.get(s.oidc_name_claim) or claims.get("email") or subject
+        name = _display_name(claims.get(s.oidc_name_claim) or claims.get("email") or subject, subject)
         auth = AuthContext("oidc", credential=str(claims.get("jti") or "")[:100] or None)
         claimed = roles_from_claims(claims, s.oidc_roles_claim, s.oidc_role_prefix)
         known = self._subjects.get((issuer, subject, claimed))
@@ -202,12 +210,33 @@ class Authenticator:
         with session_scope(write=False) as session:
             sandbox = is_sandbox(session=session)
         if as_name is not None and not sandbox:
-            raise Unauthenticated(f"--as {as_name} is refused: this database is not a sandbox, so who you are comes "
-                                  "from your OS account, CVG_API_KEY or `cvg login`, never from a name you type")
+            message = (f"--as {as_name} is refused: this database is not a sandbox, so who you are comes from your "
+                       "OS account, CVG_API_KEY or `cvg login`, never from a name you type")
+            with session_scope() as session:  # the attempt is evidence too, under the account that made it
+                me = os_principal(session=session, request_id=request_id)
+            with session_scope() as session:
+                record_refusal(session=session, principal=me, permission="identity.as", rule="sandbox-only",
+                               message=message[:300])
+            raise Unauthenticated(message)
         with session_scope() as session:
             if as_name is not None:
                 return sandbox_principal(session=session, name=as_name, request_id=request_id)
             return os_principal(session=session, request_id=request_id)
+
+
+def _display_name(claimed: Any, subject: str) -> str:
+    """The claimed name when it is a usable display name, else one made from the subject: a person whose
+    name convergence cannot show safely still signs in."""
+    import hashlib as _hashlib
+
+    from convergence.governance._principal import check_display_name
+
+    for candidate in (claimed, subject):
+        try:
+            return check_display_name(str(candidate))[0]
+        except InvalidInput:
+            continue
+    return f"oidc-{_hashlib.sha256(subject.encode()).hexdigest()[:12]}"
 
 
 def stored_token(settings: Settings) -> str | None:

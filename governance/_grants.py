@@ -25,7 +25,7 @@ from convergence.governance._identity import (
 )
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import ApiKey, PrincipalRow, RoleGrant
-from convergence.governance._principal import ACCESS_ROLES, SERVICE_ISSUER, Principal, check_text, normalize_name
+from convergence.governance._principal import ACCESS_ROLES, SERVICE_ISSUER, Principal, check_display_name, check_text
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation, Unauthenticated
 
@@ -65,7 +65,7 @@ def request_grant(*, session: Session, principal: Principal, grantee: str, role:
         raise InvalidInput(f"unknown role {role!r}; roles are {', '.join(ACCESS_ROLES)}")
     reason = check_text(reason, what="reason")
     serialize_writes(session=session)
-    row = resolve_ref(session=session, ref=grantee, create_as=principal)
+    row = resolve_ref(session=session, ref=grantee, create_as=principal, typed=True)
     distinct(session=session, principal=principal, other_id=row.id, permission="principal.manage",
              rule="no-self-grant", message=f"{principal.name} cannot request a role for themselves",
              subject=_subject(row.id), payload={"role": role})
@@ -117,14 +117,15 @@ def revoke_grant(*, session: Session, principal: Principal, grantee: str, role: 
     require(session=session, principal=principal, permission="principal.manage")
     reason = check_text(reason, what="reason")
     serialize_writes(session=session)
-    row = resolve_ref(session=session, ref=grantee)
+    row = resolve_ref(session=session, ref=grantee, typed=True)
     grant = session.execute(select(RoleGrant).where(RoleGrant.principal_id == row.id, RoleGrant.role == role,
                                                     RoleGrant.status.in_(("active", "pending")))).scalars().first()
     if grant is None:
         raise NotFound(f"{row.name} holds no {role} role")
     if grant.role == "admin" and grant.status == "active" and _active_admins(session) <= 2:
-        raise PolicyViolation("revoking this admin would leave fewer than two admins, and nobody could approve "
-                              "role grants any more", hint="grant admin to someone else first")
+        refuse(session=session, principal=principal, permission="principal.manage", rule="two-admins",
+               message="revoking this admin would leave fewer than two admins, and nobody could approve role "
+                       "grants any more", subject=_subject(row.id))
     grant.status, grant.revoked_by_id, grant.revoked_at = "revoked", principal.id, utcnow()
     append(session=session, principal=principal, action="role.revoked", subject=_subject(row.id),
            payload={"grant_id": grant.id, "role": role, "reason": reason})
@@ -152,7 +153,7 @@ def create_service_account(*, session: Session, principal: Principal, name: str,
     """A machine identity (pipelines, CI, serving replicas, deliverers): it acts with API keys; roles are
     granted to it like to anyone (requested, then approved by a second admin)."""
     require(session=session, principal=principal, permission="principal.manage")
-    display, key = normalize_name(name, what="service account name")
+    display, key = check_display_name(name, what="service account name")
     serialize_writes(session=session)
     if session.execute(select(PrincipalRow.id).where(PrincipalRow.name_key == key)).first() is not None:
         raise PolicyViolation(f"a principal named {display!r} already exists")
@@ -162,17 +163,49 @@ def create_service_account(*, session: Session, principal: Principal, name: str,
 
 def create_api_key(*, session: Session, principal: Principal, account: str, expires_at: dt.datetime | None = None,
                    description: str | None = None) -> tuple[ApiKey, str]:
-    """A new key for a service account: (row, the full key) — the key is never shown or stored again."""
+    """A new key for a service account: (row, the full key) — the key is never shown or stored again, and it
+    works only once a second admin approves it (whoever holds a key acts as the account: four eyes)."""
     require(session=session, principal=principal, permission="principal.manage")
     serialize_writes(session=session)
     row = resolve_ref(session=session, ref=account if account.startswith(("sa:", "#")) else f"sa:{account}")
+    distinct(session=session, principal=principal, other_id=row.id, permission="principal.manage",
+             rule="no-self-grant", message=f"{principal.name} cannot issue a key for themselves",
+             subject=_subject(row.id))
     return mint_api_key(session=session, principal=principal, account=row, expires_at=expires_at,
                         description=description)
 
 
-def mint_api_key(*, session: Session, principal: Principal, account: PrincipalRow,
-                 expires_at: dt.datetime | None = None, description: str | None = None) -> tuple[ApiKey, str]:
-    """Make and audit a key for ``account`` (callers have checked who may): (row, the full key)."""
+def approve_api_key(*, session: Session, principal: Principal, key_id: str, reason: str | None = None) -> ApiKey:
+    """A second admin — neither the key's requester nor its account — lets a key work."""
+    require(session=session, principal=principal, permission="principal.manage")
+    reason = check_text(reason, what="reason")
+    serialize_writes(session=session)
+    key = _key(session, key_id)
+    if key.approved_by_id is not None or key.revoked_at is not None:
+        raise PolicyViolation(f"API key {key_id} is {'revoked' if key.revoked_at else 'already approved'}")
+    distinct(session=session, principal=principal, other_id=key.created_by_id, permission="principal.manage",
+             rule="key-second-admin", message=f"{principal.name} requested API key {key_id} and cannot approve it",
+             subject=_subject(key.principal_id), payload={"key_id": key_id})
+    distinct(session=session, principal=principal, other_id=key.principal_id, permission="principal.manage",
+             rule="no-self-grant", message=f"{principal.name} cannot approve a key for themselves",
+             subject=_subject(key.principal_id), payload={"key_id": key_id})
+    key.approved_by_id, key.approved_at = principal.id, utcnow()
+    append(session=session, principal=principal, action="api_key.approved", subject=_subject(key.principal_id),
+           payload={"key_id": key_id, "reason": reason})
+    return key
+
+
+def _key(session: Session, key_id: str) -> ApiKey:
+    key = session.execute(select(ApiKey).where(ApiKey.key_id == key_id[:40])).scalar_one_or_none()
+    if key is None:
+        raise NotFound(f"no API key {key_id!r}", hint="`cvg principals keys` lists them")
+    return key
+
+
+def mint_api_key(*, session: Session, principal: Principal, account: PrincipalRow, expires_at: dt.datetime | None = None,
+                 description: str | None = None, approved: bool = False) -> tuple[ApiKey, str]:
+    """Make and audit a key for ``account`` (callers have checked who may): (row, the full key); ``approved``
+    only for the bootstrap of a sandbox, the one act that needs no second admin."""
     row = account
     if row.kind != "service":
         raise InvalidInput(f"{row.name} is not a service account; people sign in through the OIDC issuer")
@@ -182,20 +215,20 @@ def mint_api_key(*, session: Session, principal: Principal, account: PrincipalRo
     secret = secrets.token_urlsafe(32)
     key = ApiKey(key_id=key_id, principal_id=row.id, secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
                  description=check_text(description, what="description"), created_at=utcnow(),
-                 created_by_id=principal.id, expires_at=expires_at)
+                 created_by_id=principal.id, expires_at=expires_at,
+                 approved_by_id=principal.id if approved else None, approved_at=utcnow() if approved else None)
     session.add(key)
     session.flush()
     append(session=session, principal=principal, action="api_key.created", subject=_subject(row.id),
-           payload={"key_id": key_id, "expires_at": expires_at.isoformat() if expires_at else None})
+           payload={"key_id": key_id, "expires_at": expires_at.isoformat() if expires_at else None,
+                    "approved": approved})
     return key, f"{key_id}.{secret}"
 
 
 def revoke_api_key(*, session: Session, principal: Principal, key_id: str, reason: str | None = None) -> ApiKey:
     require(session=session, principal=principal, permission="principal.manage")
     serialize_writes(session=session)
-    key = session.execute(select(ApiKey).where(ApiKey.key_id == key_id)).scalar_one_or_none()
-    if key is None:
-        raise NotFound(f"no API key {key_id!r}", hint="`cvg principals keys` lists them")
+    key = _key(session, key_id)
     if key.revoked_at is None:
         key.revoked_at, key.revoked_by_id = utcnow(), principal.id
         append(session=session, principal=principal, action="api_key.revoked", subject=_subject(key.principal_id),
@@ -208,10 +241,12 @@ def api_key_to_dict(key: ApiKey, names: dict[int, str]) -> dict[str, Any]:
         return value.isoformat() if value else None
 
     now = utcnow()
-    state = ("revoked" if key.revoked_at else "expired" if key.expires_at and key.expires_at <= now else "active")
+    state = ("revoked" if key.revoked_at else "expired" if key.expires_at and key.expires_at <= now
+             else "pending" if key.approved_by_id is None else "active")
     return {"key_id": key.key_id, "account": names.get(key.principal_id), "state": state,
             "description": key.description, "created_at": iso(key.created_at),
-            "created_by": names.get(key.created_by_id), "expires_at": iso(key.expires_at),
+            "created_by": names.get(key.created_by_id),
+            "approved_by": names.get(key.approved_by_id) if key.approved_by_id else None, "expires_at": iso(key.expires_at),
             "last_used_at": iso(key.last_used_at), "revoked_at": iso(key.revoked_at)}
 
 
@@ -231,6 +266,9 @@ def check_api_key(*, session: Session, key: str) -> tuple[ApiKey, PrincipalRow]:
         raise Unauthenticated("the API key is not valid")
     if row.revoked_at is not None:
         raise Unauthenticated(f"API key {key_id} was revoked at {row.revoked_at.isoformat(timespec='seconds')}")
+    if row.approved_by_id is None:
+        raise Unauthenticated(f"API key {key_id} awaits a second admin's approval",
+                              hint=f"another admin runs `cvg principals approve-key {key_id}`")
     if row.expires_at is not None and row.expires_at <= utcnow():
         raise Unauthenticated(f"API key {key_id} expired at {row.expires_at.isoformat(timespec='seconds')}")
     account = session.get(PrincipalRow, row.principal_id)

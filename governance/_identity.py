@@ -8,7 +8,6 @@ normalisation, so "Quinn" and "quinn\\u200b" can never be two people (the second
 
 from __future__ import annotations
 
-import getpass
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -17,8 +16,8 @@ from urllib.parse import urlparse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from convergence.governance._access import RULES, refuse, require
-from convergence.governance._ledger import Subject, append, head
+from convergence.governance._access import RULES, record_refusal, refuse, require
+from convergence.governance._ledger import Subject, append, head, serialize_writes
 from convergence.governance._models import ControlSetting, PrincipalRow, RoleGrant
 from convergence.governance._principal import (
     ACCESS_ROLES,
@@ -28,6 +27,7 @@ from convergence.governance._principal import (
     SYSTEM_ISSUER,
     AuthContext,
     Principal,
+    check_display_name,
     normalize_name,
 )
 from convergence.platform.db import utcnow
@@ -48,12 +48,17 @@ def is_sandbox(*, session: Session) -> bool:
 def make_sandbox(*, session: Session) -> Principal:
     """Mark a new, empty database as a sandbox (the OS account does it, audited). A ledger that already
     holds events is never turned into one: that would let --as rewrite who did what from then on."""
+    serialize_writes(session=session)
     if is_sandbox(session=session):
         return os_principal(session=session)
     seq, _ = head(session=session)
     if seq:
-        raise PolicyViolation(f"this database already holds {seq:,} audit events; only a new, empty database can "
-                              "become a sandbox", hint="point CVG_HOME or CVG_DATABASE_URL at a new database")
+        message = f"this database already holds {seq:,} audit events; only a new, empty database can become a sandbox"
+        me = os_principal(session=session)
+        session.commit()  # the account's first sighting stands; the refusal is then its own transaction
+        record_refusal(session=session, principal=me, permission="control.sandbox", rule="sandbox-only",
+                       message=message, subject=Subject("control", "sandbox"))
+        raise PolicyViolation(message, hint="point CVG_HOME or CVG_DATABASE_URL at a new database")
     actor = os_principal(session=session)
     session.add(ControlSetting(key="sandbox", value=True, updated_at=utcnow(), updated_by_id=actor.id))
     actor = to_principal(session.get(PrincipalRow, actor.id), auth=actor.auth, session=session)
@@ -103,7 +108,7 @@ def ensure_principal(*, session: Session, issuer: str, subject: str, name: str, 
     row = find_principal(session=session, issuer=issuer, subject=subject)
     if row is not None:
         return row
-    display, key = _free_name(session, *normalize_name(name), issuer)
+    display, key = _free_name(session, *check_display_name(name), issuer)
     row = PrincipalRow(issuer=issuer, subject=subject, name=display, name_key=key, kind=kind, description=description,
                        created_at=utcnow(), created_by_id=by.id if by else None)
     session.add(row)
@@ -115,11 +120,14 @@ def ensure_principal(*, session: Session, issuer: str, subject: str, name: str, 
 
 
 def os_account() -> str:
-    """The operating-system account running this process (uid when it has no name, as in containers)."""
+    """The operating-system account running this process, from its effective uid — never from LOGNAME or
+    USER, which anyone can set (uidNNN when the uid has no passwd entry, as in containers)."""
+    import pwd
+
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid{os.getuid()}"
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid{os.geteuid()}"
 
 
 def os_principal(*, session: Session, request_id: str | None = None) -> Principal:
@@ -131,7 +139,7 @@ def os_principal(*, session: Session, request_id: str | None = None) -> Principa
 
 def sandbox_principal(*, session: Session, name: str, request_id: str | None = None) -> Principal:
     """``--as NAME`` on a sandbox database: the principal of that name (any kind), created if new."""
-    display, key = normalize_name(name, what="--as")
+    display, key = check_display_name(name, what="--as")
     auth = AuthContext("sandbox", request_id=request_id)
     row = session.execute(select(PrincipalRow).where(PrincipalRow.name_key == key)).scalar_one_or_none()
     if row is None:
@@ -153,13 +161,15 @@ def system_principal(*, session: Session, name: str) -> Principal:
 _PREFIXES = {"os": OS_ISSUER, "sa": SERVICE_ISSUER, "sandbox": SANDBOX_ISSUER}
 
 
-def resolve_ref(*, session: Session, ref: str, create_as: Principal | None = None) -> PrincipalRow:
+def resolve_ref(*, session: Session, ref: str, create_as: Principal | None = None, typed: bool = False) -> PrincipalRow:
     """A principal from how people write it: ``#12``, ``sa:NAME``, ``os:NAME``, ``oidc:SUBJECT`` (the
     configured issuer), ``sandbox:NAME`` or a display name. With ``create_as``, a person not seen yet
-    (os:, oidc:, sandbox:) is created, so roles can be granted before their first sign-in."""
+    (os:, oidc:, sandbox:) is created, so roles can be granted before their first sign-in. With ``typed``
+    (granting, revoking), a bare display name is refused outside a sandbox: display names are first come,
+    first served, so power is given to an identity, never to whoever took a name first."""
     ref = (ref or "").strip()
-    if ref.startswith("#") and ref[1:].isdigit():
-        row = session.get(PrincipalRow, int(ref[1:])) if int(ref[1:]) < 2**31 else None
+    if ref.startswith("#") and ref[1:].isascii() and ref[1:].isdigit():
+        row = session.get(PrincipalRow, int(ref[1:])) if len(ref) < 12 and int(ref[1:]) < 2**31 else None
         if row is None:
             raise NotFound(f"no principal with id {ref[1:]}")
         return row
@@ -168,7 +178,8 @@ def resolve_ref(*, session: Session, ref: str, create_as: Principal | None = Non
         issuer = _PREFIXES.get(prefix) or get_settings().oidc_issuer
         if not issuer:
             raise InvalidInput("oidc:SUBJECT needs CVG_OIDC_ISSUER to say which issuer the subject belongs to")
-        subject = normalize_name(rest, what="name")[1] if prefix in _PREFIXES else rest
+        # an OS account and an OIDC subject are what they are (case included); sa: and sandbox: names are keys
+        subject = normalize_name(rest, what="name")[1] if prefix in ("sa", "sandbox") else rest
         row = find_principal(session=session, issuer=issuer, subject=subject)
         if row is None and create_as is not None and prefix != "sa":
             return ensure_principal(session=session, issuer=issuer, subject=subject, name=rest, kind="human",
@@ -177,8 +188,12 @@ def resolve_ref(*, session: Session, ref: str, create_as: Principal | None = Non
             raise NotFound(f"no principal {ref!r}", hint="`cvg principals list` shows who exists")
         return row
     display, key = normalize_name(ref, what="principal")
+    sandbox = is_sandbox(session=session)
+    if typed and not sandbox:
+        raise InvalidInput(f"name whom you mean exactly: #ID, sa:NAME, os:NAME or oidc:SUBJECT, not the display "
+                           f"name {ref!r}", hint="`cvg principals list` shows ids, issuers and subjects")
     row = session.execute(select(PrincipalRow).where(PrincipalRow.name_key == key)).scalar_one_or_none()
-    if row is None and create_as is not None and is_sandbox(session=session):
+    if row is None and create_as is not None and sandbox:
         return ensure_principal(session=session, issuer=SANDBOX_ISSUER, subject=key, name=display, kind="human",
                                 auth=create_as.auth, by=create_as)  # a sandbox: a bare name is a sandbox person
     if row is None:
@@ -220,10 +235,12 @@ def bootstrap(*, session: Session, principal: Principal, grants: list[tuple[str,
     """Install the first admins (two at least, so every later grant can have a second admin) and any other
     roles, in one audited act by whoever holds the database; with ``keys``, an API key for each admin
     service account (shown once). Refused once an admin exists, and for oneself."""
+    serialize_writes(session=session)
     if session.execute(select(RoleGrant.id).where(RoleGrant.role == "admin",
                                                   RoleGrant.status == "active")).first() is not None:
-        raise PolicyViolation("this control plane already has an admin; roles are granted with "
-                              "`cvg principals grant` and a second admin's approval")
+        refuse(session=session, principal=principal, permission="principal.manage", rule="bootstrap-once",
+               message="this control plane already has an admin; roles are granted with `cvg principals grant` "
+                       "and a second admin's approval", subject=Subject("control", "bootstrap"))
     out, admins = [], set()
     for ref, role in grants:
         if role not in ACCESS_ROLES:
@@ -234,7 +251,9 @@ def bootstrap(*, session: Session, principal: Principal, grants: list[tuple[str,
                    message=f"{principal.name} cannot bootstrap a role for themselves",
                    subject=Subject("principal", str(row.id)))
         if role in HUMAN_ONLY_ROLES and row.kind != "human" and not is_sandbox(session=session):
-            raise PolicyViolation(f"{row.name} is a {row.kind} account; {role} is held by people (rule human-only-role)")
+            refuse(session=session, principal=principal, permission="principal.manage", rule="human-only-role",
+                   message=f"{row.name} is a {row.kind} account and {role} is held by people",
+                   subject=Subject("principal", str(row.id)))
         admins.update([row.id] if role == "admin" else [])
         grant = RoleGrant(principal_id=row.id, role=role, status="active", reason="bootstrap",
                           requested_by_id=principal.id, requested_at=utcnow(), decided_by_id=principal.id,
@@ -251,10 +270,15 @@ def bootstrap(*, session: Session, principal: Principal, grants: list[tuple[str,
     if keys:
         from convergence.governance._grants import mint_api_key
 
+        if not is_sandbox(session=session):
+            raise InvalidInput("bootstrap issues keys only on a sandbox: whoever ran it would hold every admin's key; "
+                               "name people as the first admins (os:NAME or oidc:SUBJECT), and issue keys later, "
+                               "under four eyes")
         for row_id in sorted(admins):
             row = session.get(PrincipalRow, row_id)
             if row is not None and row.kind == "service":
-                key, secret = mint_api_key(session=session, principal=principal, account=row, description="bootstrap")
+                key, secret = mint_api_key(session=session, principal=principal, account=row, description="bootstrap",
+                                           approved=True)
                 minted.append({"account": row.name, "key_id": key.key_id, "key": secret})
     return out, minted
 

@@ -161,7 +161,8 @@ class RoleGrant(Base):
 
 
 class ApiKey(Base):
-    """A service account's API key: shown once, stored as the SHA-256 of its secret, found by its public id."""
+    """A service account's API key: shown once, stored as the SHA-256 of its secret, found by its public id;
+    it works only once a second admin (not its requester, not the account) approves it."""
 
     __tablename__ = "api_keys"
 
@@ -172,6 +173,8 @@ class ApiKey(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     created_by_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False)
+    approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

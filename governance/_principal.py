@@ -28,7 +28,7 @@ LEGACY_ISSUER = "urn:convergence:legacy"
 METHODS = ("oidc", "api_key", "os", "sandbox", "system", "bootstrap")
 
 # Scripts whose letters look alike: a name mixing two of them is refused (Latin "a" vs Cyrillic "а").
-_CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC")
+_CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU", "GEORGIAN")
 MAX_NAME = 200
 
 
@@ -85,11 +85,42 @@ def _script(ch: str) -> str | None:
     return first if first in _CONFUSABLE_SCRIPTS else None
 
 
-def normalize_name(text: str, *, what: str = "name") -> tuple[str, str]:
-    """(display name, key) of a principal name: NFKC, trimmed; the key is also case-folded.
+# Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties) and blanks that render as nothing: refused in
+# names even where their general category would pass (variation selectors, fillers, the braille blank).
+_INVISIBLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+              (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800),
+              (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+              (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
 
-    Control and format characters (escape sequences, zero-width and bidi marks), whitespace other than
-    single inner spaces, and names mixing look-alike scripts are refused with one line."""
+# Letters that look like Latin ones (a subset of Unicode's confusables, UTS #39): the name key maps them, so
+# "орѕ" (Cyrillic) has the key of "ops" and cannot be a second principal beside it.
+_SKELETON = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j", "к": "k", "м": "m", "н": "h",
+    "о": "o", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l",
+    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "ɑ": "a", "ᴀ": "a", "ɡ": "g", "ı": "i", "ɩ": "i", "ʏ": "y", "ᴏ": "o", "ʀ": "r", "ꜱ": "s", "ᴜ": "u",
+    "0": "o", "1": "l", "|": "l",
+})
+_REF_LIKE = ("#", "os:", "sa:", "oidc:", "sandbox:")
+
+
+def _invisible(ch: str) -> bool:
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in _INVISIBLE)
+
+
+def name_key(display: str) -> str:
+    """The key names are unique by: case-folded, with look-alike letters mapped to the Latin ones."""
+    return display.casefold().translate(_SKELETON).replace("rn", "m")
+
+
+def normalize_name(text: str, *, what: str = "name") -> tuple[str, str]:
+    """(display name, key) of a principal name: NFKC, trimmed; the key is case-folded and look-alike letters
+    are mapped, so "Quinn", "ＱＵＩＮＮ" and "Ԛuinn" are one name.
+
+    Control, format and default-ignorable characters (escape sequences, zero-width, bidi, variation
+    selectors, fillers), whitespace other than single inner spaces, a word mixing look-alike scripts, and
+    names that read like a reference (#12, sa:…) are refused with one line."""
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be text")
     display = unicodedata.normalize("NFKC", text)
@@ -97,20 +128,26 @@ def normalize_name(text: str, *, what: str = "name") -> tuple[str, str]:
         raise InvalidInput(f"{what} {text!r} is empty or starts or ends with whitespace")
     if len(display) > MAX_NAME:
         raise InvalidInput(f"{what} is longer than {MAX_NAME} characters")
-    scripts: set[str] = set()
     for ch in display:
-        category = unicodedata.category(ch)
-        if ch != " " and (category[0] in "CZ"):
+        if ch != " " and (unicodedata.category(ch)[0] in "CZ" or _invisible(ch)):
             raise InvalidInput(f"{what} {text!r} contains the invisible or control character U+{ord(ch):04X} "
                                f"({unicodedata.name(ch, 'unnamed')}); names must be visible text")
-        if category[0] == "L" and (script := _script(ch)):
-            scripts.add(script)
     if "  " in display:
         raise InvalidInput(f"{what} {text!r} contains consecutive spaces")
-    if len(scripts) > 1:
-        raise InvalidInput(f"{what} {text!r} mixes {' and '.join(sorted(scripts))} letters, which look alike; "
-                           "use one script")
-    return display, display.casefold()
+    for word in display.split(" "):
+        scripts = {script for ch in word if unicodedata.category(ch)[0] == "L" and (script := _script(ch))}
+        if len(scripts) > 1:
+            raise InvalidInput(f"{what} {text!r} mixes {' and '.join(sorted(scripts))} letters in one word, which "
+                               "look alike; use one script per word")
+    return display, name_key(display)
+
+
+def check_display_name(text: str, *, what: str = "name") -> tuple[str, str]:
+    """A name a principal will be shown by: a valid name that does not read like a reference."""
+    display, key = normalize_name(text, what=what)
+    if display.startswith(_REF_LIKE):
+        raise InvalidInput(f"{what} {text!r} reads like a reference (#ID, sa:…, os:…); choose a plain name")
+    return display, key
 
 
 def check_text(text: str | None, *, what: str, max_len: int = 4000) -> str | None:

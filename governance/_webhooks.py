@@ -57,7 +57,11 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: str, *, tole
 
 
 def _check_url(url: str) -> str:
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise InvalidInput(f"webhook URL must be http(s)://host/…, got {url!r}") from None
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidInput(f"webhook URL must be http(s)://host/…, got {url!r}")
     return url
@@ -130,7 +134,7 @@ def post(url: str, body: str, headers: dict[str, str], timeout: float) -> tuple[
             return resp.status, None
     except urllib.error.HTTPError as exc:
         return exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
         return None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
 
 

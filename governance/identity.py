@@ -9,6 +9,7 @@ from convergence.governance._access import PERMISSIONS, RULES, distinct, refuse,
 from convergence.governance._authn import Authenticator, roles_from_claims, stored_token
 from convergence.governance._grants import (
     KEY_PREFIX,
+    approve_api_key,
     check_api_key,
     create_api_key,
     create_service_account,
@@ -66,6 +67,7 @@ __all__ = [
     "SERVICE_ISSUER",
     "SYSTEM_ISSUER",
     "active_roles",
+    "approve_api_key",
     "bootstrap",
     "check_api_key",
     "check_text",

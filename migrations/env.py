@@ -42,10 +42,24 @@ def run_migrations_online() -> None:
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # A batch migration copies a table, drops the original and renames the copy; with foreign keys enforced
+        # SQLite refuses to drop a table other rows refer to. Off for the migration (outside any transaction,
+        # where SQLite honours it), checked afterwards, on again for whoever uses this connection next.
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
     context.configure(connection=connection, target_metadata=target_metadata, render_item=_render_item,
-                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
-    with context.begin_transaction():
-        context.run_migrations()
+                      render_as_batch=sqlite, compare_type=True)
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration left {len(broken)} rows with dangling references: {broken[:3]}")
+    finally:
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

@@ -48,7 +48,8 @@ class TokenVerifier:
                  timeout_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         if not issuer or not audience:
             raise InvalidInput("OIDC needs both CVG_OIDC_ISSUER and CVG_OIDC_AUDIENCE")
-        self.issuer, self.audience = issuer.rstrip("/"), audience
+        # iss must equal the issuer exactly as configured (some issuers end it with "/"); URLs join on the base
+        self.issuer, self.base, self.audience = issuer, issuer.rstrip("/"), audience
         self.leeway_s, self.refresh_s, self.timeout_s, self.clock = leeway_s, refresh_s, timeout_s, clock
         self._config: dict[str, Any] | None = None
         self._keys: dict[str, dict[str, Any]] = {}
@@ -60,8 +61,8 @@ class TokenVerifier:
     def configuration(self) -> dict[str, Any]:
         """The issuer's discovery document (fetched once); its ``issuer`` must be the one configured."""
         if self._config is None:
-            config = _get_json(f"{self.issuer}/.well-known/openid-configuration", self.timeout_s)
-            if str(config.get("issuer", "")).rstrip("/") != self.issuer:
+            config = _get_json(f"{self.base}/.well-known/openid-configuration", self.timeout_s)
+            if str(config.get("issuer", "")).rstrip("/") != self.base:
                 raise Unavailable(f"the discovery document at {self.issuer} names issuer {config.get('issuer')!r}")
             if not isinstance(config.get("jwks_uri"), str):
                 raise Unavailable(f"the discovery document at {self.issuer} has no jwks_uri")
@@ -94,7 +95,9 @@ class TokenVerifier:
         import jwt
 
         header = _header(token)
-        alg, kid = header.get("alg"), header.get("kid")
+        alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+        if typ is not None and str(typ).lower() not in ("at+jwt", "application/at+jwt", "jwt"):
+            raise Unauthenticated(f"a token of type {typ!r} is not an access token")
         if alg not in ASYMMETRIC_ALGS:
             raise Unauthenticated(f"token algorithm {alg!r} is refused: only signed tokens "
                                   f"({', '.join(ASYMMETRIC_ALGS[:3])}, …) are accepted")

@@ -29,11 +29,13 @@ def parse_time(value: str, *, now: dt.datetime | None = None, option: str = "tim
             raise InvalidInput(f"{option} {value!r} reaches before year 1") from None
     try:
         parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        return parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
     except ValueError:
         raise InvalidInput(
             f"{option} {value!r} is not a time: use ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z), "
             "'now', or an age such as 90m, 2h, 7d") from None
-    return parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise InvalidInput(f"{option} {value!r} falls outside the years 1 to 9999 in UTC") from None
 
 
 def parse_future(value: str, *, now: dt.datetime | None = None, option: str = "time") -> dt.datetime:

@@ -310,8 +310,9 @@ def build_app() -> Any:
         for family, r in REPLICAS.items():
             public = {"model": r.loaded.name, "version": r.loaded.version, "version_id": r.loaded.version_id,
                       "killed": _killed(r) is not None}
-            try:  # an authenticated caller sees who killed it and why, the device and the queues
-                detailed = _caller(r, request, required=False) is not None
+            try:  # a caller holding a role sees who killed it and why, the device and the queues
+                caller = _caller(r, request, required=False)
+                detailed = caller is not None and bool(caller.roles)
             except ConvergenceError:
                 detailed = False
             out[family] = public if not detailed else {

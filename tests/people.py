@@ -107,12 +107,13 @@ def api_key(account: str, *roles: str) -> str:
     from convergence.governance._models import RoleGrant
     from convergence.platform.db import session_scope
 
-    admin = person("ada")
+    admin, second = person("ada"), person("sam")
     with session_scope() as s:
         row = identity.create_service_account(session=s, principal=admin, name=account)
         now = dt.datetime.now(dt.timezone.utc)
         for role in roles:
             s.add(RoleGrant(principal_id=row.id, role=role, status="active", reason="test seed",
                             requested_by_id=admin.id, requested_at=now, decided_by_id=admin.id, decided_at=now))
-        _, key = identity.create_api_key(session=s, principal=admin, account=account)
+        key_row, key = identity.create_api_key(session=s, principal=admin, account=account)
+        identity.approve_api_key(session=s, principal=second, key_id=key_row.key_id)
     return key

@@ -84,6 +84,8 @@ def _create_tables() -> None:
         sa.Column('description', sa.Text(), nullable=True),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('created_by_id', sa.Integer(), nullable=False),
+        sa.Column('approved_by_id', sa.Integer(), nullable=True),
+        sa.Column('approved_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
@@ -93,6 +95,8 @@ def _create_tables() -> None:
                                 name=op.f('fk_api_keys_created_by_id_principals')),
         sa.ForeignKeyConstraint(['revoked_by_id'], ['principals.id'],
                                 name=op.f('fk_api_keys_revoked_by_id_principals')),
+        sa.ForeignKeyConstraint(['approved_by_id'], ['principals.id'],
+                                name=op.f('fk_api_keys_approved_by_id_principals')),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_api_keys')),
         sa.UniqueConstraint('key_id', name=op.f('uq_api_keys_key_id')),
     )

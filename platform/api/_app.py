@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,7 +27,6 @@ log = logging.getLogger("convergence.api")
 
 ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 422, 503)
 PUBLIC_PATHS = ("/livez", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _error_body(exc: ConvergenceError) -> dict[str, Any]:
@@ -55,20 +53,40 @@ class _Limits:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        # The audit trail records this id, so the server makes it (a caller's X-Request-Id is not trusted).
+        request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        limit = self.max_upload if scope.get("path") == "/artifacts" else self.max_body
+        upload = scope.get("path") == "/artifacts"
+        limit = self.max_upload if upload else self.max_body
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await _send_error(send, PayloadTooLarge(f"body of {int(declared):,} bytes is over the limit of {limit:,}"),
                               request_id)
             return
+        if not upload:  # small JSON bodies: read them here, so an oversized chunked body is a clear 413
+            body, more = b"", True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    await _send_error(send, PayloadTooLarge(f"body is over the limit of {limit:,} bytes"), request_id)
+                    return
+            buffered = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def replay() -> dict[str, Any]:
+                return buffered.pop() if buffered else await receive()
+
+            receive_next = replay
+        else:
+            receive_next = receive
         seen = 0
 
         async def counted() -> dict[str, Any]:
             nonlocal seen
-            message = await receive()
+            message = await receive_next()
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise PayloadTooLarge(f"body is over the limit of {limit:,} bytes")

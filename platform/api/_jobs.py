@@ -98,6 +98,11 @@ class BackgroundJobs(InlineJobs):
 
     def run(self, *, family: str, cfg: Any, principal: Any, project: str,
             trigger: dict[str, Any] | None) -> dict[str, Any]:
+        data = cfg.to_dict().get("data", {}) if family == "trading" else {}
+        if data.get("source") == "csv" or data.get("path"):
+            raise PolicyViolation("a run on the API server reads the data shipped with it, not a file path from a "
+                                  "request (data.source=csv / data.path)",
+                                  hint="run it where the file is: `cvg pipelines run` without CVG_API_URL")
         job = self._admit(family, principal)
 
         def progress(step: str, state: str, detail: str) -> None:

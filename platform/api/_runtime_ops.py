@@ -219,9 +219,13 @@ class RuntimeOps(OperationsBase):
         """Run a pipeline (registers candidates when its gates pass). The API answers at once with a job
         to follow; the CLI without the API runs it in the foreground."""
         from convergence.pipelines import load_config
+        from convergence.platform.errors import PolicyViolation
 
         cfg = load_config(None, overrides, family)  # a bad override is refused before anything starts
         self.check("pipeline.run")
+        if trigger is not None and self.principal.kind != "service":
+            raise PolicyViolation("a run's trigger is recorded by the system that starts it (a Kubernetes Job, a "
+                                  "drift retraining); people start runs without one")
         return plain(self.jobs.run(family=family, cfg=cfg, principal=self.principal, project=project,
                                    trigger=trigger))
 

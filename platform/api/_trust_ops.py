@@ -106,7 +106,8 @@ class TrustOps(OperationsBase):
 
     @op("POST", "/service-accounts/{name}/keys", tag="principals", status=201)
     def create_api_key(self, name: Name, expires: When | None = None, description: Text | None = None) -> dict[str, Any]:
-        """A new API key for a service account; ``key`` is shown in this answer only, never again."""
+        """A new API key for a service account; ``key`` is shown in this answer only, never again. It works once
+        a second admin approves it (``POST /api-keys/{key_id}/approve``)."""
         from convergence.governance import identity
         from convergence.platform.timeparse import parse_future
 
@@ -116,6 +117,15 @@ class TrustOps(OperationsBase):
                                                expires_at=expires_at, description=description)
             return {"key_id": row.key_id, "key": key, "account": name,
                     "expires_at": row.expires_at.isoformat() if row.expires_at else None}
+
+    @op("POST", "/api-keys/{key_id}/approve", tag="principals")
+    def approve_api_key(self, key_id: Name, reason: Text | None = None) -> dict[str, Any]:
+        """A second admin (not the requester, not the account) lets a key work."""
+        from convergence.governance import identity
+
+        with self.writing() as session:
+            row = identity.approve_api_key(session=session, principal=self.principal, key_id=key_id, reason=reason)
+            return {"key_id": row.key_id, "approved_at": row.approved_at.isoformat() if row.approved_at else None}
 
     @op("GET", "/api-keys", tag="principals")
     def list_api_keys(self) -> list[dict[str, Any]]:

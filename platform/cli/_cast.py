@@ -16,7 +16,7 @@ PERSONAS: dict[str, tuple[str, ...]] = {
     "ops": ("operator",), "monitor": ("operator",), "risk": ("risk",), "fin": ("finance",), "cfo": ("finance",),
     "auditor": ("auditor",), "desk": (),
 }
-ADMINS = ("ada", "sam")
+ADMINS = ("ada", "sam", "max")  # three, so that on a re-run each key has a requester and a different approver
 
 
 def prepare_sandbox() -> Any:
@@ -28,7 +28,7 @@ def prepare_sandbox() -> Any:
         return identity.make_sandbox(session=session)
 
 
-def admin_keys() -> dict[str, str]:
+def admin_keys() -> tuple[dict[str, str], bool]:
     """API keys for the two admins: installed by the OS account on a new sandbox (bootstrap), or, on a
     sandbox that already has them, minted by each for the other (``--as``, which only a sandbox allows)."""
     from convergence.governance import identity
@@ -40,15 +40,18 @@ def admin_keys() -> dict[str, str]:
         with session_scope() as session:
             _, minted = identity.bootstrap(session=session, principal=installer, keys=True,
                                            grants=[(f"sa:{name}", "admin") for name in ADMINS])
-        return {k["account"]: k["key"] for k in minted}
+        return {k["account"]: k["key"] for k in minted}, True
     except PolicyViolation:
         keys = {}
-        for name, other in zip(ADMINS, reversed(ADMINS), strict=True):
-            with session_scope() as session:
+        for name, other in (("ada", "sam"), ("sam", "ada")):
+            with session_scope() as session:  # on a re-run each admin asks for the other's key …
                 minter = identity.sandbox_principal(session=session, name=other)
-                _, keys[name] = identity.create_api_key(session=session, principal=minter, account=name,
-                                                        expires_at=_tomorrow(), description="demo")
-        return keys
+                row, keys[name] = identity.create_api_key(session=session, principal=minter, account=name,
+                                                          expires_at=_tomorrow(), description="demo")
+            with session_scope() as session:  # … and the third admin lets it work (--as: only on a sandbox)
+                approver = identity.sandbox_principal(session=session, name="max")
+                identity.approve_api_key(session=session, principal=approver, key_id=row.key_id, reason="re-run")
+        return keys, False
 
 
 def _tomorrow() -> Any:
@@ -82,9 +85,10 @@ def cast(url: str, keys: dict[str, str]) -> tuple[dict[str, Any], dict[str, int]
         sam.approve_grant(grant_id=grant["id"], reason="second admin")
         counts["grants"] += 1
     clients = {"ada": ada, "sam": sam}
-    for name in PERSONAS:
-        key = ada.create_api_key(name=name, expires="1d", description="demo")["key"]
-        clients[name] = RemoteOperations(url, key)
+    for name in PERSONAS:  # ada asks for each key, sam lets it work: whoever holds a key acts as the account
+        issued = ada.create_api_key(name=name, expires="1d", description="demo")
+        sam.approve_api_key(key_id=issued["key_id"], reason="second admin")
+        clients[name] = RemoteOperations(url, issued["key"])
     return clients, counts
 
 

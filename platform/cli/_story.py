@@ -76,9 +76,11 @@ def _cast(story: Story, api_url: str, keys: dict[str, str]) -> None:
 
     story.people, counts = cast(api_url, keys)
     roles = ", ".join(f"{name} ({'/'.join(r) or 'calls the model'})" for name, r in PERSONAS.items())
-    story.say(f"through the API, admin ada created {counts['accounts']} service accounts and asked for "
-              f"{counts['grants']} roles; admin sam approved each grant (nobody grants alone): {roles}; each persona "
-              "now acts with its own API key")
+    made = (f"admin ada created {counts['accounts']} service accounts and asked for {counts['grants']} roles; admin "
+            "sam approved each grant (nobody grants alone)" if counts["accounts"] else
+            "the personas' service accounts and roles are there from an earlier run")
+    story.say(f"through the API, {made}: {roles}; ada asked for a key for each persona and sam approved each key, "
+              "so every persona acts with its own")
 
 
 def _trading(story: Story) -> dict[str, Any]:
@@ -266,9 +268,11 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
     started = time.perf_counter()
     status = migrate.upgrade()
     installer = prepare_sandbox()
-    keys = admin_keys()
-    story.say(f"database {status.url} migrated to {status.head}, a sandbox; the OS account ({installer.name}) "
-              "installed two admins, ada and sam (service accounts)")
+    keys, fresh = admin_keys()
+    story.say(f"database {status.url} migrated to {status.head}, a sandbox; " + (
+        f"the OS account ({installer.name}) installed the first admins, ada, sam and max (service accounts)" if fresh
+        else "its admins ada, sam and max were installed by an earlier run; ada and sam got fresh keys (each asked "
+             "for the other's, max approved: --as works here, on a sandbox only)"))
     with ServerProcess("api", log=story.work / "api.log", command=("api",)) as api:
         story.say(f"`cvg api` is up at {api.url} (authentication required; OpenAPI at {api.url}/docs)")
         _cast(story, api.url, keys)

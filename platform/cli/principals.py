@@ -111,14 +111,24 @@ def create_key(account: Annotated[str, typer.Argument(help="Service account name
                                                            "or an ISO date (default: never).")] = None,
                description: Annotated[str | None, typer.Option("--description")] = None,
                actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
-    """A new API key for a service account. It is printed once and stored only as a hash."""
+    """A new API key for a service account. It is printed once and stored only as a hash, and works once a
+    second admin approves it (`cvg principals approve-key`)."""
     data = operations(actor).create_api_key(name=account, expires=expires, description=description)
     if json_out:
         print_json(data)
         return
     console().print(f"API key {data['key_id']} for {account}"
                     + (f", expires {data['expires_at']}" if data["expires_at"] else "")
-                    + f"\nkey (store it now; it is not shown again): {data['key']}")
+                    + f"\nkey (store it now; it is not shown again): {data['key']}\n"
+                    f"it works once another admin runs `cvg principals approve-key {data['key_id']}`")
+
+
+@app.command("approve-key")
+def approve_key(key_id: Annotated[str, typer.Argument(help="The key's id (cvgk_…).")], reason: ReasonOpt = None,
+                actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """Let a requested API key work (an admin who neither requested it nor is its account)."""
+    data = operations(actor).approve_api_key(key_id=key_id, reason=reason)
+    print_json(data) if json_out else console().print(f"API key {key_id} approved")
 
 
 @app.command()
@@ -147,8 +157,8 @@ def bootstrap(
                                              "service account, os:NAME or oidc:SUBJECT names a person.")],
     grant_: Annotated[list[str] | None, typer.Option("--grant", help="Another first role, REF=ROLE "
                                                      "(e.g. sa:pipelines=registrant).")] = None,
-    key: Annotated[bool, typer.Option("--key", help="Also create an API key for each new admin service account "
-                                      "(printed once).")] = False,
+    key: Annotated[bool, typer.Option("--key", help="Sandbox only: also issue an API key for each admin service "
+                                      "account (printed once).")] = False,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

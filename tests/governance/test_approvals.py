@@ -229,3 +229,21 @@ def test_rollback_without_a_predecessor_is_refused(db_url: str, model_file: Path
     with pytest.raises(PolicyViolation, match="nothing to roll back to"), session_scope() as s:
         gov.rollback(session=s, name="alpha", principal=ops)
     assert _stage(vid) == "production"
+
+
+def test_whoever_triggered_a_run_is_a_registrant_of_what_it_registers(db_url: str, model_file: Path,
+                                                                     evidence_file: Path) -> None:
+    """A run triggered on Kubernetes registers as the pipelines service account; the person who asked for it
+    (recorded in the run's trigger) still may not validate, approve or promote its models."""
+    pipelines, solo = person("pipelines"), person("solo")
+    with session_scope() as s:
+        run = gov.start_run(session=s, principal=pipelines, pipeline="trading", params={
+            "trigger": {"kind": "manual", "requested_by": {"id": solo.id, "name": solo.name}}})
+        vid = gov.register_model(session=s, principal=pipelines, name="alpha", artifact=model_file,
+                                 family="trading", role="student", run_id=run.id).id
+    with pytest.raises(Forbidden, match="cannot validate") as refused, session_scope() as s:
+        gov.validate(session=s, version_id=vid, principal=solo, evidence=evidence_file)
+    assert refused.value.rule == "validator-not-registrant"
+    _to_approved(vid, evidence_file)
+    with pytest.raises(Forbidden, match="cannot promote"), session_scope() as s:
+        gov.promote(session=s, version_id=vid, principal=solo)

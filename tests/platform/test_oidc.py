@@ -182,3 +182,28 @@ def test_garbage_is_one_clear_line(issuer: Issuer) -> None:
     for token in ("not-a-jwt", "a.b.c", "e30.e30.e30"):
         with pytest.raises(Unauthenticated):
             verifier(issuer).verify(token)
+
+
+def test_an_id_token_or_other_typ_is_not_an_access_token(issuer: Issuer, signer) -> None:
+    with pytest.raises(Unauthenticated, match="not an access token"):
+        verifier(issuer).verify(signer(headers={"typ": "logout+jwt"}))
+    assert verifier(issuer).verify(signer(headers={"typ": "at+jwt"}))["sub"] == "alice"
+
+
+def test_an_issuer_configured_with_a_trailing_slash_matches_its_tokens_exactly(issuer: Issuer, signer) -> None:
+    """Some issuers (Auth0) put a slash at the end of iss: the configured string is what iss must equal."""
+    slashed = TokenVerifier(issuer.url + "/", AUD, leeway_s=5, refresh_s=0)
+    assert slashed.verify(signer({"iss": issuer.url + "/"}))["sub"] == "alice"
+    with pytest.raises(Unauthenticated, match="issued by"):
+        slashed.verify(signer())  # iss without the slash is another issuer
+
+
+def test_absurd_expiry_is_refused_not_a_crash(issuer: Issuer, signer, db_url: str, monkeypatch) -> None:
+    from convergence.governance.identity import Authenticator
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.setenv("CVG_OIDC_ISSUER", issuer.url)
+    monkeypatch.setenv("CVG_OIDC_AUDIENCE", AUD)
+    get_settings.cache_clear()
+    principal = Authenticator().from_credential(signer({"exp": 10**20}))  # far future: clamped, not overflowed
+    assert principal.subject == "alice"

@@ -61,11 +61,13 @@ def test_an_api_key_is_accepted_and_revocation_reaches_the_replica(guarded: tupl
     assert r.status_code == 401 and "revoked" in r.json()["message"]
 
 
-def test_info_shows_operator_details_only_to_authenticated_callers(guarded: tuple[Server, str]) -> None:
-    server, _ = guarded
-    anonymous = server.client.get("/info").json()["trading"]
-    assert set(anonymous) == {"model", "version", "version_id", "killed"}
-    key = api_key("ops-console")
+def test_info_shows_operator_details_only_to_callers_holding_a_role(guarded: tuple[Server, str]) -> None:
+    server, key_without_role = guarded
+    public = {"model", "version", "version_id", "killed"}
+    assert set(server.client.get("/info").json()["trading"]) == public
+    roleless = server.client.get("/info", headers={"authorization": f"Bearer {key_without_role}"}).json()["trading"]
+    assert set(roleless) == public  # an identity alone (a desk calling the model) sees no operator details
+    key = api_key("ops-console", "operator")
     detailed = server.client.get("/info", headers={"authorization": f"Bearer {key}"}).json()["trading"]
     assert {"device", "queue_depth", "stage", "kill", "safe_output"} <= set(detailed)
     assert detailed["safe_output"] == 0.0

@@ -89,23 +89,22 @@ def test_errors_are_one_json_object_with_the_documented_status(client) -> None:
            "PolicyViolation", "does not run pipelines")
 
 
-def test_the_request_id_is_echoed_and_recorded_with_the_principal(client, model_file: Path) -> None:
+def test_the_request_id_is_the_servers_and_recorded_with_the_principal(client, model_file: Path) -> None:
     key = api_key("quant-bot", "registrant")
-    headers = {**bearer(key), "x-request-id": "req-abc-123"}
+    headers = {**bearer(key), "x-request-id": "req-abc-123"}  # a caller's id is not what the ledger trusts
     uploaded = client.post("/artifacts", headers={**headers, "content-type": "application/octet-stream"},
                            content=model_file.read_bytes())
-    assert uploaded.status_code == 201 and uploaded.headers["x-request-id"] == "req-abc-123"
+    assert uploaded.status_code == 201 and len(uploaded.headers["x-request-id"]) == 32
     assert uploaded.json()["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     made = client.post("/models", headers=headers, json={"name": "alpha", "artifact_sha256": uploaded.json()["sha256"],
                                                           "family": "trading", "role": "student"})
     assert made.status_code == 201, made.text
+    request_id = made.headers["x-request-id"]
     with session_scope(write=False) as s:
         [event] = gov.query_events(session=s, action="model.registered")
     who = event.payload_obj["principal"]
     assert (event.actor, who["auth"], who["credential"], who["request_id"]) == ("quant-bot", "api_key",
-                                                                               key.split(".")[0], "req-abc-123")
-    weird = client.get("/whoami", headers={**bearer(key), "x-request-id": "bad id\nwith newline"})
-    assert weird.headers["x-request-id"] != "bad id\nwith newline" and len(weird.headers["x-request-id"]) == 32
+                                                                               key.split(".")[0], request_id)
 
 
 def test_four_eyes_over_http(client, model_file: Path, evidence_file: Path) -> None:
@@ -142,6 +141,10 @@ def test_grants_and_keys_over_http(client) -> None:
     assert client.post(f"/grants/{grant['id']}/approve", headers=bearer(sam), json={}).json()["status"] == "active"
     issued = client.post("/service-accounts/nightly/keys", headers=bearer(ada), json={"expires": "30d"}).json()
     assert issued["key"].startswith(issued["key_id"] + ".") and issued["expires_at"]
+    _error(client.get("/whoami", headers=bearer(issued["key"])), 401, "Unauthenticated", "awaits a second admin")
+    _error(client.post(f"/api-keys/{issued['key_id']}/approve", headers=bearer(ada), json={}), 403, "Forbidden",
+           "cannot approve")
+    assert client.post(f"/api-keys/{issued['key_id']}/approve", headers=bearer(sam), json={}).status_code == 200
     me = client.get("/whoami", headers=bearer(issued["key"])).json()
     assert (me["name"], me["roles"]) == ("nightly", ["registrant"])
     listed = client.get("/api-keys", headers=bearer(sam)).json()
@@ -177,3 +180,40 @@ def test_a_kubernetes_trigger_dry_run_names_who_asked(client) -> None:
     command = r.json()["spec"]["template"]["spec"]["containers"][0]["command"]
     trigger = json.loads(command[command.index("--trigger") + 1])
     assert trigger["requested_by"]["name"] == "trigger-bot" and "--as" not in command
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("GET", "/principals/%23%C2%B2", None),                                   # "#²": isdigit() but not an id
+    ("POST", "/grants", {"principal": "#²", "role": "auditor"}),
+    ("GET", "/audit/events?since=0001-01-01T00:00:00%2B14:00", None),         # before year 1 in UTC
+    ("GET", "/model-names/m/at?time=9999-12-31T23:59:59-14:00", None),        # after 9999 in UTC
+    ("POST", "/webhooks/test", {"url": "http://[::1", "secret": "x"}),        # urlparse raises
+    ("POST", "/webhooks/subscriptions", {"url": "http://host:99999999/"}),    # a port that is not a port
+])
+def test_inputs_that_once_answered_500_are_4xx(client, method: str, path: str, body: Any) -> None:
+    key = api_key("everything", "admin", "auditor", "registrant")
+    r = client.request(method, path, headers=bearer(key), json=body)
+    assert 400 <= r.status_code < 500 and ERROR_KEYS <= set(r.json()), (r.status_code, r.text)
+
+
+def test_an_oversized_chunked_body_is_413(client) -> None:
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 4096  # 160 kB, no content-length: the limit here is 64 kB
+
+    key = api_key("chunker", "operator")
+    r = client.post("/models/1/promote", headers={**bearer(key), "content-type": "application/json"}, content=chunks())
+    _error(r, 413, "PayloadTooLarge", "over the limit")
+
+
+def test_people_cannot_give_a_run_a_trigger_nor_the_server_a_file_path(client) -> None:
+    from convergence.platform.api import BackgroundJobs, Operations
+    from convergence.platform.errors import PolicyViolation
+
+    human = person("quinn")
+    forged = {"kind": "drift", "requested_by": {"id": 1, "name": "someone else"}}
+    ops = Operations(who=lambda: human, jobs=BackgroundJobs(1))
+    with pytest.raises(PolicyViolation, match="recorded by the system"):
+        ops.run_pipeline(family="trading", trigger=forged)
+    with pytest.raises(PolicyViolation, match="not a file path"):
+        ops.run_pipeline(family="trading", overrides={"data": {"source": "csv", "path": "/etc/shadow"}})

@@ -14,7 +14,7 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("CVG_DATABASE_URL", raising=False)
     result = cvg("demo", "--quick", env=env)
     assert result.code == 0, result.err[-3000:]
-    for fragment in ("migrated", "a sandbox", "installed two admins", "`cvg api` is up", "sam approved each grant",
+    for fragment in ("migrated", "a sandbox", "installed the first admins", "`cvg api` is up", "sam approved each grant",
                      "energy budget", "train_teacher", "registered teacher", "validated",
                      "refused by role (role-required:model.approve) and then by identity (approver-not-registrant)",
                      "without a key: 401", "ops' kill was refused", "flagged killed=True",
@@ -33,6 +33,8 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     events = cvg("audit", "query", "--limit", "10000", "--json", env=env).json
     by_key = {e["actor"] for e in events if e["payload"]["principal"]["auth"] == "api_key"}
     assert {"ada", "sam", "quinn", "nina", "carol", "alice", "ops", "risk", "fin", "auditor", "monitor"} <= by_key
+    approvals = [e for e in events if e["action"] == "api_key.approved"]
+    assert approvals and {e["actor"] for e in approvals} == {"sam"}  # ada asked for each key, sam let it work
     refusals = {(e["actor"], e["payload"]["rule"]) for e in events if e["action"].endswith("_refused")}
     assert refusals == {("quinn", "role-required:model.approve"), ("quinn", "approver-not-registrant"),
                         ("ops", "role-required:serving.kill")}
