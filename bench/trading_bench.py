@@ -16,7 +16,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     import torch
 
-    from convergence.pipelines import _nets as nets
     from convergence.pipelines import _trading as T
     from convergence.pipelines import parse_config
     from convergence.pipelines._data import load_ticks

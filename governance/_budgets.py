@@ -223,7 +223,7 @@ def check_before(*, session: Session, project: str, family: str | None, estimate
             raise BudgetExceeded(
                 f"budget {budget.id} ({budget.metric}, {budget.family}) has {budget.hard_limit - spent:.4g} left of "
                 f"{budget.hard_limit:.4g}; this run is estimated at {need:.4g} (the last run of this pipeline)",
-                hint=f"raise it with `cvg budgets set … --hard N` and a second person's approval")
+                hint="raise it with `cvg budgets set … --hard N` and a second person's approval")
 
 
 def check_during(*, session: Session, project: str, family: str | None, principal: Principal) -> list[str]:

@@ -214,7 +214,6 @@ def _stream(session: Session, after_seq: int, batch: int = 20_000) -> Iterator[l
 
     PostgreSQL renders ``ts`` in the canonical text form itself; SQLite hands back SQLAlchemy's stored
     text ('YYYY-MM-DD HH:MM:SS.ffffff', UTC), which the caller finishes (cheaper in Python than in SQL)."""
-    sqlite = not is_postgres(session.connection().engine)
     conn = session.connection()
     raw = conn.connection.driver_connection
     columns = "seq, {ts}, actor, action, subject_type, subject_id, payload, prev_hash, hash"

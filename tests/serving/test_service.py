@@ -5,7 +5,6 @@ metrics, concurrency without shedding, and batched generation."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import struct
 import time
 
