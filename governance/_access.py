@@ -61,6 +61,7 @@ RULES: dict[str, str] = {
     "human-only-role": "validator and approver are held by people, not service accounts (sandboxes excepted)",
     "two-admins": "there are always at least two admins, so every grant can have a second one",
     "bootstrap-once": "the first admins are installed once; after that, roles are granted under four eyes",
+    "trigger-by-system": "a run's trigger (who asked for it, which alert) comes from a service account, not a person",
     "sandbox-only": "--as NAME works only on a sandbox, and only a new, empty database becomes one",
 }
 
@@ -101,26 +102,49 @@ def require(*, session: Session, principal: Principal, permission: str, subject:
 
 
 def same_person(session: Session, principal: Principal, other_id: int | None) -> bool:
-    """Whether ``other_id`` is ``principal``: the same id, or a legacy principal (a name recorded before
-    principals existed) whose name is the principal's — so a version registered as "alice" before the upgrade
-    is still alice's own to everyone called alice after it."""
+    """Whether ``other_id`` is ``principal``: the same id; a legacy principal (a name recorded before
+    principals existed) whose name is the principal's; or, outside a sandbox, an account whose API key either
+    of them created — whoever creates a key sees its secret and can act as the account."""
+    return _sameness(session, principal, other_id) is not None
+
+
+def _sameness(session: Session, principal: Principal, other_id: int | None, *, custody: bool = True) -> str | None:
+    """Why ``other_id`` counts as ``principal`` (for the refusal's message), or None; ``custody=False`` leaves
+    out the accounts whose keys they hold (for rules about the literal self, like asking for a role)."""
     if other_id is None:
-        return False
+        return None
     if principal.id == other_id:
-        return True
+        return ""
+    from convergence.governance._identity import is_sandbox
     from convergence.governance._models import PrincipalRow
     from convergence.governance._principal import LEGACY_ISSUER, name_key
 
     other = session.get(PrincipalRow, other_id)
-    if other is None or other.issuer != LEGACY_ISSUER:
-        return False
-    mine = {name_key(principal.name), name_key(principal.name.rsplit("@", 1)[0]), name_key(principal.subject)}
-    return other.name_key in mine or name_key(other.name) in mine
+    if other is None:
+        return None
+    if other.issuer == LEGACY_ISSUER:
+        mine = {name_key(principal.name), name_key(principal.name.rsplit("@", 1)[0]), name_key(principal.subject)}
+        return f" (recorded as {other.name} before the upgrade)" if (
+            other.name_key in mine or name_key(other.name) in mine) else None
+    if not custody or is_sandbox(session=session) or not key_holders(session, principal.id) & key_holders(session, other_id):
+        return None
+    return f" (an API key ties {principal.name} to {other.name}: whoever creates a key can act as its account)"
+
+
+def key_holders(session: Session, principal_id: int) -> set[int]:
+    """``principal_id`` and everyone who created an API key for it (revoked keys too: past acts count)."""
+    from sqlalchemy import select
+
+    from convergence.governance._models import ApiKey
+
+    creators = session.execute(select(ApiKey.created_by_id).where(ApiKey.principal_id == principal_id))
+    return {principal_id, *creators.scalars()}
 
 
 def distinct(*, session: Session, principal: Principal, other_id: int | None, permission: str, rule: str,
-             message: str, subject: Subject, payload: Mapping[str, Any] | None = None) -> None:
+             message: str, subject: Subject, payload: Mapping[str, Any] | None = None, custody: bool = True) -> None:
     """Separation of duties on principals: refuse (audited) when ``principal`` is ``other_id``."""
-    if same_person(session, principal, other_id):
-        refuse(session=session, principal=principal, permission=permission, rule=rule, message=message,
+    why = _sameness(session, principal, other_id, custody=custody)
+    if why is not None:
+        refuse(session=session, principal=principal, permission=permission, rule=rule, message=message + why,
                subject=subject, payload=payload, hint="a different person must do this (four-eyes principle)")

@@ -108,7 +108,7 @@ class Authenticator:
             principal = self._api_key(credential) if credential.startswith(KEY_PREFIX) else self._token(credential)
         except InvalidInput as exc:  # a name or claim we cannot take: still a refusal of the credential, 401
             raise Unauthenticated(f"the credential cannot be used: {exc.message}") from None
-        except (ValueError, TypeError, OverflowError, KeyError) as exc:
+        except (ValueError, TypeError, OverflowError, KeyError, RecursionError) as exc:
             raise Unauthenticated(f"the credential is not valid ({type(exc).__name__})") from None
         return dataclasses.replace(principal, auth=dataclasses.replace(principal.auth, request_id=request_id))
 

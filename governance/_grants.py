@@ -68,7 +68,7 @@ def request_grant(*, session: Session, principal: Principal, grantee: str, role:
     row = resolve_ref(session=session, ref=grantee, create_as=principal, typed=True)
     distinct(session=session, principal=principal, other_id=row.id, permission="principal.manage",
              rule="no-self-grant", message=f"{principal.name} cannot request a role for themselves",
-             subject=_subject(row.id), payload={"role": role})
+             subject=_subject(row.id), payload={"role": role}, custody=False)  # the second admin decides
     if role in HUMAN_ONLY_ROLES and row.kind != "human" and not is_sandbox(session=session):
         refuse(session=session, principal=principal, permission="principal.manage", rule="human-only-role",
                message=f"{row.name} is a {row.kind} account and {role} is held by people", subject=_subject(row.id))
@@ -154,6 +154,8 @@ def create_service_account(*, session: Session, principal: Principal, name: str,
     granted to it like to anyone (requested, then approved by a second admin)."""
     require(session=session, principal=principal, permission="principal.manage")
     display, key = check_display_name(name, what="service account name")
+    if "@" in display:  # name@issuer-host is how a person whose name is taken is told apart: never squat it
+        raise InvalidInput(f"a service account name cannot contain '@' (got {display!r})")
     serialize_writes(session=session)
     if session.execute(select(PrincipalRow.id).where(PrincipalRow.name_key == key)).first() is not None:
         raise PolicyViolation(f"a principal named {display!r} already exists")
@@ -170,7 +172,7 @@ def create_api_key(*, session: Session, principal: Principal, account: str, expi
     row = resolve_ref(session=session, ref=account if account.startswith(("sa:", "#")) else f"sa:{account}")
     distinct(session=session, principal=principal, other_id=row.id, permission="principal.manage",
              rule="no-self-grant", message=f"{principal.name} cannot issue a key for themselves",
-             subject=_subject(row.id))
+             subject=_subject(row.id), custody=False)  # rotating a key one created is fine; approval is not
     return mint_api_key(session=session, principal=principal, account=row, expires_at=expires_at,
                         description=description)
 

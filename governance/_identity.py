@@ -90,14 +90,18 @@ def find_principal(*, session: Session, issuer: str, subject: str) -> PrincipalR
                                                       PrincipalRow.subject == subject)).scalar_one_or_none()
 
 
-def _free_name(session: Session, display: str, key: str, issuer: str) -> tuple[str, str]:
-    """The name itself if nobody has it, else ``name@issuer-host``: display names stay unique."""
-    if session.execute(select(PrincipalRow.id).where(PrincipalRow.name_key == key)).first() is None:
-        return display, key
+def _free_name(session: Session, display: str, key: str, issuer: str, subject: str,
+               issued: bool) -> tuple[str, str]:
+    """The name itself if nobody has it, else ``name@issuer-host``, else (for an identity an issuer vouches
+    for, who must always be able to sign in) ``name@issuer-host~hash``: display names stay unique."""
+    import hashlib
+
     host = urlparse(issuer).hostname or issuer.rsplit(":", 1)[-1]
-    alt_display, alt_key = normalize_name(f"{display}@{host}"[:200])
-    if session.execute(select(PrincipalRow.id).where(PrincipalRow.name_key == alt_key)).first() is None:
-        return alt_display, alt_key
+    tag = hashlib.sha256(f"{issuer}\n{subject}".encode()).hexdigest()[:8]
+    for suffix in ("", f"@{host}", f"@{host}~{tag}")[:3 if issued else 2]:
+        alt_display, alt_key = (display, key) if not suffix else normalize_name((display[:100] + suffix)[:200])
+        if session.execute(select(PrincipalRow.id).where(PrincipalRow.name_key == alt_key)).first() is None:
+            return alt_display, alt_key
     raise IntegrityError(f"the name {display!r} is already taken by another principal",
                          hint="choose another name for the service account or the OIDC name claim")
 
@@ -108,7 +112,7 @@ def ensure_principal(*, session: Session, issuer: str, subject: str, name: str, 
     row = find_principal(session=session, issuer=issuer, subject=subject)
     if row is not None:
         return row
-    display, key = _free_name(session, *check_display_name(name), issuer)
+    display, key = _free_name(session, *check_display_name(name), issuer, subject, issued=by is None)
     row = PrincipalRow(issuer=issuer, subject=subject, name=display, name_key=key, kind=kind, description=description,
                        created_at=utcnow(), created_by_id=by.id if by else None)
     session.add(row)
@@ -241,6 +245,11 @@ def bootstrap(*, session: Session, principal: Principal, grants: list[tuple[str,
         refuse(session=session, principal=principal, permission="principal.manage", rule="bootstrap-once",
                message="this control plane already has an admin; roles are granted with `cvg principals grant` "
                        "and a second admin's approval", subject=Subject("control", "bootstrap"))
+    if keys and not is_sandbox(session=session):
+        refuse(session=session, principal=principal, permission="principal.manage", rule="sandbox-only",
+               message="bootstrap issues keys only on a sandbox: whoever ran it would hold every admin's key",
+               subject=Subject("control", "bootstrap"),
+               hint="name people as the first admins (os:NAME or oidc:SUBJECT); issue keys later, under four eyes")
     out, admins = [], set()
     for ref, role in grants:
         if role not in ACCESS_ROLES:
@@ -270,10 +279,6 @@ def bootstrap(*, session: Session, principal: Principal, grants: list[tuple[str,
     if keys:
         from convergence.governance._grants import mint_api_key
 
-        if not is_sandbox(session=session):
-            raise InvalidInput("bootstrap issues keys only on a sandbox: whoever ran it would hold every admin's key; "
-                               "name people as the first admins (os:NAME or oidc:SUBJECT), and issue keys later, "
-                               "under four eyes")
         for row_id in sorted(admins):
             row = session.get(PrincipalRow, row_id)
             if row is not None and row.kind == "service":

@@ -56,7 +56,11 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidInput(f"metric {key!r} must be a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            raise InvalidInput(f"metric {key!r} is too large: metrics must be finite numbers") from None
+        if not finite:
             raise InvalidInput(f"metric {key!r} is {value}: metrics must be finite numbers")
     return dict(metrics)
 

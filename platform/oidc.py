@@ -126,7 +126,7 @@ class TokenVerifier:
             raise Unauthenticated("the token's signature does not verify") from None
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthenticated(f"the token has no {exc.claim!r} claim") from None
-        except (jwt.PyJWTError, jwt.PyJWKError, ValueError, TypeError) as exc:
+        except (jwt.PyJWTError, jwt.PyJWKError, ValueError, TypeError, RecursionError) as exc:
             raise Unauthenticated(f"the token is not valid: {type(exc).__name__}") from None
 
 
@@ -138,7 +138,7 @@ def _header(token: str) -> dict[str, Any]:
     segment = token.split(".", 1)[0]
     try:
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise Unauthenticated("the bearer token is not a JWT") from None
     if not isinstance(header, dict) or token.count(".") != 2:
         raise Unauthenticated("the bearer token is not a JWT")

@@ -100,14 +100,16 @@ def seed(url: str) -> None:
 
 
 def api_key(account: str, *roles: str) -> str:
-    """A service account with ``roles`` (seeded like the people above) and a fresh API key for it."""
+    """A service account with ``roles`` (seeded like the people above) and a fresh API key for it, created by
+    an admin of its own (whoever creates a key holds it: accounts keyed by one admin are one person) and
+    approved by sam."""
     import datetime as dt
 
     from convergence.governance import identity
     from convergence.governance._models import RoleGrant
     from convergence.platform.db import session_scope
 
-    admin, second = person("ada"), person("sam")
+    admin, second = person(f"{account}-keeper", "admin"), person("sam")
     with session_scope() as s:
         row = identity.create_service_account(session=s, principal=admin, name=account)
         now = dt.datetime.now(dt.timezone.utc)

@@ -29,6 +29,22 @@ def _visible(value: str) -> str:
     return value
 
 
+def _visible_json(value: Any, depth: int = 0) -> Any:
+    """The same for every key and string inside a JSON object (metrics, params, overrides), at most 32 deep."""
+    if depth > 32:
+        raise ValueError("is nested more than 32 levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _visible(str(key))
+            _visible_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _visible_json(item, depth + 1)
+    elif isinstance(value, str):
+        _visible(value)
+    return value
+
+
 Id = Annotated[int, Field(ge=1, le=2**31 - 1, description="A numeric id.")]
 Limit = Annotated[int, Field(ge=1, le=10_000, description="At most this many.")]
 Text = Annotated[str, StringConstraints(max_length=4000), AfterValidator(_visible)]
@@ -42,7 +58,7 @@ Stage = Literal["candidate", "validated", "approved", "production", "retired", "
 ModelRole = Literal["teacher", "student", "quantized"]
 Role = Literal["registrant", "validator", "approver", "operator", "risk", "finance", "auditor", "admin"]
 Number = Annotated[float, Field(allow_inf_nan=False)]
-JsonObject = dict[str, Any]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_visible_json)]
 
 
 @dataclasses.dataclass(frozen=True)

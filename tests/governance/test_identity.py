@@ -95,6 +95,19 @@ def test_the_same_name_from_another_issuer_is_another_principal_with_a_distinct_
         assert again.id == other.id
 
 
+def test_a_person_always_signs_in_even_when_their_names_are_taken(db_url: str) -> None:
+    ada, auth = person("ada"), identity.AuthContext("oidc")
+    with pytest.raises(InvalidInput, match="cannot contain '@'"), session_scope() as s:  # no squatting name@host
+        identity.create_service_account(session=s, principal=ada, name="alice@login.partner.example")
+    with session_scope() as s:
+        names = [identity.ensure_principal(session=s, issuer="https://login.partner.example", subject=sub,
+                                           name="Alice", kind="human", auth=auth).name for sub in ("a-1", "a-2")]
+    assert names[0] == "Alice@login.partner.example"
+    assert names[1].startswith("Alice@login.partner.example~") and len(set(names)) == 2
+    with pytest.raises(PolicyViolation, match="already exists"), session_scope() as s:  # an admin picks again
+        identity.create_service_account(session=s, principal=ada, name="alice")
+
+
 def test_without_credentials_the_cli_acts_as_the_os_account(db_url: str) -> None:
     me = identity.Authenticator().local()
     assert (me.issuer, me.subject, me.auth.method, me.roles) == (identity.OS_ISSUER, identity.os_account(), "os",
@@ -251,9 +264,67 @@ def test_an_admin_cannot_get_the_other_admins_key_alone(db_url: str, raw_sql) ->
 
 def test_bootstrap_issues_keys_only_on_a_sandbox(db_url: str, raw_sql) -> None:
     raw_sql("UPDATE role_grants SET status = 'revoked' WHERE role = 'admin'")
-    with pytest.raises(InvalidInput, match="only on a sandbox"), session_scope() as s:
+    with pytest.raises(Forbidden, match="only on a sandbox") as refused, session_scope() as s:
         identity.bootstrap(session=s, principal=_installer(), keys=True,
                            grants=[("sa:one", "admin"), ("sa:two", "admin")])
+    assert refused.value.rule == "sandbox-only"
+    with session_scope(write=False) as s:
+        [event] = gov.query_events(session=s, action="principal.manage_refused")
+        assert event.payload_obj["rule"] == "sandbox-only"
+        with pytest.raises(NotFound):  # nothing of the refused bootstrap stayed
+            identity.resolve_ref(session=s, ref="sa:one")
+
+
+# --- whoever creates a key holds it ----------------------------------------------------------------
+
+
+def _keyed_account(name: str, role: str, *, creator: str = "ada", approver: str = "sam") -> identity.Principal:
+    """A service account with ``role`` (requested by ``creator``) and a key ``creator`` created."""
+    maker, second = person(creator), person(approver)
+    with session_scope() as s:
+        row = identity.create_service_account(session=s, principal=maker, name=name)
+        key_row, key = identity.create_api_key(session=s, principal=maker, account=f"sa:{name}")
+        grant = identity.request_grant(session=s, principal=maker, grantee=f"#{row.id}", role=role)
+    with session_scope() as s:
+        identity.approve_api_key(session=s, principal=second, key_id=key_row.key_id)
+        identity.decide_grant(session=s, principal=second, grant_id=grant.id, approve=True)
+    return identity.Authenticator().from_credential(key)
+
+
+def test_an_admin_cannot_promote_their_own_model_through_a_key_they_created(db_url: str, model_file: Path,
+                                                                            evidence_file: Path) -> None:
+    adam = person("adam", "admin", "registrant")
+    with session_scope() as s:
+        vid = gov.register_model(session=s, principal=adam, name="mine", artifact=model_file, family="trading",
+                                 role="student").id
+    with session_scope() as s:
+        gov.validate(session=s, version_id=vid, principal=person("carol"), evidence=evidence_file)
+    with session_scope() as s:
+        gov.approve(session=s, version_id=vid, principal=person("alice"), reason="policy met")
+    deployer = _keyed_account("deployer", "operator", creator="adam")
+    with pytest.raises(Forbidden, match="API key ties deployer to adam") as refused, session_scope() as s:
+        gov.promote(session=s, version_id=vid, principal=deployer)
+    assert refused.value.rule == "promoter-not-registrant"
+    other = _keyed_account("deployer2", "operator", creator="sam", approver="ada")  # a key adam never saw
+    with session_scope() as s:
+        assert gov.promote(session=s, version_id=vid, principal=other).stage == "production"
+
+
+def test_an_admin_account_keyed_by_an_admin_is_not_a_second_admin(db_url: str) -> None:
+    ada, sam = person("ada"), person("sam")
+    bot = _keyed_account("ci-bot", "admin")  # ada made its key, sam approved: ci-bot is an admin ada holds
+    with session_scope() as s:
+        grant = identity.request_grant(session=s, principal=ada, grantee=f"#{person('quinn').id}", role="approver")
+    with pytest.raises(Forbidden, match="API key ties") as refused, session_scope() as s:
+        identity.decide_grant(session=s, principal=bot, grant_id=grant.id, approve=True)
+    assert refused.value.rule == "grant-second-admin"
+    with session_scope() as s:
+        row = identity.create_service_account(session=s, principal=ada, name="nightly")
+        key_row, _ = identity.create_api_key(session=s, principal=ada, account=f"#{row.id}")
+    with pytest.raises(Forbidden, match="API key ties"), session_scope() as s:
+        identity.approve_api_key(session=s, principal=bot, key_id=key_row.key_id)
+    with session_scope() as s:  # sam, who never saw ci-bot's key, is a second admin to ada
+        identity.decide_grant(session=s, principal=sam, grant_id=grant.id, approve=True)
 
 
 def test_an_api_key_is_shown_once_and_stored_as_a_hash(db_url: str) -> None:

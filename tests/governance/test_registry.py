@@ -67,6 +67,7 @@ def test_dataset_by_sha_and_run_lineage(db_url: str, model_file: Path) -> None:
     ({"role": "oracle"}, InvalidInput, "role must be one of"),
     ({"name": "bad name!"}, InvalidInput, "not valid"),
     ({"metrics": {"sharpe": float("nan")}}, InvalidInput, "finite"),
+    ({"metrics": {"sharpe": 10**400}}, InvalidInput, "too large"),  # no float holds it (once a 500)
     ({"metrics": {"sharpe": "high"}}, InvalidInput, "must be a number"),
     ({"parent_id": 424242}, NotFound, "no model version with id 424242"),
     ({"dataset": "not-a-file-nor-sha"}, InvalidInput, "--dataset"),

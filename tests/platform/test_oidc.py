@@ -179,7 +179,8 @@ def test_an_unknown_key_refetches_the_jwks_once_then_a_rotated_key_is_accepted(i
 
 
 def test_garbage_is_one_clear_line(issuer: Issuer) -> None:
-    for token in ("not-a-jwt", "a.b.c", "e30.e30.e30"):
+    nested = base64.urlsafe_b64encode(b"[" * 5000).rstrip(b"=").decode() + ".e30.e30"  # once a RecursionError
+    for token in ("not-a-jwt", "a.b.c", "e30.e30.e30", nested):
         with pytest.raises(Unauthenticated):
             verifier(issuer).verify(token)
 

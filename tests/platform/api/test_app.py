@@ -182,6 +182,13 @@ def test_a_kubernetes_trigger_dry_run_names_who_asked(client) -> None:
     assert trigger["requested_by"]["name"] == "trigger-bot" and "--as" not in command
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize("method,path,body", [
     ("GET", "/principals/%23%C2%B2", None),                                   # "#²": isdigit() but not an id
     ("POST", "/grants", {"principal": "#²", "role": "auditor"}),
@@ -189,6 +196,8 @@ def test_a_kubernetes_trigger_dry_run_names_who_asked(client) -> None:
     ("GET", "/model-names/m/at?time=9999-12-31T23:59:59-14:00", None),        # after 9999 in UTC
     ("POST", "/webhooks/test", {"url": "http://[::1", "secret": "x"}),        # urlparse raises
     ("POST", "/webhooks/subscriptions", {"url": "http://host:99999999/"}),    # a port that is not a port
+    ("POST", "/pipelines/trading/trigger", {"overrides": {"x\u0000\u202e": 1}}),  # invisible keys in JSON
+    ("POST", "/pipelines/trading/trigger", {"overrides": {"a": _nested(40)}}),     # deeper than 32
 ])
 def test_inputs_that_once_answered_500_are_4xx(client, method: str, path: str, body: Any) -> None:
     key = api_key("everything", "admin", "auditor", "registrant")
@@ -208,12 +217,18 @@ def test_an_oversized_chunked_body_is_413(client) -> None:
 
 def test_people_cannot_give_a_run_a_trigger_nor_the_server_a_file_path(client) -> None:
     from convergence.platform.api import BackgroundJobs, Operations
-    from convergence.platform.errors import PolicyViolation
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+    from convergence.platform.errors import Forbidden, PolicyViolation
 
     human = person("quinn")
     forged = {"kind": "drift", "requested_by": {"id": 1, "name": "someone else"}}
     ops = Operations(who=lambda: human, jobs=BackgroundJobs(1))
-    with pytest.raises(PolicyViolation, match="recorded by the system"):
+    with pytest.raises(Forbidden, match="recorded by the system") as refused:
         ops.run_pipeline(family="trading", trigger=forged)
+    assert refused.value.rule == "trigger-by-system"
+    with session_scope(write=False) as s:  # the attempt is evidence
+        [event] = gov.query_events(session=s, action="pipeline.run_refused")
+    assert event.payload_obj["rule"] == "trigger-by-system" and event.payload_obj["principal"]["id"] == human.id
     with pytest.raises(PolicyViolation, match="not a file path"):
         ops.run_pipeline(family="trading", overrides={"data": {"source": "csv", "path": "/etc/shadow"}})
