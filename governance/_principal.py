@@ -93,13 +93,20 @@ _INVISIBLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1
               (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
 
 # Letters that look like Latin ones (a subset of Unicode's confusables, UTS #39): the name key maps them, so
-# "орѕ" (Cyrillic) has the key of "ops" and cannot be a second principal beside it.
+# "орѕ" (Cyrillic) has the key of "ops" and cannot be a second principal beside it. Names keep their case
+# when shown, so capitals are mapped before case-folding (Greek "ΤΟΜ" is "TOM", though "τομ" is not "tom"),
+# and i, I, l, 1 and | are one letter ("Ivan" and "lvan" look the same).
+_CAPITALS = str.maketrans({
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P",
+    "Τ": "T", "Υ": "Y", "Χ": "X", "А": "A", "В": "B", "Е": "E", "Ѕ": "S", "І": "I", "Ј": "J", "К": "K", "М": "M",
+    "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X", "Ү": "Y",
+})
 _SKELETON = str.maketrans({
-    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j", "к": "k", "м": "m", "н": "h",
-    "о": "o", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l",
-    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
-    "ɑ": "a", "ᴀ": "a", "ɡ": "g", "ı": "i", "ɩ": "i", "ʏ": "y", "ᴏ": "o", "ʀ": "r", "ꜱ": "s", "ᴜ": "u",
-    "0": "o", "1": "l", "|": "l",
+    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "l", "ї": "l", "ј": "j", "к": "k", "м": "m", "н": "h",
+    "о": "o", "р": "p", "с": "c", "т": "t", "у": "y", "ү": "y", "х": "x", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w",
+    "ӏ": "l", "α": "a", "β": "b", "ε": "e", "ι": "l", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
+    "χ": "x", "ɑ": "a", "ᴀ": "a", "ɡ": "g", "ı": "l", "ɩ": "l", "ʏ": "y", "ᴏ": "o", "ʀ": "r", "ꜱ": "s", "ᴜ": "u",
+    "0": "o", "1": "l", "|": "l", "i": "l",
 })
 _REF_LIKE = ("#", "os:", "sa:", "oidc:", "sandbox:")
 
@@ -111,7 +118,7 @@ def _invisible(ch: str) -> bool:
 
 def name_key(display: str) -> str:
     """The key names are unique by: case-folded, with look-alike letters mapped to the Latin ones."""
-    return display.casefold().translate(_SKELETON).replace("rn", "m")
+    return display.translate(_CAPITALS).casefold().translate(_SKELETON).replace("rn", "m")
 
 
 def normalize_name(text: str, *, what: str = "name") -> tuple[str, str]:

@@ -10,6 +10,7 @@ Tests of the grant workflow itself go through ``identity.request_grant``.
 from __future__ import annotations
 
 from convergence.governance import Principal
+from convergence.governance._principal import name_key
 
 ISSUER = "https://idp.test"
 
@@ -73,7 +74,7 @@ def _exists(session: object, name: str) -> bool:
     from convergence.governance._models import PrincipalRow
 
     return session.execute(select(PrincipalRow.id).where(  # type: ignore[attr-defined]
-        PrincipalRow.name_key == name.casefold())).first() is not None
+        PrincipalRow.name_key == name_key(name))).first() is not None
 
 
 def seed(url: str) -> None:
@@ -88,8 +89,8 @@ def seed(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         for name, roles in ROLES.items():
-            conn.execute(insert(PrincipalRow).values(issuer=ISSUER, subject=name, name=name, name_key=name.casefold(),
-                                                     kind="human", created_at=now))
+            conn.execute(insert(PrincipalRow).values(issuer=ISSUER, subject=name, name=name,
+                                                     name_key=name_key(name), kind="human", created_at=now))
             pid = conn.execute(select(PrincipalRow.id).where(PrincipalRow.subject == name,
                                                               PrincipalRow.issuer == ISSUER)).scalar_one()
             for role in roles:

@@ -142,7 +142,10 @@ def _add_columns() -> None:
 
 
 def _key(name: str) -> str:
-    return unicodedata.normalize("NFKC", name).strip().casefold()[:200] or "?"
+    """The name key new principals get, so a legacy "alice" and a person called alice share one name."""
+    from convergence.governance._principal import name_key
+
+    return name_key(unicodedata.normalize("NFKC", name).strip())[:200] or "?"
 
 
 def _backfill() -> None:
