@@ -151,19 +151,36 @@ def save_artifact(path: Path, *, net: Any, arch: dict[str, Any], role: str, quan
     # quantized modules need to load (a plain dict loads as the legacy format and fails).
     state = (net if _is_quantized(net) else copy.deepcopy(net).cpu()).state_dict()
     torch.save({"format": ARTIFACT_FORMAT, "role": role, "arch": arch, "quantized": quantized,
-                "state_dict": state, "mean": mean, "std": std, "y_scale": y_scale, "meta": meta}, path)
+                "state_dict": state, "mean": torch.from_numpy(np.ascontiguousarray(mean)),
+                "std": torch.from_numpy(np.ascontiguousarray(std)), "y_scale": float(y_scale), "meta": meta}, path)
     return path
 
 
+def _numpy_arrays() -> list[Any]:
+    """What a first-wave artifact's mean and std need besides tensors: plain numpy arrays (no subclass, no
+    object dtype — the weights-only unpickler still refuses anything else)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float32)),
+            type(np.dtype(np.float64))]
+
+
 def load_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Rebuild a network (quantized again when it was saved INT8) and return it with its metadata."""
+    """Rebuild a network (quantized again when it was saved INT8) and return it with its metadata. The file is
+    read as data (``weights_only``): tensors, numbers, strings, containers — never code."""
     import torch
 
     from convergence.platform.errors import IntegrityError
 
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_arrays()):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not data of its format
+        raise IntegrityError(f"{path} is not a {ARTIFACT_FORMAT} artifact of plain data: {type(exc).__name__}",
+                             hint="artifacts are data, never code: a file that needs code to load is refused") from None
     if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
         raise IntegrityError(f"{path} is not a {ARTIFACT_FORMAT} artifact")
+    blob["mean"], blob["std"] = (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                                 for v in (blob["mean"], blob["std"]))
     net = from_arch(blob["arch"]).eval()
     if blob["quantized"]:
         net = quantize_int8(net)

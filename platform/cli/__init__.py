@@ -26,12 +26,22 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _debug() -> bool:
+    """CVG_DEBUG, from the settings; an error in the settings themselves is shown as one line."""
+    from convergence.platform.settings import get_settings
+
+    try:
+        return get_settings().debug
+    except Exception:  # noqa: BLE001 - the settings may be what failed
+        return False
+
+
 class _Root(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConvergenceError as exc:
-            if os.environ.get("CVG_DEBUG") == "1":
+            if _debug():
                 raise
             _fail(str(exc), exc.exit_code)
         except (TyperException, typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt):
@@ -41,7 +51,7 @@ class _Root(TyperGroup):
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
         except Exception as exc:  # a bug of ours: still one line, traceback on request
-            if os.environ.get("CVG_DEBUG") == "1":
+            if _debug():
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (run with CVG_DEBUG=1 for the traceback)", 1)
 

@@ -67,6 +67,38 @@ def test_artifacts_round_trip(trained, tmp_path: Path, key: str, quantized: bool
     x = p.Xn[test.start:test.start + 50]
     np.testing.assert_array_equal(nets.predict(net, x), nets.predict(models[key], x))
     assert blob["quantized"] is quantized and blob["meta"]["window"] == fs.window
+    np.testing.assert_array_equal(blob["mean"], p.mean)  # numpy again, exactly, for serving
+
+
+def test_a_first_wave_artifact_with_numpy_arrays_still_loads(trained, tmp_path: Path) -> None:
+    import torch
+
+    cfg, fs, p, train, test, models = trained
+    path = tmp_path / "old.pt"
+    arch = nets.student_arch(fs.X.shape[1], cfg.model)
+    torch.save({"format": nets.ARTIFACT_FORMAT, "role": "student", "arch": arch, "quantized": False,
+                "state_dict": models["student"].state_dict(), "mean": p.mean, "std": p.std, "y_scale": p.y_scale,
+                "meta": {}}, path)
+    net, blob = nets.load_artifact(path)
+    assert isinstance(blob["mean"], np.ndarray) and np.array_equal(blob["std"], p.std)
+
+
+class _Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (Path(_Payload.target),))
+
+    target = ""
+
+
+def test_an_artifact_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    import torch
+
+    _Payload.target = str(tmp_path / "pwned")
+    path = tmp_path / "evil.pt"
+    torch.save({"format": nets.ARTIFACT_FORMAT, "payload": _Payload()}, path)
+    with pytest.raises(IntegrityError, match="plain data"):
+        nets.load_artifact(path)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_foreign_files_are_not_artifacts(tmp_path: Path) -> None:

@@ -28,6 +28,19 @@ def test_step_chain_registers_like_the_local_runner(db_url: str, ray_session, sm
         assert student.parent_id == state["versions"]["teacher"] and student.run_id == run.id
         assert gov.verify(session=s).ok
     assert (dirs["evaluate_register"] / "evidence.json").exists()
+    handed = {p.suffix for d in dirs.values() for p in d.iterdir() if p.is_file()}
+    assert handed <= {".npz", ".json", ".pt"}, handed  # data between pods, never a pickle
+
+
+def test_a_step_output_that_needs_pickle_is_refused_without_loading(tmp_path: Path) -> None:
+    import numpy as np
+
+    from convergence.pipelines._steps import _load_features
+    from convergence.platform.errors import IntegrityError
+
+    np.savez(tmp_path / "features.npz", __meta__=np.array("{}"), X=np.array([object()], dtype=object))
+    with pytest.raises(IntegrityError, match="plain arrays"):
+        _load_features(tmp_path)
 
 
 @pytest.mark.ray

@@ -92,3 +92,43 @@ def test_public_surfaces_are_sorted_and_importable(module: str) -> None:
 def test_auditor_script_imports_only_the_standard_library() -> None:
     stdlib = set(sys.stdlib_module_names)
     assert {m.split(".")[0] for m in _imports(ROOT / "governance" / "auditor.py")} <= stdlib
+
+
+def _sources() -> list[Path]:
+    return [p for folder in ("governance", "pipelines", "serving", "platform", "migrations")
+            for p in (ROOT / folder).rglob("*.py")]
+
+
+def _config_reads(path: Path) -> list[int]:
+    """Lines that read configuration from the environment: os.environ.get, os.environ[...], os.getenv."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                node.func.attr == "getenv" or (node.func.attr == "get" and isinstance(node.func.value, ast.Attribute)
+                                               and node.func.value.attr == "environ")):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+              and isinstance(node.value, ast.Attribute) and node.value.attr == "environ"):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_configuration_is_read_only_through_the_settings(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os\na = os.environ.get('X')\nb = os.getenv('Y')\nc = os.environ['Z']\n"
+                      "env = {**os.environ, 'A': '1'}\n")  # handing the environment to a child is not reading it
+    assert _config_reads(sample) == [2, 3, 4]
+    offenders = {str(p.relative_to(ROOT)): lines for p in _sources()
+                 if p.name != "settings.py" and (lines := _config_reads(p))}
+    assert not offenders
+
+
+def test_nothing_loads_an_artifact_as_code() -> None:
+    """Artifacts and step outputs are data: no pickle, no torch.load(weights_only=False), no allow_pickle."""
+    offenders = []
+    for path in _sources():
+        text = path.read_text()
+        for needle in ("import pickle", "weights_only=False", "allow_pickle=True", "cloudpickle", "joblib.load"):
+            if needle in text:
+                offenders.append(f"{path.relative_to(ROOT)}: {needle}")
+    assert not offenders

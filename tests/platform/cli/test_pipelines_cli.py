@@ -57,7 +57,7 @@ def test_steps_over_directories(db_url: str, sandbox: str, cvg, tmp_path: Path) 
     second = cvg("pipelines", "step", "trading", "build_features", "--config-json", config, "--in", str(load),
                  "--out", str(feats), "--as", "kfp")
     assert second.code == 0, second.err
-    assert (feats / "features.pkl").stat().st_size > 0
+    assert (feats / "features.npz").stat().st_size > 0
     assert json.loads((feats / "state.json").read_text())["run_id"] == state["run_id"]
     assert_one_line_error(cvg("pipelines", "step", "trading", "build_features", "--config-json", config,
                               "--out", str(tmp_path / "x"), "--as", "kfp"), 2, "reads 1 input dir")
