@@ -36,6 +36,24 @@ def _subject(row_id: int) -> Subject:
     return Subject("principal", str(row_id))
 
 
+def _admin_act(session: Session, principal: Principal, reason: str | None = None) -> str | None:
+    """How every admin change starts: the admin role, the reason as clean text, the write lock."""
+    require(session=session, principal=principal, permission="principal.manage")
+    reason = check_text(reason, what="reason")
+    serialize_writes(session=session)
+    return reason
+
+
+def _second_admin(session: Session, principal: Principal, *, requester_id: int, grantee_id: int, rule: str,
+                  what: str, kind: str, verb: str, payload: dict[str, Any]) -> None:
+    """Four eyes on an admin act: never by whoever asked for it, never for oneself (or an account one keys)."""
+    for other_id, rule_, message in (
+            (requester_id, rule, f"{principal.name} requested {what} and cannot {verb} it"),
+            (grantee_id, "no-self-grant", f"{principal.name} cannot {verb} {kind} for themselves")):
+        distinct(session=session, principal=principal, other_id=other_id, permission="principal.manage",
+                 rule=rule_, message=message, subject=_subject(grantee_id), payload=payload)
+
+
 # --- role grants ------------------------------------------------------------------------------
 
 def grant_to_dict(grant: RoleGrant, names: dict[int, str] | None = None, *,
@@ -60,11 +78,9 @@ def names_by_id(session: Session) -> dict[int, str]:
 def request_grant(*, session: Session, principal: Principal, grantee: str, role: str,
                   reason: str | None = None) -> RoleGrant:
     """Ask for ``role`` for ``grantee``; it takes effect when a second admin approves."""
-    require(session=session, principal=principal, permission="principal.manage")
+    reason = _admin_act(session, principal, reason)
     if role not in ACCESS_ROLES:
         raise InvalidInput(f"unknown role {role!r}; roles are {', '.join(ACCESS_ROLES)}")
-    reason = check_text(reason, what="reason")
-    serialize_writes(session=session)
     row = resolve_ref(session=session, ref=grantee, create_as=principal, typed=True)
     distinct(session=session, principal=principal, other_id=row.id, permission="principal.manage",
              rule="no-self-grant", message=f"{principal.name} cannot request a role for themselves",
@@ -89,21 +105,16 @@ def request_grant(*, session: Session, principal: Principal, grantee: str, role:
 def decide_grant(*, session: Session, principal: Principal, grant_id: int, approve: bool,
                  reason: str | None = None) -> RoleGrant:
     """A second admin approves (the role is active from now) or rejects a pending grant."""
-    require(session=session, principal=principal, permission="principal.manage")
-    reason = check_text(reason, what="reason")
-    serialize_writes(session=session)
+    reason = _admin_act(session, principal, reason)
     grant = session.get(RoleGrant, grant_id)
     if grant is None:
         raise NotFound(f"no role grant with id {grant_id}", hint="`cvg principals grants` lists them")
     if grant.status != "pending":
         raise PolicyViolation(f"role grant {grant_id} is {grant.status}, not pending")
     verb = "approve" if approve else "reject"
-    distinct(session=session, principal=principal, other_id=grant.requested_by_id, permission="principal.manage",
-             rule="grant-second-admin", message=f"{principal.name} requested role grant {grant_id} and cannot {verb} it",
-             subject=_subject(grant.principal_id), payload={"grant_id": grant_id})
-    distinct(session=session, principal=principal, other_id=grant.principal_id, permission="principal.manage",
-             rule="no-self-grant", message=f"{principal.name} cannot {verb} a role for themselves",
-             subject=_subject(grant.principal_id), payload={"grant_id": grant_id})
+    _second_admin(session, principal, requester_id=grant.requested_by_id, grantee_id=grant.principal_id,
+                  rule="grant-second-admin", what=f"role grant {grant_id}", kind="a role", verb=verb,
+                  payload={"grant_id": grant_id})
     grant.status = "active" if approve else "rejected"
     grant.decided_by_id, grant.decided_at = principal.id, utcnow()
     append(session=session, principal=principal, action=f"role.{'granted' if approve else 'rejected'}",
@@ -114,9 +125,7 @@ def decide_grant(*, session: Session, principal: Principal, grant_id: int, appro
 def revoke_grant(*, session: Session, principal: Principal, grantee: str, role: str,
                  reason: str | None = None) -> RoleGrant:
     """Take a role away at once (one admin suffices: removing power needs no second pair of eyes)."""
-    require(session=session, principal=principal, permission="principal.manage")
-    reason = check_text(reason, what="reason")
-    serialize_writes(session=session)
+    reason = _admin_act(session, principal, reason)
     row = resolve_ref(session=session, ref=grantee, typed=True)
     grant = session.execute(select(RoleGrant).where(RoleGrant.principal_id == row.id, RoleGrant.role == role,
                                                     RoleGrant.status.in_(("active", "pending")))).scalars().first()
@@ -167,8 +176,7 @@ def create_api_key(*, session: Session, principal: Principal, account: str, expi
                    description: str | None = None) -> tuple[ApiKey, str]:
     """A new key for a service account: (row, the full key) — the key is never shown or stored again, and it
     works only once a second admin approves it (whoever holds a key acts as the account: four eyes)."""
-    require(session=session, principal=principal, permission="principal.manage")
-    serialize_writes(session=session)
+    _admin_act(session, principal)
     row = resolve_ref(session=session, ref=account if account.startswith(("sa:", "#")) else f"sa:{account}")
     distinct(session=session, principal=principal, other_id=row.id, permission="principal.manage",
              rule="no-self-grant", message=f"{principal.name} cannot issue a key for themselves",
@@ -179,18 +187,13 @@ def create_api_key(*, session: Session, principal: Principal, account: str, expi
 
 def approve_api_key(*, session: Session, principal: Principal, key_id: str, reason: str | None = None) -> ApiKey:
     """A second admin — neither the key's requester nor its account — lets a key work."""
-    require(session=session, principal=principal, permission="principal.manage")
-    reason = check_text(reason, what="reason")
-    serialize_writes(session=session)
+    reason = _admin_act(session, principal, reason)
     key = _key(session, key_id)
     if key.approved_by_id is not None or key.revoked_at is not None:
         raise PolicyViolation(f"API key {key_id} is {'revoked' if key.revoked_at else 'already approved'}")
-    distinct(session=session, principal=principal, other_id=key.created_by_id, permission="principal.manage",
-             rule="key-second-admin", message=f"{principal.name} requested API key {key_id} and cannot approve it",
-             subject=_subject(key.principal_id), payload={"key_id": key_id})
-    distinct(session=session, principal=principal, other_id=key.principal_id, permission="principal.manage",
-             rule="no-self-grant", message=f"{principal.name} cannot approve a key for themselves",
-             subject=_subject(key.principal_id), payload={"key_id": key_id})
+    _second_admin(session, principal, requester_id=key.created_by_id, grantee_id=key.principal_id,
+                  rule="key-second-admin", what=f"API key {key_id}", kind="a key", verb="approve",
+                  payload={"key_id": key_id})
     key.approved_by_id, key.approved_at = principal.id, utcnow()
     append(session=session, principal=principal, action="api_key.approved", subject=_subject(key.principal_id),
            payload={"key_id": key_id, "reason": reason})
@@ -228,13 +231,12 @@ def mint_api_key(*, session: Session, principal: Principal, account: PrincipalRo
 
 
 def revoke_api_key(*, session: Session, principal: Principal, key_id: str, reason: str | None = None) -> ApiKey:
-    require(session=session, principal=principal, permission="principal.manage")
-    serialize_writes(session=session)
+    reason = _admin_act(session, principal, reason)
     key = _key(session, key_id)
     if key.revoked_at is None:
         key.revoked_at, key.revoked_by_id = utcnow(), principal.id
         append(session=session, principal=principal, action="api_key.revoked", subject=_subject(key.principal_id),
-               payload={"key_id": key_id, "reason": check_text(reason, what="reason")})
+               payload={"key_id": key_id, "reason": reason})
     return key
 
 

@@ -149,10 +149,7 @@ class TrustOps(OperationsBase):
         """Ask for a role for someone (not yourself); a second admin must approve it."""
         from convergence.governance import identity
 
-        with self.writing() as session:
-            grant = identity.request_grant(session=session, principal=self.principal, grantee=principal, role=role,
-                                           reason=reason)
-            return _grant(session, grant)
+        return self._granting(identity.request_grant, grantee=principal, role=role, reason=reason)
 
     @op("POST", "/grants/{grant_id}/approve", tag="principals")
     def approve_grant(self, grant_id: Id, reason: Text | None = None) -> dict[str, Any]:
@@ -167,20 +164,22 @@ class TrustOps(OperationsBase):
     def _decide(self, grant_id: int, approve: bool, reason: str | None) -> dict[str, Any]:
         from convergence.governance import identity
 
+        return self._granting(identity.decide_grant, grant_id=grant_id, approve=approve, reason=reason)
+
+    def _granting(self, service: Any, **kwargs: Any) -> dict[str, Any]:
+        """Call a grant service as this principal, in one write transaction; the grant as data."""
+        from convergence.governance import identity
+
         with self.writing() as session:
-            grant = identity.decide_grant(session=session, principal=self.principal, grant_id=grant_id,
-                                          approve=approve, reason=reason)
-            return _grant(session, grant)
+            grant = service(session=session, principal=self.principal, **kwargs)
+            return identity.grant_to_dict(grant, session=session)
 
     @op("POST", "/grants/revoke", tag="principals")
     def revoke_role(self, principal: Ref, role: Role, reason: Text | None = None) -> dict[str, Any]:
         """Take a role away now (one admin suffices)."""
         from convergence.governance import identity
 
-        with self.writing() as session:
-            grant = identity.revoke_grant(session=session, principal=self.principal, grantee=principal, role=role,
-                                          reason=reason)
-            return _grant(session, grant)
+        return self._granting(identity.revoke_grant, grantee=principal, role=role, reason=reason)
 
     @op("GET", "/grants", tag="principals")
     def list_grants(self, status: Literal["pending", "active", "rejected", "revoked"] | None = None
@@ -190,12 +189,6 @@ class TrustOps(OperationsBase):
 
         with self.reading("principal.read") as session:
             return identity.list_grants(session=session, principal=self.principal, status=status)
-
-
-def _grant(session: Any, grant: Any) -> dict[str, Any]:
-    from convergence.governance import identity
-
-    return identity.grant_to_dict(grant, session=session)
 
 
 def _chunks(path: Path, size: int = 1 << 16) -> Iterator[bytes]:
