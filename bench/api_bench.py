@@ -61,11 +61,13 @@ def _service_key(name: str) -> str:
     from convergence.governance import identity
     from convergence.platform.db import session_scope
 
-    admin = principal("bench-admin", "admin")
+    admin, second = principal("bench-admin", "admin"), principal("bench-second-admin", "admin")
     with session_scope() as s:
         identity.create_service_account(session=s, principal=admin, name=name)
-    with session_scope() as s:
-        return identity.create_api_key(session=s, principal=admin, account=name)[1]
+        row, key = identity.create_api_key(session=s, principal=admin, account=name)
+    with session_scope() as s:  # a key works once a second admin approves it
+        identity.approve_api_key(session=s, principal=second, key_id=row.key_id)
+    return key
 
 
 def auth_costs(home: str) -> dict[str, Any]:

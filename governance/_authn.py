@@ -29,7 +29,7 @@ from convergence.governance._identity import (
     to_principal,
 )
 from convergence.governance._models import ApiKey
-from convergence.governance._principal import ACCESS_ROLES, AuthContext, Principal
+from convergence.governance._principal import ACCESS_ROLES, AuthContext, Principal, check_display_name
 from convergence.platform.db import session_scope, utcnow
 from convergence.platform.errors import InvalidInput, Unauthenticated
 from convergence.platform.settings import Settings, get_settings
@@ -68,7 +68,6 @@ class Authenticator:
         self._verifier = verifier
         self._keys: dict[str, _Entry] = {}
         self._tokens: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
-        self._subjects: dict[tuple[str, str, frozenset[str]], _Entry] = {}  # a person's next token: no lookup
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -90,16 +89,30 @@ class Authenticator:
         with self._lock:
             self._keys.clear()
             self._tokens.clear()
-            self._subjects.clear()
 
     def from_header(self, authorization: str | None, *, request_id: str | None = None) -> Principal:
         """``Authorization: Bearer <API key or token>`` → Principal, or ``Unauthenticated``."""
-        if not authorization:
-            raise Unauthenticated("authentication required: send Authorization: Bearer <API key or OIDC token>")
-        scheme, _, credential = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not credential.strip():
-            raise Unauthenticated("the Authorization header must be: Bearer <API key or OIDC token>")
-        return self.from_credential(credential.strip(), request_id=request_id)
+        return self.from_credential(_bearer(authorization), request_id=request_id)
+
+    def cached(self, authorization: str | None, *, request_id: str | None = None) -> Principal | None:
+        """The principal when this header's credential is in the cache and needs no I/O (an event loop may
+        call this; on None, call ``from_header`` in a thread). A malformed header raises at once."""
+        credential, now = _bearer(authorization), self.clock()
+        if credential.startswith(KEY_PREFIX):
+            key_id, _, secret = credential.partition(".")
+            entry = self._keys.get(key_id)
+            if (entry is None or entry.until <= now or _touch_due(self._last_used, key_id, now)
+                    or entry.secret_sha256 != hashlib.sha256(secret.encode()).hexdigest()):
+                return None
+        else:
+            with self._lock:
+                entry = self._tokens.get(hashlib.sha256(credential.encode()).hexdigest())
+            if entry is None or entry.until <= now:
+                return None
+        if entry.expires_at is not None and entry.expires_at <= utcnow():
+            return None  # the slow path says why
+        return dataclasses.replace(entry.principal, auth=dataclasses.replace(entry.principal.auth,
+                                                                              request_id=request_id))
 
     def from_credential(self, credential: str, *, request_id: str | None = None) -> Principal:
         if len(credential) > 16384 or not credential.isascii():
@@ -139,7 +152,7 @@ class Authenticator:
 
     def _touch(self, key_id: str, now: float) -> None:
         """Record the key's last use, at most once a minute per key and process."""
-        if now - self._last_used.get(key_id, -_LAST_USED_EVERY_S) < _LAST_USED_EVERY_S:
+        if not _touch_due(self._last_used, key_id, now):
             return
         self._last_used[key_id] = now
         with session_scope() as session:
@@ -173,13 +186,7 @@ class Authenticator:
         name = _display_name(claims.get(s.oidc_name_claim) or claims.get("email") or subject, subject)
         auth = AuthContext("oidc", credential=str(claims.get("jti") or "")[:100] or None)
         claimed = roles_from_claims(claims, s.oidc_roles_claim, s.oidc_role_prefix)
-        known = self._subjects.get((issuer, subject, claimed))
-        if known is not None and known.until > self.clock():
-            return dataclasses.replace(known.principal, auth=auth)
-        principal = self._lookup(issuer, subject, str(name), auth, claimed)
-        with self._lock:
-            self._subjects[(issuer, subject, claimed)] = _Entry(principal, self.clock() + s.auth_cache_s)
-        return principal
+        return self._lookup(issuer, subject, str(name), auth, claimed)
 
     def _lookup(self, issuer: str, subject: str, name: str, auth: AuthContext, claimed: frozenset[str]) -> Principal:
         with session_scope(write=False) as session:
@@ -224,19 +231,29 @@ class Authenticator:
             return os_principal(session=session, request_id=request_id)
 
 
+def _bearer(authorization: str | None) -> str:
+    """The credential of ``Authorization: Bearer <credential>``, or ``Unauthenticated``."""
+    if not authorization:
+        raise Unauthenticated("authentication required: send Authorization: Bearer <API key or OIDC token>")
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Unauthenticated("the Authorization header must be: Bearer <API key or OIDC token>")
+    return credential.strip()
+
+
+def _touch_due(last_used: dict[str, float], key_id: str, now: float) -> bool:
+    return now - last_used.get(key_id, -_LAST_USED_EVERY_S) >= _LAST_USED_EVERY_S
+
+
 def _display_name(claimed: Any, subject: str) -> str:
     """The claimed name when it is a usable display name, else one made from the subject: a person whose
     name convergence cannot show safely still signs in."""
-    import hashlib as _hashlib
-
-    from convergence.governance._principal import check_display_name
-
     for candidate in (claimed, subject):
         try:
             return check_display_name(str(candidate))[0]
         except InvalidInput:
             continue
-    return f"oidc-{_hashlib.sha256(subject.encode()).hexdigest()[:12]}"
+    return f"oidc-{hashlib.sha256(subject.encode()).hexdigest()[:12]}"
 
 
 def stored_token(settings: Settings) -> str | None:

@@ -206,13 +206,16 @@ def _killed(replica: Replica) -> dict[str, Any] | None:
     return replica.watcher.state(replica.loaded.name)
 
 
-def _caller(replica: Replica, request: Any, *, required: bool) -> Any:
+async def _caller(replica: Replica, request: Any, *, required: bool) -> Any:
     """The authenticated principal, or None when nothing is required and no credential was sent; 401 when a
-    credential is required or was sent and is not valid."""
+    credential is required or was sent and is not valid. Cached credentials are answered on the event loop;
+    one that needs the database or the issuer is checked in a thread, so other requests keep flowing."""
+    import anyio
+
     header = request.headers.get("authorization")
     if not required and not header:
         return None
-    return replica.auth.from_header(header)
+    return replica.auth.cached(header) or await anyio.to_thread.run_sync(replica.auth.from_header, header)
 
 
 def _safe_answer(replica: Replica, kill: dict[str, Any]) -> float:
@@ -239,7 +242,7 @@ def build_app() -> Any:
         t0 = time.perf_counter()
         try:
             replica = replica_for("trading")
-            _caller(replica, request, required=replica.auth_required)
+            await _caller(replica, request, required=replica.auth_required)
             X = parse_rows(await _body(request, replica.max_body), request.headers.get("content-type", ""),
                            replica.loaded.extra["n_features"], replica.max_rows)
             ids = IDS.take(len(X))
@@ -267,7 +270,7 @@ def build_app() -> Any:
         t0 = time.perf_counter()
         try:
             replica = replica_for("language")
-            _caller(replica, request, required=replica.auth_required)
+            await _caller(replica, request, required=replica.auth_required)
             data = _json_object(await _body(request, replica.max_body), {"prompt", "max_tokens", "temperature", "seed"})
             prompt, max_tokens = data.get("prompt"), data.get("max_tokens", 32)
             temperature, seed = data.get("temperature", 0.0), data.get("seed", 0)
@@ -311,7 +314,7 @@ def build_app() -> Any:
             public = {"model": r.loaded.name, "version": r.loaded.version, "version_id": r.loaded.version_id,
                       "killed": _killed(r) is not None}
             try:  # a caller holding a role sees who killed it and why, the device and the queues
-                caller = _caller(r, request, required=False)
+                caller = await _caller(r, request, required=False)
                 detailed = caller is not None and bool(caller.roles)
             except ConvergenceError:
                 detailed = False

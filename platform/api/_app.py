@@ -237,11 +237,17 @@ def _endpoint(spec: OpSpec) -> Any:
     return endpoint
 
 
-def _authenticated(request: Any) -> None:
-    """The route dependency: who is asking (``Authorization: Bearer <API key or OIDC token>``)."""
-    auth = request.app.state.auth
-    request.state.principal = auth.from_header(request.headers.get("authorization"),
-                                               request_id=getattr(request.state, "request_id", None))
+async def _authenticated(request: Any) -> None:
+    """The route dependency: who is asking (``Authorization: Bearer <API key or OIDC token>``). A cached
+    credential is answered on the event loop; one that needs the database or the issuer, in a thread."""
+    import anyio
+
+    auth, header = request.app.state.auth, request.headers.get("authorization")
+    request_id = getattr(request.state, "request_id", None)
+    principal = auth.cached(header, request_id=request_id)
+    if principal is None:
+        principal = await anyio.to_thread.run_sync(lambda: auth.from_header(header, request_id=request_id))
+    request.state.principal = principal
 
 
 def create_app(*, authenticator: Any = None, jobs: Any = None) -> Any:
@@ -269,7 +275,7 @@ def create_app(*, authenticator: Any = None, jobs: Any = None) -> Any:
         rule: str | None = None
 
     async def authenticated(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        _authenticated(request)
+        await _authenticated(request)
 
     app.state.authenticated = authenticated  # the one dependency every route has (benchmarks override it)
 

@@ -388,6 +388,19 @@ def test_keys_belong_to_service_accounts_only(db_url: str) -> None:
         identity.create_service_account(session=s, principal=person("bob"), name="mine")
 
 
+def test_the_cache_answers_without_io_only_what_it_has_checked(db_url: str) -> None:
+    header, auth = f"Bearer {_service_key()}", identity.Authenticator()
+    assert auth.cached(header) is None  # never checked here: the caller checks it in a thread
+    first = auth.from_header(header, request_id="r1")
+    again = auth.cached(header, request_id="r2")
+    assert again is not None and (again.id, again.auth.request_id) == (first.id, "r2")
+    assert auth.cached(header[:-2] + ("aa" if not header.endswith("aa") else "bb")) is None  # the slow path refuses
+    with pytest.raises(Unauthenticated, match="must be: Bearer"):
+        auth.cached("Token abc")
+    auth.invalidate()
+    assert auth.cached(header) is None
+
+
 def test_a_keys_last_use_is_recorded(db_url: str) -> None:
     key = _service_key()
     identity.Authenticator().from_credential(key)
