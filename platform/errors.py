@@ -44,6 +44,7 @@ class ConvergenceError(Exception):
 
     http_status: int = 500
     exit_code: int = 1
+    fields: tuple[str, ...] = ()  # what a subclass carries beyond message and hint (in to_dict, from_dict)
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -54,7 +55,18 @@ class ConvergenceError(Exception):
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
 
     def to_dict(self) -> dict[str, object]:
-        return {"error": type(self).__name__, "message": self.message, "hint": self.hint}
+        return {"error": type(self).__name__, "message": self.message, "hint": self.hint,
+                **{name: getattr(self, name) for name in self.fields}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ConvergenceError:
+        """Rebuild an error from its ``to_dict`` (an API answer) as this class: what a client raises."""
+        hint = data.get("hint")
+        exc = cls.__new__(cls)
+        ConvergenceError.__init__(exc, str(data.get("message", "")), hint=str(hint) if hint else None)
+        for name in cls.fields:
+            setattr(exc, name, str(data.get(name) or ""))
+        return exc
 
 
 class NotFound(ConvergenceError):
@@ -90,12 +102,11 @@ class PolicyViolation(ConvergenceError):
 class Forbidden(PolicyViolation):
     """A role or separation-of-duties rule refused; ``rule`` names it (e.g. ``approver-not-registrant``)."""
 
+    fields = ("rule",)
+
     def __init__(self, message: str, *, rule: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.rule = rule
-
-    def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "rule": self.rule}
 
 
 class BudgetExceeded(PolicyViolation):
@@ -121,18 +132,21 @@ class StepFailed(ConvergenceError):
 
     http_status = 500
     exit_code = 7
+    fields = ("step",)
 
     def __init__(self, message: str, *, step: str, hint: str | None = None) -> None:
         super().__init__(f"step {step!r} failed: {message}", hint=hint)
         self.step = step
 
 
+def _subclasses(cls: type[ConvergenceError]) -> list[type[ConvergenceError]]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
 def error_class(name: str, http_status: int) -> type[ConvergenceError]:
     """The class an API error answer names (``{"error": "Forbidden", …}``), else the closest one by status:
     how a client turns the answer back into the same exception and exit code."""
-    known = {cls.__name__: cls for cls in (BudgetExceeded, Forbidden, IntegrityError, InvalidInput, MalformedRequest,
-                                           NotFound, PayloadTooLarge, PolicyViolation, SchemaOutdated, StepFailed,
-                                           Unauthenticated, Unavailable)}
+    known = {cls.__name__: cls for cls in _subclasses(ConvergenceError)}
     if name in known:
         return known[name]
     by_status = {400: MalformedRequest, 401: Unauthenticated, 403: PolicyViolation, 404: NotFound,

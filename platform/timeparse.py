@@ -42,6 +42,8 @@ def parse_future(value: str, *, now: dt.datetime | None = None, option: str = "t
     """An instant ahead: ``30d`` / ``12h`` from now, or an ISO 8601 date or instant (for expiries)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     text = (value or "").strip().lower()
+    if text.startswith("-") or text.endswith("ago"):  # an age reaches back: an expiry must lie ahead
+        raise InvalidInput(f"{option} {value!r} is in the past: give a duration ahead (30d, 12h) or a future date")
     if match := _AGE.match(text.lstrip("+")):
         seconds = float(match.group(1)) * _UNIT[match.group(2)]
         if seconds > 100 * 366 * 86400:

@@ -26,17 +26,17 @@ from convergence.platform.errors import ConvergenceError, InvalidInput, Malforme
 log = logging.getLogger("convergence.api")
 
 ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 422, 503)
-PUBLIC_PATHS = ("/livez", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
 
 
 def _error_body(exc: ConvergenceError) -> dict[str, Any]:
     return {k: v for k, v in exc.to_dict().items() if v is not None}
 
 
-def _error_response(exc: ConvergenceError, request_id: str | None) -> Any:
+def _error_response(exc: ConvergenceError) -> Any:
+    """The answer to one of our errors (the middleware adds the request id to every answer it passes)."""
     from starlette.responses import JSONResponse
 
-    headers = {"x-request-id": request_id} if request_id else {}
+    headers = {}
     if exc.http_status == 401:
         headers["www-authenticate"] = 'Bearer realm="convergence"'
     return JSONResponse(_error_body(exc), status_code=exc.http_status, headers=headers)
@@ -101,8 +101,10 @@ class _Limits:
 
 
 async def _send_error(send: Any, exc: ConvergenceError, request_id: str) -> None:
-    response = _error_response(exc, request_id)
-    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    """An answer from the middleware itself, before the app: it carries its request id here."""
+    response = _error_response(exc)
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": [*response.raw_headers, (b"x-request-id", request_id.encode())]})
     await send({"type": "http.response.body", "body": response.body})
 
 
@@ -126,11 +128,11 @@ def _install_error_handlers(app: Any) -> None:
 
     @app.exception_handler(ConvergenceError)
     async def ours(request: Any, exc: ConvergenceError) -> Any:
-        return _error_response(exc, rid(request))
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Any, exc: RequestValidationError) -> Any:
-        return _error_response(_validation_error(list(exc.errors())), rid(request))
+        return _error_response(_validation_error(list(exc.errors())))
 
     @app.exception_handler(HTTPException)
     async def http(request: Any, exc: HTTPException) -> Any:
@@ -140,26 +142,27 @@ def _install_error_handlers(app: Any) -> None:
         message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404 else
                    f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else
                    str(exc.detail))
-        return JSONResponse({"error": name, "message": message}, status_code=exc.status_code,
-                            headers={**(exc.headers or {}), "x-request-id": rid(request) or ""})
+        return JSONResponse({"error": name, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(DBAPIError)
     async def database(request: Any, exc: DBAPIError) -> Any:
         if isinstance(exc, DataError):  # a value the database cannot store; never echo the statement
-            return _error_response(InvalidInput("the database refused a value in this request"), rid(request))
+            return _error_response(InvalidInput("the database refused a value in this request"))
         log.error("database error on %s %s (request %s): %s", request.method, request.url.path, rid(request),
                   type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
         from convergence.platform.errors import Unavailable
 
-        return _error_response(Unavailable("the database could not complete this request"), rid(request))
+        return _error_response(Unavailable("the database could not complete this request"))
 
     @app.exception_handler(Exception)
     async def bug(request: Any, exc: Exception) -> Any:
         from starlette.responses import JSONResponse
 
         log.exception("internal error on %s %s (request %s)", request.method, request.url.path, rid(request))
+        # Starlette answers a bug outside the middleware stack: the request id header is set here.
         return JSONResponse({"error": "InternalError", "message": f"internal error (request {rid(request)}); "
-                             "the server's log has the details"}, status_code=500)
+                             "the server's log has the details"}, status_code=500,
+                            headers={"x-request-id": rid(request) or ""})
 
 
 def _signature(spec: OpSpec) -> tuple[list[inspect.Parameter], Any]:
@@ -273,6 +276,7 @@ def create_app(*, authenticator: Any = None, jobs: Any = None) -> Any:
         message: str
         hint: str | None = None
         rule: str | None = None
+        step: str | None = None
 
     async def authenticated(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         await _authenticated(request)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from convergence.platform.api._spec import OpSpec
-from convergence.platform.errors import ConvergenceError, Forbidden, InvalidInput, Unavailable, error_class
+from convergence.platform.errors import InvalidInput, Unavailable, error_class
 
 
 def _raise_for(response: Any) -> None:
@@ -23,11 +23,7 @@ def _raise_for(response: Any) -> None:
     if not isinstance(data, dict):
         data = {}
     name, message = str(data.get("error", "")), str(data.get("message") or f"HTTP {response.status_code}")
-    cls = error_class(name, response.status_code)
-    if cls is Forbidden:
-        raise Forbidden(message, rule=str(data.get("rule", "")), hint=data.get("hint"))
-    exc = cls(message, hint=data.get("hint")) if cls is not ConvergenceError else ConvergenceError(message)
-    raise exc
+    raise error_class(name, response.status_code).from_dict({**data, "message": message})
 
 
 class RemoteOperations:

@@ -38,3 +38,14 @@ def test_an_api_error_answer_maps_back_to_the_same_class_and_exit_code() -> None
     assert errors.error_class("SomethingNew", 418) is errors.ConvergenceError
     forbidden = errors.Forbidden("no", rule="approver-not-registrant")
     assert forbidden.to_dict()["rule"] == "approver-not-registrant" and forbidden.http_status == 403
+
+
+def test_every_error_survives_the_round_trip_through_an_api_answer() -> None:
+    samples = [errors.Forbidden("no", rule="approver-not-registrant", hint="ask alice"),
+               errors.StepFailed("boom", step="train_teacher"), errors.BudgetExceeded("over"),
+               errors.SchemaOutdated("old", hint="cvg db upgrade")]
+    for exc in samples:
+        answer = exc.to_dict()
+        back = errors.error_class(str(answer["error"]), exc.http_status).from_dict(answer)
+        assert type(back) is type(exc) and back.to_dict() == answer and back.exit_code == exc.exit_code
+        assert str(back) == str(exc)  # the CLI prints the same line in both modes

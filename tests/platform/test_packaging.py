@@ -39,6 +39,13 @@ def test_cli_help_loads_no_heavy_library() -> None:
     assert "HEAVY []" in out and "models" in out and "audit" in out
 
 
+def test_local_commands_do_not_load_the_api_server() -> None:
+    code = ("import sys\nfrom convergence.platform.api import Operations, RemoteOperations, local_operations\n"
+            "print('SERVER', [m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "SERVER []" in out
+
+
 def _imports(path: Path) -> set[str]:
     """Every module a file imports, counting ``from convergence import governance`` as convergence.governance."""
     names: set[str] = set()

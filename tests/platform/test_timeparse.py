@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from convergence.platform.errors import InvalidInput
-from convergence.platform.timeparse import parse_time
+from convergence.platform.timeparse import parse_future, parse_time
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -29,3 +29,10 @@ def test_accepted_forms(text: str, expected: dt.datetime) -> None:
 def test_malformed_times_are_one_clear_error(text: str) -> None:
     with pytest.raises(InvalidInput, match="is not a time"):
         parse_time(text, now=NOW, option="--since")
+
+
+@pytest.mark.parametrize("text", ["-30d", "30d ago", "2026-11-01", "now"])
+def test_an_expiry_never_lies_in_the_past(text: str) -> None:
+    with pytest.raises(InvalidInput, match="past|not in the future"):
+        parse_future(text, now=NOW, option="--expires")
+    assert parse_future("30d", now=NOW) == NOW + dt.timedelta(days=30)

@@ -107,6 +107,25 @@ def test_the_request_id_is_the_servers_and_recorded_with_the_principal(client, m
                                                                                key.split(".")[0], request_id)
 
 
+def test_every_answer_carries_exactly_one_request_id(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.platform.api import Operations
+
+    key = api_key("id-bot", "auditor")
+
+    def broken(self):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("a bug of ours")
+
+    answers = {"ok": client.get("/whoami", headers=bearer(key)), "401": client.get("/whoami"),
+               "404": client.get("/no/such/route", headers=bearer(key)),
+               "413": client.post("/grants", headers=bearer(key), content=b"x" * 70_000)}
+    monkeypatch.setattr(Operations, "list_principals", broken)
+    answers["500"] = client.get("/principals", headers=bearer(key))
+    for what, r in answers.items():
+        ids = r.headers.get_list("x-request-id")
+        assert len(ids) == 1 and len(ids[0]) == 32, (what, r.status_code, ids)
+    assert answers["500"].status_code == 500 and answers["500"].headers["x-request-id"] in answers["500"].text
+
+
 def test_four_eyes_over_http(client, model_file: Path, evidence_file: Path) -> None:
     registrant, checker = api_key("solo-bot", "registrant", "operator"), api_key("checker-bot", "registrant")
     validator, approver = person("carol"), person("alice")
