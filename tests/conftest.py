@@ -167,3 +167,19 @@ def evidence_file(tmp_path: Path) -> Path:
     path = tmp_path / "evidence.md"
     path.write_text("# validation\nbacktest reviewed\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def oidc(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real OpenID Provider: npm oidc-provider on loopback (installed under tests/oidc by .ci/bootstrap)."""
+    from convergence.serving import free_port
+    from tests.platform.api.oidc_provider import OpenIDProvider, node_available
+
+    if not node_available():
+        message = "node and tests/oidc/node_modules are needed for the OpenID Provider (run .ci/bootstrap)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    provider = OpenIDProvider(free_port(), tmp_path_factory.mktemp("oidc")).start()
+    yield provider
+    provider.stop()

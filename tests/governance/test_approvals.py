@@ -134,13 +134,15 @@ def test_illegal_transitions_are_refused(db_url: str, model_file: Path, evidence
         with session_scope() as s:
             gov.validate(session=s, version_id=vid, principal=carol, evidence=evidence_file)
     before = _actions(vid)
-    with pytest.raises(PolicyViolation), session_scope() as s:
+    with pytest.raises(PolicyViolation, match="cannot become|only an approved version") as refused, \
+            session_scope() as s:
         if illegal == "approve":
             gov.approve(session=s, version_id=vid, principal=alice, reason="skip validation")
         elif illegal == "promote":
             gov.promote(session=s, version_id=vid, principal=ops)
         else:
             gov.validate(session=s, version_id=vid, principal=carol, evidence=evidence_file)
+    assert not isinstance(refused.value, Forbidden)  # the stage machine refused, not a role or a rule
     assert _actions(vid) == before
 
 

@@ -1,5 +1,6 @@
-"""A real `cvg serve trading` with CVG_SERVE_AUTH=required: the model answers only authenticated callers,
-a revoked key stops working within the cache window, and /info tells anonymous callers only what serves."""
+"""A real `cvg serve trading` with CVG_SERVE_AUTH=required and a real OpenID Provider: the model answers only
+authenticated callers (API keys and OIDC access tokens), a revoked key stops working within the cache window,
+and /info tells anonymous callers only what serves."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")
-def guarded(serving_db: dict[str, Any]) -> Iterator[tuple[Server, str]]:
+def guarded(serving_db: dict[str, Any], oidc: Any) -> Iterator[tuple[Server, str]]:
     register_trading(serving_db["tmp"], serving_db["evidence"])
     key = api_key("trading-desk")  # no role needed to call a model, only an identity
-    server = Server("trading", {**serving_db["env"], "CVG_SERVE_AUTH": "required", "CVG_AUTH_CACHE_S": "0.5"},
-                    "--float")
+    server = Server("trading", {**serving_db["env"], **oidc.env(), "CVG_SERVE_AUTH": "required",
+                                "CVG_AUTH_CACHE_S": "0.5"}, "--float")
     yield server, key
     server.stop()
 
@@ -36,7 +37,7 @@ def _body(n: int = 1) -> dict[str, Any]:
     (None, "authentication required"),
     ("Basic dXNlcjpwYXNz", "must be: Bearer"),
     ("Bearer cvgk_000000000000.not-the-secret", "not valid"),
-    ("Bearer eyJhbGciOiJub25lIn0.e30.", "not accepted here"),  # a JWT, and no issuer configured
+    ("Bearer eyJhbGciOiJub25lIn0.e30.", "algorithm 'none' is refused"),  # an unsigned JWT
 ])
 def test_the_model_refuses_unauthenticated_callers(guarded: tuple[Server, str], header: str | None,
                                                    fragment: str) -> None:
@@ -71,3 +72,17 @@ def test_info_shows_operator_details_only_to_callers_holding_a_role(guarded: tup
     detailed = server.client.get("/info", headers={"authorization": f"Bearer {key}"}).json()["trading"]
     assert {"device", "queue_depth", "stage", "kill", "safe_output"} <= set(detailed)
     assert detailed["safe_output"] == 0.0
+
+
+def test_an_oidc_access_token_is_accepted_and_a_foreign_one_is_not(guarded: tuple[Server, str], oidc: Any) -> None:
+    from tests.platform.api.oidc_provider import OTHER_AUDIENCE
+
+    server, _ = guarded
+    token = oidc.client_token("pipeline-bot")  # client credentials from the provider; groups → registrant
+    ok = server.client.post("/predict", json=_body(), headers={"authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+    detailed = server.client.get("/info", headers={"authorization": f"Bearer {token}"}).json()["trading"]
+    assert "queue_depth" in detailed  # the token's groups give it a role
+    foreign = oidc.client_token("pipeline-bot", resource=OTHER_AUDIENCE)
+    r = server.client.post("/predict", json=_body(), headers={"authorization": f"Bearer {foreign}"})
+    assert r.status_code == 401 and "audience" in r.json()["message"]

@@ -1,36 +1,14 @@
 """API fixtures: the app in-process (Starlette's test client) for most tests, a real `cvg api` (uvicorn) on
-loopback where a client or the CLI must reach it over HTTP, and a real OpenID Provider (node)."""
+loopback where a client or the CLI must reach it over HTTP (the OpenID Provider is tests/conftest.py's)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.platform.api.oidc_provider import AUDIENCE, OpenIDProvider, node_available
-
-
-@pytest.fixture(scope="session")
-def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenIDProvider]:
-    """npm oidc-provider on loopback (installed under tests/oidc by .ci/bootstrap)."""
-    from convergence.serving import free_port
-
-    if not node_available():
-        message = "node and tests/oidc/node_modules are needed for the OpenID Provider (run .ci/bootstrap)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    provider = OpenIDProvider(free_port(), tmp_path_factory.mktemp("oidc")).start()
-    yield provider
-    provider.stop()
-
-
-def oidc_env(provider: OpenIDProvider) -> dict[str, str]:
-    return {"CVG_OIDC_ISSUER": provider.url, "CVG_OIDC_AUDIENCE": AUDIENCE, "CVG_OIDC_ROLES_CLAIM": "groups",
-            "CVG_OIDC_LEEWAY_S": "0", "CVG_OIDC_JWKS_REFRESH_S": "0"}
 
 
 @pytest.fixture
@@ -68,7 +46,7 @@ def api_server(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
     """`cvg api` on the test's database; with the `oidc` fixture in use, it trusts that provider."""
     env = {"CVG_API_MAX_RUNS": "0"}
     if "oidc" in request.fixturenames:
-        env.update(oidc_env(request.getfixturevalue("oidc")))
+        env.update(request.getfixturevalue("oidc").env())
     server = ApiServer(env, tmp_path / "api.log")
     yield server
     server.stop()

@@ -88,6 +88,11 @@ class OpenIDProvider:
         self.kid = kid
         self.start()
 
+    def env(self) -> dict[str, str]:
+        """The settings that make convergence accept this provider's tokens (no leeway: expiry tests are exact)."""
+        return {"CVG_OIDC_ISSUER": self.url, "CVG_OIDC_AUDIENCE": AUDIENCE, "CVG_OIDC_ROLES_CLAIM": "groups",
+                "CVG_OIDC_LEEWAY_S": "0", "CVG_OIDC_JWKS_REFRESH_S": "0"}
+
     def client_token(self, client_id: str, *, resource: str | None = None) -> str:
         data = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": SECRETS[client_id],
                 "scope": "cvg", **({"resource": resource} if resource else {})}

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.platform.api.conftest import ApiServer, bearer, oidc_env
+from tests.platform.api.conftest import ApiServer, bearer
 from tests.platform.api.oidc_provider import OTHER_AUDIENCE, OpenIDProvider
 
 pytestmark = [pytest.mark.slow]
@@ -108,7 +108,7 @@ def test_a_rotated_signing_key_is_picked_up_from_the_jwks(oidc: OpenIDProvider, 
 
 def test_cvg_login_signs_a_person_in_with_the_device_flow(oidc: OpenIDProvider, api_server: ApiServer,
                                                           tmp_path: Path) -> None:
-    env = {**os.environ, **oidc_env(oidc), "CVG_OIDC_CLIENT_ID": "cvg-cli", "CVG_HOME": str(tmp_path / "home"),
+    env = {**os.environ, **oidc.env(), "CVG_OIDC_CLIENT_ID": "cvg-cli", "CVG_HOME": str(tmp_path / "home"),
            "CVG_API_URL": api_server.url}
     env.pop("CVG_API_KEY", None)
     cvg = str(Path(sys.executable).with_name("cvg"))
