@@ -121,6 +121,7 @@ from convergence.governance._registry import (
     register_dataset,
     register_model,
     run_to_dict,
+    check_trigger,
     start_run,
 )
 
@@ -233,6 +234,7 @@ __all__ = [
     "set_budget",
     "sha256_file",
     "sign",
+    "check_trigger",
     "start_run",
     "subscribe",
     "switch_to_dict",

@@ -61,7 +61,7 @@ RULES: dict[str, str] = {
     "human-only-role": "validator and approver are held by people, not service accounts (sandboxes excepted)",
     "two-admins": "there are always at least two admins, so every grant can have a second one",
     "bootstrap-once": "the first admins are installed once; after that, roles are granted under four eyes",
-    "trigger-by-system": "a run's trigger (who asked for it, which alert) comes from a service account, not a person",
+    "trigger-by-system": "a run's trigger naming who asked for it comes from a service account, not a person",
     "sandbox-only": "--as NAME works only on a sandbox, and only a new, empty database becomes one",
 }
 

@@ -10,7 +10,6 @@ transaction; rollback reverses the last promotion.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,7 +20,7 @@ from convergence.governance._artifacts import StoredArtifact, get_artifact_store
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import Approval, ModelVersion, StageTransition
 from convergence.governance._principal import Principal, check_text
-from convergence.governance._registry import get_model
+from convergence.governance._registry import finite_number, get_model
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -114,8 +113,7 @@ def validate(*, session: Session, principal: Principal, version_id: int, evidenc
 def _check_safe_output(mv: ModelVersion, safe_output: float | None) -> float | None:
     if safe_output is None:
         return None
-    if isinstance(safe_output, bool) or not isinstance(safe_output, (int, float)) or not math.isfinite(safe_output):
-        raise InvalidInput(f"the safe output must be a finite number, got {safe_output!r}")
+    safe_output = finite_number(safe_output, what="the safe output")
     if mv.family != "trading":
         raise InvalidInput("only trading models have a safe output (a language model answers 503 when killed)")
     if abs(safe_output) > 1.0:

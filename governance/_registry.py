@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from convergence.governance._access import require
+from convergence.governance._access import refuse, require
 from convergence.governance._artifacts import StoredArtifact, get_artifact_store, sha256_file
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import (
@@ -48,20 +48,27 @@ def _check_name(kind: str, name: str) -> str:
     return name
 
 
+def finite_number(value: Any, *, what: str) -> float:
+    """``value`` as a float when it is a finite number (not a bool, not NaN or ±inf, not an integer past a
+    float's range), else one clear ``InvalidInput``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{what} must be a number, got {str(value)[:40]!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise InvalidInput(f"{what} is too large: it must be a finite number") from None
+    if not math.isfinite(number):
+        raise InvalidInput(f"{what} is {value}: it must be a finite number")
+    return number
+
+
 def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     if metrics is None:
         return {}
     if not isinstance(metrics, Mapping):
         raise InvalidInput("metrics must be a JSON object of name → number")
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(f"metric {key!r} must be a number, got {value!r}")
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer too large for a float
-            raise InvalidInput(f"metric {key!r} is too large: metrics must be finite numbers") from None
-        if not finite:
-            raise InvalidInput(f"metric {key!r} is {value}: metrics must be finite numbers")
+        finite_number(value, what=f"metric {key!r}")
     return dict(metrics)
 
 
@@ -175,10 +182,21 @@ def code_version() -> tuple[str, bool]:
             return "unknown", True
 
 
+def check_trigger(*, session: Session, principal: Principal, trigger: Mapping[str, Any] | None) -> None:
+    """A trigger that names who asked for a run (whose models count as theirs) is written by the system that
+    starts it — a Kubernetes Job's service account — never by a person (refused, audited)."""
+    if trigger and "requested_by" in trigger and principal.kind != "service":
+        refuse(session=session, principal=principal, permission="pipeline.run", rule="trigger-by-system",
+               message="a run's trigger is recorded by the system that starts it (a Kubernetes Job, a drift "
+                       "retraining); people start runs without one")
+
+
 def start_run(*, session: Session, principal: Principal, pipeline: str, params: Mapping[str, Any] | None = None,
               dataset_id: int | None = None, project: str = DEFAULT_PROJECT) -> PipelineRun:
     """Record a run before any work starts (the principal needs the registrant role: runs register models)."""
     require(session=session, principal=principal, permission="pipeline.run", subject=Subject("pipeline", pipeline))
+    trigger = (params or {}).get("trigger")
+    check_trigger(session=session, principal=principal, trigger=trigger if isinstance(trigger, Mapping) else None)
     serialize_writes(session=session)
     proj = ensure_project(session=session, name=project, principal=principal)
     if dataset_id is not None:

@@ -218,15 +218,12 @@ class RuntimeOps(OperationsBase):
                      trigger: JsonObject | None = None) -> dict[str, Any]:
         """Run a pipeline (registers candidates when its gates pass). The API answers at once with a job
         to follow; the CLI without the API runs it in the foreground."""
-        from convergence.governance import identity
+        from convergence import governance as gov
         from convergence.pipelines import load_config
 
         cfg = load_config(None, overrides, family)  # a bad override is refused before anything starts
-        with self.reading("pipeline.run") as session:
-            if trigger is not None and self.principal.kind != "service":
-                identity.refuse(session=session, principal=self.principal, permission="pipeline.run",
-                                rule="trigger-by-system", message="a run's trigger is recorded by the system that "
-                                "starts it (a Kubernetes Job, a drift retraining); people start runs without one")
+        with self.reading("pipeline.run") as session:  # refused here, before a job starts, as start_run would
+            gov.check_trigger(session=session, principal=self.principal, trigger=trigger)
         return plain(self.jobs.run(family=family, cfg=cfg, principal=self.principal, project=project,
                                    trigger=trigger))
 

@@ -168,7 +168,7 @@ def test_approval_needs_a_reason_without_control_characters(db_url: str, model_f
 
 
 @pytest.mark.parametrize("value,fragment", [(9.99e37, "must lie in \\[-1, 1\\]"), (float("nan"), "finite"),
-                                            (float("inf"), "finite")])
+                                            (float("inf"), "finite"), (10**400, "too large"), (True, "number")])
 def test_an_arbitrary_safe_output_is_refused_at_approval(db_url: str, model_file: Path, evidence_file: Path,
                                                          value: float, fragment: str) -> None:
     vid = _candidate(model_file)
@@ -237,7 +237,7 @@ def test_whoever_triggered_a_run_is_a_registrant_of_what_it_registers(db_url: st
                                                                      evidence_file: Path) -> None:
     """A run triggered on Kubernetes registers as the pipelines service account; the person who asked for it
     (recorded in the run's trigger) still may not validate, approve or promote its models."""
-    pipelines, solo = person("pipelines"), person("solo")
+    pipelines, solo = person("k8s-pipelines", "registrant", kind="service"), person("solo")
     with session_scope() as s:
         run = gov.start_run(session=s, principal=pipelines, pipeline="trading", params={
             "trigger": {"kind": "manual", "requested_by": {"id": solo.id, "name": solo.name}}})

@@ -162,3 +162,21 @@ def test_sigkill_mid_registration_leaves_no_orphan(db_url: str, model_file: Path
     # the database is usable afterwards: the lock died with the process
     mv = _register(model_file, name="after-crash")
     assert mv.version == 1
+
+
+def test_only_a_service_account_records_who_asked_for_a_run(db_url: str) -> None:
+    from convergence.platform.errors import Forbidden
+
+    trigger = {"kind": "manual", "requested_by": {"id": person("alice").id, "name": "alice"}}
+    quinn, runner = person("quinn"), person("k8s-runner", "registrant", kind="service")
+    with pytest.raises(Forbidden, match="recorded by the system") as refused, session_scope() as s:
+        gov.start_run(session=s, principal=quinn, pipeline="trading", params={"trigger": trigger})
+    assert refused.value.rule == "trigger-by-system"
+    with session_scope() as s:  # a person's own drift retraining names its alerts, not someone else
+        gov.start_run(session=s, principal=quinn, pipeline="trading",
+                      params={"trigger": {"kind": "drift", "alert_ids": [1]}})
+        gov.start_run(session=s, principal=runner, pipeline="trading", params={"trigger": trigger})
+    with session_scope(write=False) as s:
+        [event] = gov.query_events(session=s, action="pipeline.run_refused")
+        assert [r.status for r in gov.list_runs(session=s)] == ["running", "running"]
+    assert event.payload_obj["rule"] == "trigger-by-system"
