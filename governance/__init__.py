@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import identity
+from convergence.governance import identity, ledger
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -52,7 +52,6 @@ from convergence.governance._ledger import (
     append,
     append_many,
     canonical_payload,
-    checkpoint,
     commit_refusal,
     event_hash,
     format_ts,
@@ -173,7 +172,6 @@ __all__ = [
     "check_before",
     "check_drift",
     "check_during",
-    "checkpoint",
     "code_version",
     "commit_refusal",
     "decide_change",
@@ -202,6 +200,7 @@ __all__ = [
     "in_production_at",
     "kill",
     "kill_states",
+    "ledger",
     "lineage",
     "list_alerts",
     "list_deliveries",

@@ -13,19 +13,22 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from json.encoder import encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from json.encoder import (
+    encode_basestring,  # the C string encoder json.dumps(ensure_ascii=False) uses
+)
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
-
-from convergence.governance._models import AuditCheckpoint, AuditEvent
+from convergence.governance import _merkle
+from convergence.governance._models import AuditCheckpoint, AuditEvent, AuditTreeNode
 from convergence.governance._principal import Principal
 from convergence.platform.db import is_postgres, utcnow
-from convergence.platform.errors import IntegrityError, InvalidInput, NotFound, Unavailable
+from convergence.platform.errors import InvalidInput, NotFound, Unavailable
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 GENESIS_HASH = "0" * 64
+_sha256 = hashlib.sha256
 # Arbitrary constant naming the chain head's advisory lock on PostgreSQL ("cvgaudit" in ASCII, truncated).
 _PG_LOCK_KEY = 0x637667617564
 
@@ -101,7 +104,7 @@ def canonical_payload(payload: Mapping[str, Any]) -> str:
         raise InvalidInput(f"audit payload is not JSON-serialisable: {exc}") from exc
 
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 def format_ts(ts: dt.datetime) -> str:
@@ -167,6 +170,7 @@ def append(*, session: Session, principal: Principal, action: str, subject: Subj
 def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 5000) -> list[Event]:
     """Append many events under one head lock with batched inserts (for high-rate producers)."""
     seq, prev = _lock_head(session)
+    first = seq
     conn = session.connection()
     sqlite = not is_postgres(conn.engine)
     out: list[Event] = []
@@ -190,6 +194,8 @@ def append_many(*, session: Session, events: Iterable[EventIn], chunk: int = 500
             rows = []
     if rows:
         _insert(conn, rows, sqlite)
+    if out:
+        _merkle.extend(session=session, old_size=first, new_hashes=[e.hash for e in out])
     return out
 
 
@@ -242,9 +248,18 @@ class VerifyResult:
     first_bad_seq: int | None = None
     problem: str | None = None
     detail: str | None = None
+    published: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # checkpoints checked outside the db
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class Published(NamedTuple):
+    """A signed checkpoint found outside the database: the tree of its first ``size`` events has ``root``."""
+
+    size: int
+    root: bytes
+    where: str
 
 
 class _Quoted(dict[str, str]):
@@ -255,21 +270,85 @@ class _Quoted(dict[str, str]):
         return value
 
 
-def _diagnose_mismatch(row: tuple[Any, ...], ts_text: str) -> tuple[int, str, str]:
-    """A hash mismatch at seq s; if the row hashes as seq s±1 the chain was renumbered around it."""
-    seq, _ts, actor, action, st, sid, payload, prev_hash, stored = row  # _ts: raw; ts_text is canonical
-    if event_hash(seq - 1, ts_text, actor, action, st, sid, payload, prev_hash) == stored:
+def _written_as(session: Session, row: tuple[Any, ...], ts_text: str) -> int | None:
+    """The seq a row was hashed with, when it is not where it stands: nearby seqs first, then the row its
+    prev_hash names (a row that moved far)."""
+    seq, _ts, actor, action, st, sid, payload, prev_hash, stored = row
+    for delta in range(1, 65):
+        for candidate in (seq - delta, seq + delta):
+            if candidate > 0 and event_hash(candidate, ts_text, actor, action, st, sid, payload, prev_hash) == stored:
+                return candidate
+    if prev_hash == GENESIS_HASH:
+        return 1 if event_hash(1, ts_text, actor, action, st, sid, payload, prev_hash) == stored else None
+    before = session.execute(select(AuditEvent.seq).where(AuditEvent.hash == prev_hash).limit(1)).scalar()
+    if before is not None and event_hash(before + 1, ts_text, actor, action, st, sid, payload, prev_hash) == stored:
+        return before + 1
+    return None
+
+
+def _diagnose_mismatch(session: Session, row: tuple[Any, ...], ts_text: str) -> tuple[int, str, str]:
+    """A hash mismatch at seq s: an edited row, or a row that was written as another seq (moved: inserted
+    before, deleted before, or reordered — two rows swapped)."""
+    seq = row[0]
+    written = _written_as(session, row, ts_text)
+    if written is None:
+        return (seq, "hash mismatch", f"the stored hash of seq {seq} does not match its content (edited row)")
+    other = session.execute(text("SELECT seq, ts, actor, action, subject_type, subject_id, payload, prev_hash, hash "
+                                 "FROM audit_events WHERE seq = :s"), {"s": written}).first()
+    if other is not None and _written_as(session, tuple(other), _canonical_ts(other[1])) == seq:
+        first = min(seq, written)
+        return (first, "reordered", f"the rows at seq {seq} and {written} were swapped: each was written as the other")
+    if written == seq - 1:
         return (seq - 1, "inserted row",
                 f"the row now at seq {seq} was written as seq {seq - 1}: a row was inserted at seq {seq - 1}")
-    if event_hash(seq + 1, ts_text, actor, action, st, sid, payload, prev_hash) == stored:
+    if written == seq + 1:
         return (seq, "deleted row",
                 f"the row now at seq {seq} was written as seq {seq + 1}: the original seq {seq} was deleted")
-    return (seq, "hash mismatch", f"the stored hash of seq {seq} does not match its content (edited row)")
+    return (seq, "reordered", f"the row now at seq {seq} was written as seq {written}: rows were reordered")
 
 
-def verify(*, session: Session, from_checkpoint: int | None = None,
+def _canonical_ts(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return format_ts(value if value.tzinfo else value.replace(tzinfo=_UTC))
+    text_ = str(value)
+    return text_.replace(" ", "T", 1) + ("" if text_.endswith("Z") else "Z")
+
+
+class _Tree:
+    """The Merkle tree recomputed while the chain streams by: checks every stored node and any signed root."""
+
+    def __init__(self, session: Session, start: int, published: Sequence[Published]) -> None:
+        self.stack: list[tuple[int, bytes]] = _merkle.compact_range(session=session, size=start - 1)
+        self.nodes = {(lv, ix): h for lv, ix, h in session.execute(
+            select(AuditTreeNode.level, AuditTreeNode.idx, AuditTreeNode.hash))}
+        self.roots: dict[int, list[Published]] = {}
+        for p in published:
+            self.roots.setdefault(p.size, []).append(p)
+
+    def add(self, seq: int, digest: str) -> str | None:
+        """Append leaf seq; a problem when a stored node differs from the events."""
+        value = _sha256(b"\x00" + bytes.fromhex(digest)).digest()
+        height, stack = 0, self.stack
+        while stack and stack[-1][0] == height:
+            value = _sha256(b"\x01" + stack.pop()[1] + value).digest()
+            height += 1
+            if height >= _merkle.CHUNK_LEVEL and self.nodes.get((height, (seq - 1) >> height)) != value.hex():
+                return (f"the Merkle tree's node ({height}, {(seq - 1) >> height}) does not match the events up to "
+                        f"seq {seq} (the tree table was edited)")
+        stack.append((height, value))
+        return None
+
+    def root(self) -> bytes:
+        value = self.stack[-1][1]
+        for _h, left in reversed(self.stack[:-1]):
+            value = _sha256(b"\x01" + left + value).digest()
+        return value
+
+
+def verify(*, session: Session, from_checkpoint: int | None = None, published: Sequence[Published] = (),
            progress: Callable[[int], None] | None = None) -> VerifyResult:
-    """Recompute the chain in seq order, streaming; name the first bad seq and what is wrong."""
+    """Recompute the chain and its Merkle tree in seq order, streaming; name the first bad seq and what is
+    wrong, including against the database's checkpoints and any ``published`` (signed, outside) ones."""
     expected, prev = 1, GENESIS_HASH
     checkpoints = session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)).scalars().all()
     if from_checkpoint is not None:
@@ -283,60 +362,73 @@ def verify(*, session: Session, from_checkpoint: int | None = None,
         expected, prev = cp.seq + 1, cp.head_hash
     start = expected
     anchors = {cp.seq: cp for cp in checkpoints if cp.seq >= start}
+    published = [p for p in published if p.size >= start]
+    tree = _Tree(session, start, published)
     sha256, enc = hashlib.sha256, encode_basestring  # the hot loop: locals, no call we can avoid
     quoted = _Quoted()  # actors, actions and subject types repeat: encode each once
     sqlite = not is_postgres(session.connection().engine)
+
+    def broken(seq: int, problem: str, detail: str, bad: int | None = None) -> VerifyResult:
+        return VerifyResult(False, seq - start, start, seq - 1, prev, seq if bad is None else bad, problem, detail)
+
     for rows in _stream(session, expected - 1):
         for row in rows:
             seq, ts_text, actor, action, st, sid, payload, prev_hash, stored = row
             if sqlite:
                 ts_text = ts_text.replace(" ", "T", 1) + "Z"
             if seq != expected:
-                return VerifyResult(False, seq - start, start, expected - 1, prev, expected, "gap",
-                                    f"seq {expected} is missing: the next row is seq {seq}")
+                return broken(expected, "gap", f"seq {expected} is missing: the next row is seq {seq}")
             if prev_hash != prev:
                 # Diagnose a broken link through the content hash first: it can tell insertion from edits.
                 if event_hash(seq, ts_text, actor, action, st, sid, payload, prev_hash) != stored:
-                    bad, problem, detail = _diagnose_mismatch(row, ts_text)
-                    return VerifyResult(False, seq - start, start, seq - 1, prev, bad, problem, detail)
-                return VerifyResult(False, seq - start, start, seq - 1, prev, seq, "broken link",
-                                    f"prev_hash of seq {seq} is not the hash of seq {seq - 1}")
+                    bad, problem, detail = _diagnose_mismatch(session, row, ts_text)
+                    return broken(seq, problem, detail, bad)
+                return broken(seq, "broken link", f"prev_hash of seq {seq} is not the hash of seq {seq - 1}")
             # prev_hash equals the previous computed hex digest here, so quoting it needs no escaping.
             if sha256(f'[{seq},{enc(ts_text)},{quoted[actor]},{quoted[action]},{quoted[st]},{enc(sid)},'
                       f'{payload},"{prev_hash}"]'.encode()).hexdigest() != stored:
-                bad, problem, detail = _diagnose_mismatch(row, ts_text)
-                return VerifyResult(False, seq - start, start, seq - 1, prev, bad, problem, detail)
-            if anchors and seq in anchors and anchors[seq].head_hash != stored:
-                cp = anchors[seq]
-                return VerifyResult(False, seq - start, start, seq, stored, seq, "checkpoint mismatch",
-                                    f"seq {seq} differs from checkpoint {cp.id} taken {format_ts(cp.created_at)}")
+                bad, problem, detail = _diagnose_mismatch(session, row, ts_text)
+                return broken(seq, problem, detail, bad)
+            if (problem := tree.add(seq, stored)) is not None:
+                return broken(seq, "tree mismatch", problem)
             prev = stored
             expected = seq + 1
+            if (seq in anchors or seq in tree.roots) and (
+                    failed := _at_checkpoint(seq, stored, anchors.get(seq), tree)) is not None:
+                return VerifyResult(False, seq - start + 1, start, seq, stored, seq, *failed)
         if progress is not None:
             progress(expected - start)
         if len(quoted) > 10_000:
             quoted.clear()
-    checked = expected - start
+    return _tail(expected, start, prev, checkpoints, published)
+
+
+def _at_checkpoint(seq: int, stored: str, cp: AuditCheckpoint | None, tree: _Tree) -> tuple[str, str] | None:
+    root = tree.root()
+    for p in tree.roots.get(seq, ()):
+        if p.root != root:
+            return ("rewritten", (f"the first {seq} events no longer have the Merkle root signed in the checkpoint "
+                                  f"published at {p.where}: the ledger was rewritten (consistently) after it"))
+    if cp is not None and cp.head_hash != stored:
+        return ("checkpoint mismatch", f"seq {seq} differs from checkpoint {cp.id} taken {format_ts(cp.created_at)}")
+    if cp is not None and cp.root_hash is not None and cp.root_hash != root.hex():
+        return ("checkpoint mismatch", f"the first {seq} events do not have the root of checkpoint {cp.id}")
+    return None
+
+
+def _tail(expected: int, start: int, prev: str, checkpoints: Sequence[AuditCheckpoint],
+          published: Sequence[Published]) -> VerifyResult:
+    checked, end = expected - start, expected - 1
+    for p in sorted(published, key=lambda p: -p.size):
+        if end < p.size:
+            return VerifyResult(False, checked, start, end, prev, expected, "truncated",
+                                f"the checkpoint published at {p.where} covers {p.size} events; the database now "
+                                f"ends at seq {end}: the tail was truncated")
     last_cp = checkpoints[-1] if checkpoints else None
-    if last_cp is not None and expected - 1 < last_cp.seq:
-        return VerifyResult(False, checked, start, expected - 1, prev, expected, "truncated",
-                            f"checkpoint {last_cp.id} saw the chain reach seq {last_cp.seq}; it now ends at {expected - 1}")
-    return VerifyResult(True, checked, start, expected - 1, prev)
-
-
-def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
-    """Record the current head (seq, hash, count) for anchoring outside the database."""
-    seq, digest = _lock_head(session)
-    count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
-    if count != seq:
-        raise IntegrityError(f"the audit chain has {count} events but its head is seq {seq}",
-                             hint="run `cvg audit verify` to find the gap")
-    cp = AuditCheckpoint(seq=seq, head_hash=digest, event_count=count, created_at=utcnow(), created_by=principal.name)
-    session.add(cp)
-    session.flush()
-    append(session=session, principal=principal, action="audit.checkpoint", subject=Subject("audit_checkpoint", str(cp.id)),
-           payload={"seq": seq, "head_hash": digest, "event_count": count})
-    return cp
+    if last_cp is not None and end < last_cp.seq:
+        return VerifyResult(False, checked, start, end, prev, expected, "truncated",
+                            f"checkpoint {last_cp.id} saw the chain reach seq {last_cp.seq}; it now ends at {end}")
+    return VerifyResult(True, checked, start, end, prev)
 
 
 def commit_refusal(*, session: Session, principal: Principal, action: str, subject: Subject,

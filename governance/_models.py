@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -104,16 +105,33 @@ class AuditEvent(Base):
 
 
 class AuditCheckpoint(Base):
-    """A signed-off position of the chain (seq, head hash, count) for external anchoring."""
+    """A signed checkpoint of the ledger: the Merkle root of the first ``seq`` events as a C2SP signed note,
+    and where it was published outside the database (append-only, like the events)."""
 
     __tablename__ = "audit_checkpoints"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)  # = the tree size it signs
     head_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     event_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    # Null on checkpoints taken before the ledger was signed (revision 0008).
+    root_hash: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    key: Mapped[str | None] = mapped_column(String(300))  # the verifier key that signed it
+    anchors: Mapped[list[str] | None] = mapped_column(JSON)  # where it was published
+
+
+class AuditTreeNode(Base):
+    """The hash of a perfect subtree of 2**level events (level >= 8) of the ledger's Merkle tree, starting at
+    event ``idx * 2**level + 1``; smaller subtrees are recomputed from the events (append-only)."""
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
 
 
 GRANT_STATUSES = ("pending", "active", "rejected", "revoked")

@@ -1,24 +1,41 @@
 #!/usr/bin/env python3
-"""Re-verify a convergence audit export offline, with nothing but the Python standard library.
+"""Verify a convergence ledger offline: the Python standard library plus ``cryptography`` (for Ed25519).
 
-    python auditor.py audit.jsonl            # or audit.csv; exit 0 = intact, 1 = broken, 2 = unreadable
+    python auditor.py EXPORT                                   # the hash chain of an export (jsonl or csv)
+    python auditor.py checkpoint NOTE --key VKEY               # a signed checkpoint
+    python auditor.py export EXPORT --checkpoint NOTE --key VKEY   # an export against a checkpoint
+    python auditor.py inclusion PROOF.json --key VKEY          # `cvg audit prove SEQ --json` output
+    python auditor.py consistency PROOF.json --key VKEY        # `cvg audit consistency OLD --json` output
 
-The hash of each event is
-    sha256( json.dumps([seq, ts, actor, action, subject_type, subject_id, payload, prev_hash],
-                       sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8") )
-where ``payload`` is the JSON object, ``ts`` the UTC time as 2026-11-24T08:15:00.123456Z, and the first
-event's ``prev_hash`` is 64 zeros. Each event's ``prev_hash`` must equal the previous event's ``hash``
-and ``seq`` must rise by one. An export that starts later than seq 1 is checked from its first line.
-This file deliberately imports nothing from convergence: an auditor can read all of it in a minute.
+Exit 0 = verified, 1 = the evidence does not hold, 2 = unreadable input. This file imports nothing from
+convergence: an auditor can read all of it in a few minutes, and convergence itself verifies with it.
+
+The formats:
+- event hash: sha256(json.dumps([seq, ts, actor, action, subject_type, subject_id, payload, prev_hash],
+  sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()), ts as 2026-11-24T08:15:00.123456Z,
+  the first event's prev_hash 64 zeros; each prev_hash is the previous event's hash, seq rises by one.
+- Merkle tree (RFC 6962 / 9162): leaf i (0-based) is the event with seq i+1, its leaf input the 32 raw bytes
+  of the event hash: leaf = sha256(0x00 || bytes.fromhex(hash)), node = sha256(0x01 || left || right).
+- checkpoint (C2SP tlog-checkpoint): the text "ORIGIN\\nSIZE\\nbase64(root)\\n", signed as a C2SP signed
+  note: text, a blank line, then "\\u2014 NAME base64(keyhash[4] || ed25519 signature[64])\\n" per signer;
+  keyhash = sha256(NAME || "\\n" || 0x01 || public key)[:4]; a verifier key is NAME+hex(keyhash)+base64(0x01 || public key).
 """
 
+import base64
 import csv
 import hashlib
 import json
 import sys
 
 GENESIS = "0" * 64
+_EM_DASH = "\u2014 "
 
+
+class Invalid(ValueError):
+    """The evidence does not hold (as opposed to: it could not be read)."""
+
+
+# --- the hash chain ----------------------------------------------------------------------------
 
 def event_hash(ev):
     payload = ev["payload"]
@@ -46,7 +63,7 @@ def read(path):
                         raise ValueError(f"line {number} is not JSON: {exc}") from None
 
 
-def verify(events):
+def verify(events, on_event=None):
     """Return (checked, None) if intact, else (checked, 'seq N: what is wrong')."""
     prev_hash, expected, checked = None, None, 0
     for ev in events:
@@ -60,23 +77,277 @@ def verify(events):
             return checked, f"seq {seq}: prev_hash does not match the hash of seq {seq - 1}"
         if event_hash(ev) != ev["hash"]:
             return checked, f"seq {seq}: hash does not match the event's content (edited)"
+        if on_event is not None:
+            on_event(ev)
         prev_hash, expected, checked = ev["hash"], seq + 1, checked + 1
     return checked, None
 
 
-def main(argv):
-    if len(argv) != 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
+# --- RFC 6962 Merkle tree ----------------------------------------------------------------------
+
+def leaf_hash(data):
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+class CompactRange:
+    """The Merkle root of a growing list of leaves in O(log n) memory: perfect subtrees, largest first."""
+
+    def __init__(self):
+        self.size, self.stack = 0, []  # stack of (height, hash)
+
+    def append(self, leaf):
+        height, digest = 0, leaf
+        while self.stack and self.stack[-1][0] == height:
+            digest = node_hash(self.stack.pop()[1], digest)
+            height += 1
+        self.stack.append((height, digest))
+        self.size += 1
+        return height, digest  # the perfect subtree this leaf just completed
+
+    def root(self):
+        if not self.stack:
+            return hashlib.sha256(b"").digest()
+        digest = self.stack[-1][1]
+        for _height, left in reversed(self.stack[:-1]):
+            digest = node_hash(left, digest)
+        return digest
+
+
+def verify_inclusion(index, size, leaf, proof, root):
+    """RFC 9162 section 2.1.3.2: does ``proof`` place ``leaf`` at ``index`` in the tree of ``size`` with ``root``?"""
+    if not 0 <= index < size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(size1, size2, proof, root1, root2):
+    """RFC 9162 section 2.1.4.2: is the tree of ``size2`` (``root2``) an append-only extension of ``size1``?"""
+    if size1 == size2:
+        return not proof and root1 == root2
+    if not 0 < size1 < size2 or not proof:
+        return False
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:  # an exact power of two: the old root is itself a node of the new tree
+        path.insert(0, root1)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr == root1 and sr == root2 and sn == 0
+
+
+# --- signed notes and checkpoints ----------------------------------------------------------------
+
+def key_hash(name, public_key):
+    return hashlib.sha256(name.encode() + b"\n\x01" + public_key).digest()[:4]
+
+
+def parse_verifier_key(vkey):
+    """``NAME+hex(keyhash)+base64(0x01 || key)`` → (name, keyhash, 32-byte Ed25519 public key)."""
     try:
-        checked, problem = verify(read(argv[1]))
-    except (OSError, KeyError, ValueError) as exc:
-        print(f"cannot read {argv[1]}: {exc}", file=sys.stderr)
-        return 2
+        name, hash_hex, b64 = vkey.strip().split("+", 2)
+        raw = base64.b64decode(b64, validate=True)
+        hash_bytes = bytes.fromhex(hash_hex)
+    except ValueError:
+        raise ValueError("a verifier key looks like NAME+8 hex digits+base64") from None
+    if not name or len(raw) != 33 or raw[0] != 1 or len(hash_bytes) != 4:
+        raise ValueError("not an Ed25519 verifier key (NAME+keyhash+base64(0x01 || 32 bytes))")
+    if key_hash(name, raw[1:]) != hash_bytes:
+        raise ValueError(f"verifier key {name}: its key hash does not match its key")
+    return name, hash_bytes, raw[1:]
+
+
+def split_note(note):
+    """A signed note → (text, [(name, keyhash, signature)])."""
+    if "\n\n" not in note:
+        raise Invalid("not a signed note: no blank line before the signatures")
+    cut = note.rindex("\n\n")
+    text, lines = note[:cut + 1], note[cut + 2:]
+    if not lines.endswith("\n"):
+        raise Invalid("a signed note ends with a newline")
+    sigs = []
+    for line in lines[:-1].split("\n"):
+        if not line.startswith(_EM_DASH) or line.count(" ") != 2:
+            raise Invalid(f"not a signature line: {line[:60]!r}")
+        name, b64 = line[2:].split(" ")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except ValueError:
+            raise Invalid(f"signature of {name} is not base64") from None
+        if len(raw) != 68:
+            raise Invalid(f"signature of {name} is not an Ed25519 note signature")
+        sigs.append((name, raw[:4], raw[4:]))
+    return text, sigs
+
+
+def verify_note(note, vkey):
+    """Return the note's text if ``vkey`` signed it, else raise ``Invalid`` saying why."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    name, khash, public = parse_verifier_key(vkey)
+    text, sigs = split_note(note)
+    mine = [sig for n, h, sig in sigs if n == name and h == khash]
+    if not mine:
+        signers = ", ".join(f"{n}+{h.hex()}" for n, h, _ in sigs) or "nobody"
+        raise Invalid(f"not signed by {name}+{khash.hex()} (signed by {signers})")
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(mine[0], text.encode())
+    except InvalidSignature:
+        raise Invalid(f"the signature of {name} does not verify: the note was altered or signed by another key") from None
+    return text
+
+
+def parse_checkpoint(text):
+    """A checkpoint's text → (origin, size, root bytes)."""
+    lines = text.split("\n")
+    if len(lines) < 4 or lines[-1] != "":
+        raise Invalid("a checkpoint has an origin, a size and a root hash, one per line")
+    origin, size, root = lines[0], lines[1], lines[2]
+    if not size.isdigit() or (size != "0" and size.startswith("0")):
+        raise Invalid(f"checkpoint size {size[:30]!r} is not a decimal number")
+    try:
+        digest = base64.b64decode(root, validate=True)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise Invalid("checkpoint root hash is not base64 of 32 bytes")
+    return origin, int(size), digest
+
+
+def verify_checkpoint(note, vkey, witness=None):
+    """A published checkpoint, checked with the log's key (and a witness's, when given) → (origin, size, root)."""
+    text = verify_note(note, vkey)
+    if witness:
+        verify_note(note, witness)
+    origin, size, root = parse_checkpoint(text)
+    name = parse_verifier_key(vkey)[0]
+    if origin != name:
+        raise Invalid(f"checkpoint origin {origin!r} is not the key's name {name!r}")
+    return origin, size, root
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+def export_against(path, note, vkey):
+    """The export's chain, and the Merkle root of its first SIZE events against the signed checkpoint."""
+    _origin, size, root = verify_checkpoint(note, vkey)
+    tree = CompactRange()
+
+    def add(ev):
+        if tree.size < size:
+            tree.append(leaf_hash(bytes.fromhex(ev["hash"])))
+
+    checked, problem = verify(read(path), on_event=add)
     if problem:
-        print(f"BROKEN after {checked} good events: {problem}")
+        raise Invalid(f"chain broken after {checked} good events: {problem}")
+    if tree.size < size:
+        raise Invalid(f"the export holds {tree.size} events; the checkpoint covers {size} (truncated)")
+    if tree.root() != root:
+        raise Invalid(f"the first {size} events do not have the signed root: the ledger was rewritten")
+    return f"{checked} events, chain intact; the first {size} match the signed checkpoint"
+
+
+def inclusion(proof, vkey):
+    _origin, size, root = verify_checkpoint(proof["checkpoint"], vkey)
+    if proof["tree_size"] != size:
+        raise Invalid(f"proof is for a tree of {proof['tree_size']} events, the checkpoint signs {size}")
+    event = proof.get("event")
+    digest = event_hash(event) if event else proof["event_hash"]
+    if event and digest != event["hash"]:
+        raise Invalid("the event's content does not match its hash")
+    leaf = leaf_hash(bytes.fromhex(digest))
+    path = [bytes.fromhex(h) for h in proof["proof"]]
+    if not verify_inclusion(proof["seq"] - 1, size, leaf, path, root):
+        raise Invalid(f"seq {proof['seq']} is not in the signed tree of {size} events")
+    return f"seq {proof['seq']} is included in the signed tree of {size} events"
+
+
+def consistency(proof, vkey):
+    _o1, size1, root1 = verify_checkpoint(proof["old_checkpoint"], vkey)
+    _o2, size2, root2 = verify_checkpoint(proof["new_checkpoint"], vkey)
+    path = [bytes.fromhex(h) for h in proof["proof"]]
+    if not verify_consistency(size1, size2, path, root1, root2):
+        raise Invalid(f"the tree of {size2} events does not extend the tree of {size1}: history was rewritten")
+    return f"the tree of {size2} events extends the signed tree of {size1} (append-only)"
+
+
+def _option(args, flag):
+    if flag in args:
+        at = args.index(flag)
+        if at + 1 >= len(args):
+            raise ValueError(f"{flag} needs a value")
+        value = args[at + 1]
+        del args[at:at + 2]
+        return value
+    return None
+
+
+def _text(path):
+    with open(path, encoding="utf-8", newline="") as fh:
+        return fh.read()
+
+
+def run(argv):
+    args = list(argv[1:])
+    key, witness, cp = _option(args, "--key"), _option(args, "--witness"), _option(args, "--checkpoint")
+    if len(args) == 1 and not key:
+        checked, problem = verify(read(args[0]))
+        if problem:
+            raise Invalid(f"BROKEN after {checked} good events: {problem}")
+        return f"{checked} events, chain intact"
+    if len(args) != 2 or not key:
+        raise ValueError("usage: see the top of auditor.py")
+    command, path = args
+    if command == "checkpoint":
+        origin, size, root = verify_checkpoint(_text(path), key, witness)
+        return f"checkpoint of {origin}: {size} events, root {root.hex()}" + (", witnessed" if witness else "")
+    if command == "export" and cp:
+        return export_against(path, _text(cp), key)
+    if command in ("inclusion", "consistency"):
+        with open(path, encoding="utf-8") as fh:
+            proof = json.load(fh)
+        return (inclusion if command == "inclusion" else consistency)(proof, key)
+    raise ValueError("usage: see the top of auditor.py")
+
+
+def main(argv):
+    try:
+        message = run(argv)
+    except Invalid as exc:
+        print(f"NOT VERIFIED: {exc}")
         return 1
-    print(f"OK: {checked} events, chain intact")
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        print(f"cannot read the input: {exc}", file=sys.stderr)
+        return 2
+    print(f"OK: {message}")
     return 0
 
 

@@ -10,7 +10,7 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -99,6 +99,24 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_lease_s: float = Field(default=30.0, gt=0, description="A claimed delivery is retried after this if its deliverer died.")
+    ledger_key: SecretStr | None = Field(default=None, description="The ledger's signing key (PRIVATE+KEY+NAME+…, "
+                                         "as `cvg audit keygen` writes it), e.g. from a Kubernetes Secret.")
+    ledger_key_file: Path | None = Field(default=None, description="File holding the signing key; default: "
+                                         "HOME/ledger.key, created on first use when CVG_LEDGER_KEY is unset.")
+    ledger_witness_key_file: Path | None = Field(default=None, description="A second key (compliance's) that "
+                                                 "cosigns every checkpoint.")
+    ledger_anchor_dir: Path | None = Field(default=None, description="Append-only directory checkpoints are "
+                                           "published to (one file each); default: HOME/checkpoints.")
+    ledger_anchor_s3: str | None = Field(default=None, description="s3://BUCKET/PREFIX with Object Lock: each "
+                                         "checkpoint is also written there in compliance mode.")
+    ledger_anchor_s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL "
+                                                  "(default: AWS).")
+    ledger_anchor_retention_days: int = Field(default=2557, ge=1, le=36_500, description="Object Lock retention "
+                                              "of published checkpoints (default 7 years).")
+    ledger_checkpoint_events: int = Field(default=10_000, ge=1, description="Checkpoint when this many events "
+                                          "arrived since the last one (the deliverer and the CronJob check).")
+    ledger_checkpoint_s: float = Field(default=3600.0, gt=0, description="...or when the last checkpoint is this "
+                                       "old and new events arrived.")
 
     @field_validator("home", mode="before")
     @classmethod

@@ -31,23 +31,67 @@ class TrustOps(OperationsBase):
             return [e.to_dict() for e in events]
 
     @op("GET", "/audit/verify", tag="audit")
-    def verify_audit(self, from_checkpoint: Id | None = None) -> dict[str, Any]:
-        """Recompute the chain; ``ok`` false names the first bad seq and the kind of damage."""
+    def verify_audit(self, from_checkpoint: Id | None = None, checkpoint: Text | None = None,
+                     key: Name | None = None) -> dict[str, Any]:
+        """Recompute the chain and its Merkle tree; check the database's checkpoints, the newest one in every
+        anchor and ``checkpoint`` (a signed note's text) with ``key`` (default: this ledger's verifier key).
+        ``ok`` false names the first bad seq and the kind of damage."""
         from convergence import governance as gov
 
+        given = [("the given checkpoint", checkpoint)] if checkpoint else []
         with self.reading("audit.read") as session:
-            return plain(gov.verify(session=session, from_checkpoint=from_checkpoint).to_dict())
+            return plain(gov.ledger.verify_ledger(session=session, notes=given, key=key,
+                                                  from_checkpoint=from_checkpoint).to_dict())
 
     @op("POST", "/audit/checkpoints", tag="audit", status=201)
-    def checkpoint_audit(self) -> dict[str, Any]:
-        """Record the chain head (seq, hash, count) for anchoring outside the database."""
+    def checkpoint_audit(self, if_due: bool = False) -> dict[str, Any]:
+        """Sign the Merkle tree of every committed event, publish it to the anchors and record it; with
+        ``if_due``, only when enough events or time passed (``made`` says whether one was made)."""
         from convergence import governance as gov
 
         with self.writing() as session:
-            gov.identity.require(session=session, principal=self.principal, permission="audit.checkpoint")
-            cp = gov.checkpoint(session=session, principal=self.principal)
-            return {"id": cp.id, "seq": cp.seq, "head_hash": cp.head_hash, "event_count": cp.event_count,
-                    "created_at": cp.created_at.isoformat(), "created_by": cp.created_by}
+            if if_due and not gov.ledger.due(session=session):
+                last = gov.ledger.latest(session=session)
+                return {"made": False, **(gov.ledger.to_dict(last) if last else {})}
+            return {"made": True, **gov.ledger.to_dict(gov.ledger.checkpoint(session=session, principal=self.principal))}
+
+    @op("GET", "/audit/checkpoints/latest", tag="audit")
+    def latest_checkpoint(self) -> dict[str, Any]:
+        """The newest signed checkpoint: its note, tree size, root and where it was published."""
+        from convergence import governance as gov
+        from convergence.platform.errors import NotFound
+
+        with self.reading("audit.read") as session:
+            cp = gov.ledger.latest(session=session, signed=True)
+            if cp is None:
+                raise NotFound("no signed checkpoint yet", hint="run `cvg audit checkpoint`")
+            return gov.ledger.to_dict(cp)
+
+    @op("GET", "/audit/pubkey", tag="audit")
+    def ledger_pubkey(self) -> dict[str, Any]:
+        """The verifier key of the ledger's checkpoints (C2SP note form) and where checkpoints are published."""
+        from convergence import governance as gov
+
+        with self.reading("audit.read"):
+            return {"key": gov.ledger.verifier_key(), "anchors": gov.ledger.anchor_locations()}
+
+    @op("GET", "/audit/proofs/inclusion", tag="audit")
+    def prove_inclusion(self, seq: Id, size: Id | None = None) -> dict[str, Any]:
+        """An RFC 6962 inclusion proof of event ``seq`` against the latest signed checkpoint (or the one of
+        ``size`` events), with the event and the note: `python auditor.py inclusion FILE --key KEY` checks it."""
+        from convergence import governance as gov
+
+        with self.reading("audit.read") as session:
+            return gov.ledger.prove(session=session, seq=seq, size=size)
+
+    @op("GET", "/audit/proofs/consistency", tag="audit")
+    def prove_consistency(self, old: Id, new: Id | None = None) -> dict[str, Any]:
+        """An RFC 6962 consistency proof between the signed checkpoints of ``old`` and ``new`` events (default:
+        the latest): the newer tree extends the older one, nothing before it changed."""
+        from convergence import governance as gov
+
+        with self.reading("audit.read") as session:
+            return gov.ledger.prove_consistency(session=session, old_size=old, new_size=new)
 
     @op("GET", "/audit/export", tag="audit", kind="stream")
     def export_audit(self, format: Literal["jsonl", "csv", "parquet"] = "jsonl", since: When | None = None,

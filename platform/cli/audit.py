@@ -7,48 +7,177 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from convergence.platform.cli._common import (
+    ActorOpt,
+    JsonOpt,
+    console,
+    operations,
+    print_json,
+    print_table,
+    short,
+)
 
-from convergence.platform.cli._common import ActorOpt, JsonOpt, console, operations, print_json, print_table, short
-
-app = typer.Typer(help="The tamper-evident audit trail: verify, checkpoint, query, export (the auditor or admin "
-                       "role).", no_args_is_help=True)
+app = typer.Typer(help="The verifiable audit trail: verify it (against published checkpoints too), sign and publish "
+                       "checkpoints, prove inclusion and consistency, query, export (the auditor or admin role).",
+                  no_args_is_help=True)
 
 SinceOpt = Annotated[str | None, typer.Option("--since", help="From this time (ISO 8601, 'now', or an age: 2h, 7d).")]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Before this time (same forms as --since).")]
+
+
+KeyOpt = Annotated[str | None, typer.Option("--key", help="Verifier key to check signed checkpoints with "
+                                           "(NAME+HASH+BASE64; default: this ledger's own, `cvg audit pubkey`).")]
 
 
 @app.command()
 def verify(
     from_checkpoint: Annotated[int | None, typer.Option("--from-checkpoint", help="Start at a checkpoint id "
                                                         "instead of the genesis event.")] = None,
+    checkpoint: Annotated[list[str] | None, typer.Option("--checkpoint", help="A published checkpoint (file, "
+                                                         "s3://BUCKET/KEY or https URL) to hold the database "
+                                                         "against; repeatable.")] = None,
+    key: KeyOpt = None,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Recompute the whole chain (streaming, constant memory); exit 5 and name the first bad seq if broken."""
+    """Recompute the chain and its Merkle tree (streaming), check every checkpoint in the database, the newest
+    one published in each anchor and any --checkpoint; exit 5 naming the first bad seq and the damage (edited,
+    inserted, deleted, reordered, truncated, rewritten)."""
+    from convergence.governance import ledger
     from convergence.platform.errors import IntegrityError
 
+    notes = [ledger.fetch(where, _settings()) for where in checkpoint or []]
     with console(stderr=True).status("verifying the audit chain…"):
-        result = operations(actor).verify_audit(from_checkpoint=from_checkpoint)
+        ops = operations(actor)
+        result = ops.verify_audit(from_checkpoint=from_checkpoint, key=key) if not notes else None
+        for note in notes:  # each given checkpoint is checked with everything else
+            result = ops.verify_audit(from_checkpoint=from_checkpoint, checkpoint=note, key=key)
+            if not result["ok"]:
+                break
     if json_out:
         print_json(result)
     elif result["ok"]:
+        outside = [p for p in result.get("published", []) if p.get("signed")]
+        against = (f"; matches {len(outside)} signed checkpoint(s) published outside the database "
+                   f"(up to {max(p['size'] for p in outside):,} events)") if outside else ""
         console().print(f"[green]OK[/green] audit chain intact: {result['checked']:,} events from seq "
-                        f"{result['start_seq']} to {result['head_seq']}, head {short(result['head_hash'], 16)}")
+                        f"{result['start_seq']} to {result['head_seq']}, head {short(result['head_hash'], 16)}{against}")
     if not result["ok"]:
         raise IntegrityError(f"audit chain broken at seq {result['first_bad_seq']}: {result['problem']}: "
                              f"{result['detail']}")
 
 
 @app.command()
-def checkpoint(actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
-    """Record the chain head (seq, hash, count, time) and print it for anchoring outside the database."""
-    data = operations(actor).checkpoint_audit()
+def checkpoint(
+    if_due: Annotated[bool, typer.Option("--if-due", help="Only when CVG_LEDGER_CHECKPOINT_EVENTS events or "
+                                         "CVG_LEDGER_CHECKPOINT_S seconds passed (for a CronJob).")] = False,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign the Merkle tree of the ledger (a C2SP checkpoint, Ed25519), publish it outside the database (the
+    anchor directory, S3 Object Lock when set, `audit.checkpoint` webhooks) and record it."""
+    data = operations(actor).checkpoint_audit(if_due=if_due)
+    if json_out:
+        print_json(data)
+    elif not data.get("made"):
+        console().print(f"not due: the last checkpoint ({data.get('seq', 0):,} events) is recent enough")
+    else:
+        console().print(f"checkpoint {data['id']}: {data['seq']:,} events, root {data['root_hash']}\n"
+                        f"published to: {', '.join(data['anchors'])}\n\n{data['note']}")
+
+
+@app.command()
+def pubkey(actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """Print the verifier key of the ledger's checkpoints: give it to auditors (`auditor.py … --key KEY`)."""
+    data = operations(actor).ledger_pubkey()
     if json_out:
         print_json(data)
     else:
-        console().print(f"checkpoint {data['id']}: seq={data['seq']} count={data['event_count']} "
-                        f"time={data['created_at']}\nhead={data['head_hash']}\n"
-                        "Keep this line somewhere the database's administrators cannot edit.")
+        print(data["key"])
+
+
+@app.command()
+def prove(
+    seq: Annotated[int, typer.Argument(help="The event's seq.", min=1)],
+    size: Annotated[int | None, typer.Option("--size", min=1, help="Against the signed checkpoint of this many "
+                                             "events (default: the latest).")] = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """An inclusion proof of one event in the latest signed checkpoint; `--json > p.json` and
+    `python governance/auditor.py inclusion p.json --key KEY` checks it with the public key alone."""
+    data = operations(actor).prove_inclusion(seq=seq, size=size)
+    if json_out:
+        print_json(data)
+        return
+    console().print(f"seq {data['seq']} (leaf {data['leaf_index']}) in the tree of {data['tree_size']:,} events\n"
+                    f"event hash {data['event_hash']}\nroot       {data['root_hash']}\n"
+                    f"path ({len(data['proof'])} hashes):")
+    for digest in data["proof"]:
+        print(f"  {digest}")
+
+
+@app.command()
+def consistency(
+    old: Annotated[int, typer.Argument(help="Size of the older signed checkpoint.", min=1)],
+    new: Annotated[int | None, typer.Argument(help="Size of the newer one (default: the latest).", min=1)] = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A consistency proof: the newer signed tree extends the older one (nothing before it changed);
+    `python governance/auditor.py consistency p.json --key KEY` checks it."""
+    data = operations(actor).prove_consistency(old=old, new=new)
+    if json_out:
+        print_json(data)
+        return
+    console().print(f"the tree of {data['new_size']:,} events extends the tree of {data['old_size']:,}\n"
+                    f"old root {data['old_root']}\nnew root {data['new_root']}\npath ({len(data['proof'])} hashes):")
+    for digest in data["proof"]:
+        print(f"  {digest}")
+
+
+@app.command()
+def keygen(
+    name: Annotated[str, typer.Argument(help="The key's name, which is the checkpoints' origin "
+                                        "(e.g. ledger.example.com/prod).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File for the signing key (created 0600, never "
+                                         "overwritten).")],
+) -> None:
+    """Make a signing key for checkpoints (or a witness's); prints the verifier key to publish. Point
+    CVG_LEDGER_KEY_FILE (or CVG_LEDGER_WITNESS_KEY_FILE) at the file, or store it in a Kubernetes Secret."""
+    from convergence.governance import ledger
+
+    key = ledger.generate_key(name)
+    ledger.write_key_file(output, key)
+    print(ledger.Ed25519NoteSigner.from_key(key).verifier_key())
+
+
+@app.command()
+def cosign(
+    note: Annotated[Path, typer.Argument(help="A signed checkpoint file.")],
+    key_file: Annotated[Path, typer.Option("--key-file", help="The witness's signing key file.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: stdout).")] = None,
+) -> None:
+    """Cosign a published checkpoint with a witness key held elsewhere (compliance): verifiers can then ask
+    for both signatures (`auditor.py checkpoint NOTE --key LOG --witness WITNESS`)."""
+    from convergence.governance import ledger
+    from convergence.platform.errors import InvalidInput
+
+    text = ledger.fetch(str(note), _settings())
+    try:
+        signed = ledger.cosign(text, ledger.Ed25519NoteSigner.from_key(ledger.read_key_file(key_file)))
+    except ValueError as exc:
+        raise InvalidInput(f"{note}: {exc}") from None
+    if output is None:
+        sys.stdout.write(signed)
+    else:
+        output.write_text(signed, encoding="utf-8")
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from convergence.platform.settings import get_settings
+
+    return get_settings()
 
 
 @app.command()

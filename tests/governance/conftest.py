@@ -23,11 +23,12 @@ def chain(db_url: str):  # type: ignore[no-untyped-def]
 def unprotect(backend: str, raw_sql):  # type: ignore[no-untyped-def]
     """Disable the append-only triggers, as a database administrator turned attacker could."""
 
-    def run() -> None:
-        if backend == "postgres":
-            raw_sql("ALTER TABLE audit_events DISABLE TRIGGER USER")
-        else:
-            raw_sql("DROP TRIGGER audit_events_no_update", "DROP TRIGGER audit_events_no_delete")
+    def run(*tables: str) -> None:
+        for table in tables or ("audit_events",):
+            if backend == "postgres":
+                raw_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            else:
+                raw_sql(f"DROP TRIGGER {table}_no_update", f"DROP TRIGGER {table}_no_delete")
 
     return run
 

@@ -18,14 +18,14 @@ from convergence.governance import (
     Subject,
     append,
     append_many,
-    checkpoint,
+    ledger,
     event_hash,
     verify,
 )
 from convergence.platform.db import get_engine, session_scope
 from convergence.platform.errors import InvalidInput, NotFound
 from tests.governance.conftest import verify_now
-from tests.people import detached
+from tests.people import detached, person
 
 
 def _rows():  # type: ignore[no-untyped-def]
@@ -146,7 +146,8 @@ def test_swapped_rows_are_named(chain: int, unprotect, raw_sql) -> None:
     raw_sql("UPDATE audit_events SET seq = -1 WHERE seq = 3", "UPDATE audit_events SET seq = 3 WHERE seq = 8",
             "UPDATE audit_events SET seq = 8 WHERE seq = -1")
     result = verify_now()
-    assert (result.ok, result.first_bad_seq, result.problem) == (False, 3, "hash mismatch")
+    assert (result.ok, result.first_bad_seq, result.problem) == (False, 3, "reordered")
+    assert "seq 3 and 8 were swapped" in result.detail
 
 
 def _forge_insert_at(position: int, chain: int, raw_sql) -> None:
@@ -184,7 +185,7 @@ def _rehash_everything(raw_sql) -> None:
 
 def test_fully_rehashed_forgery_is_caught_by_an_earlier_checkpoint(chain: int, unprotect, raw_sql) -> None:
     with session_scope() as s:
-        cp = checkpoint(session=s, principal=detached("auditor"))
+        cp = ledger.checkpoint(session=s, principal=person("auditor"))
     assert cp.seq == chain
     unprotect()
     raw_sql("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
@@ -195,7 +196,7 @@ def test_fully_rehashed_forgery_is_caught_by_an_earlier_checkpoint(chain: int, u
 
 def test_truncated_tail_is_caught_by_a_checkpoint(chain: int, unprotect, raw_sql) -> None:
     with session_scope() as s:
-        checkpoint(session=s, principal=detached("auditor"))
+        ledger.checkpoint(session=s, principal=person("auditor"))
     unprotect()
     raw_sql(f"DELETE FROM audit_events WHERE seq > {chain - 3}")
     result = verify_now()
@@ -204,7 +205,7 @@ def test_truncated_tail_is_caught_by_a_checkpoint(chain: int, unprotect, raw_sql
 
 def test_verify_from_checkpoint_skips_the_verified_prefix(chain: int) -> None:
     with session_scope() as s:
-        cp = checkpoint(session=s, principal=detached("auditor"))
+        cp = ledger.checkpoint(session=s, principal=person("auditor"))
     with session_scope() as s:
         append(session=s, principal=detached("a"), action="after", subject=Subject("t", "x"))
     with session_scope(write=False) as s:

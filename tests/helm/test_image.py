@@ -26,7 +26,7 @@ def test_dockerfile_is_multistage_slim_pinned_and_non_root() -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
     assert re.search(r"^USER 10001:10001$", text, re.M) and "COPY --from=build /wheels" in text
     runtime = text.split("AS runtime", 1)[1]
-    assert "pip install" in runtime and "[pipelines,monitoring,serving]" in runtime and "COPY platform" not in runtime
+    assert "pip install" in runtime and "[pipelines,monitoring,serving,anchors]" in runtime and "COPY platform" not in runtime
     values = yaml.safe_load((ROOT / "helm" / "convergence" / "values.yaml").read_text())
     version = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', text).group(1)
     assert values["image"]["repository"] == "convergence" and values["image"]["tag"] == version

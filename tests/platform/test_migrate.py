@@ -10,7 +10,7 @@ from convergence.platform.db import get_engine
 from convergence.platform.errors import SchemaOutdated
 from tests.people import detached
 
-TABLES = {"audit_events", "audit_checkpoints", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
+TABLES = {"audit_events", "audit_checkpoints", "audit_tree_nodes", "projects", "datasets", "pipeline_runs", "model_versions", "usage",
           "budgets", "budget_changes", "alerts", "prediction_log", "reference_profiles", "drift_reports",
           "principals", "role_grants", "api_keys", "control_settings",
           "webhook_subscriptions", "webhook_deliveries", "kill_switches",

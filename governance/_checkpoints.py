@@ -1,0 +1,211 @@
+"""Signed checkpoints of the ledger: made on demand or when due, published outside the database, and the
+yardstick ``verify`` holds the database against (a rewrite, a truncation or a fork shows against them).
+
+A checkpoint is the C2SP tlog-checkpoint text ``ORIGIN\\nSIZE\\nbase64(root)\\n`` signed by the ledger's key
+(and a witness's, when configured), published to every anchor *before* its row and its ``audit.checkpoint``
+event commit: the note covers events already committed, so a failed commit leaves a true statement behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import secrets
+from typing import Any
+
+from convergence.governance import _anchors, _merkle
+from convergence.governance._access import require
+from convergence.governance._ledger import (
+    Published,
+    Subject,
+    VerifyResult,
+    _lock_head,
+    append,
+    head,
+    verify,
+)
+from convergence.governance._models import AuditCheckpoint, AuditEvent
+from convergence.governance._notes import (
+    Ed25519NoteSigner,
+    NoteSigner,
+    generate_key,
+    read_key_file,
+    sign_note,
+    write_key_file,
+)
+from convergence.governance._principal import Principal
+from convergence.governance.auditor import Invalid, verify_checkpoint
+from convergence.platform.db import utcnow
+from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
+from convergence.platform.settings import Settings, get_settings
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+
+@functools.lru_cache(maxsize=4)
+def _signer_from(text: str) -> Ed25519NoteSigner:
+    return Ed25519NoteSigner.from_key(text)
+
+
+def signer(settings: Settings | None = None) -> NoteSigner:
+    """The ledger's signing key: CVG_LEDGER_KEY, else CVG_LEDGER_KEY_FILE, else HOME/ledger.key (made once)."""
+    settings = settings or get_settings()
+    if settings.ledger_key is not None:
+        return _signer_from(settings.ledger_key.get_secret_value())
+    path = settings.ledger_key_file or settings.home / "ledger.key"
+    if settings.ledger_key_file is None and not path.exists():
+        try:
+            write_key_file(path, generate_key(f"convergence.local/ledger-{secrets.token_hex(4)}"))
+        except InvalidInput:  # another process made it first
+            pass
+    return _signer_from(read_key_file(path))
+
+
+def witness(settings: Settings | None = None) -> NoteSigner | None:
+    settings = settings or get_settings()
+    path = settings.ledger_witness_key_file
+    return _signer_from(read_key_file(path)) if path else None
+
+
+def verifier_key() -> str:
+    """What auditors hold to check checkpoints (``cvg audit pubkey``)."""
+    return signer().verifier_key()
+
+
+def checkpoint_text(origin: str, size: int, root: bytes) -> str:
+    return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+
+
+def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
+    """Sign the tree of every committed event, publish it to the anchors, then record it (row + event)."""
+    require(session=session, principal=principal, permission="audit.checkpoint")
+    size, digest = _lock_head(session)
+    count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+    if count != size:
+        raise IntegrityError(f"the audit chain has {count} events but its head is seq {size}",
+                             hint="run `cvg audit verify` to find the gap")
+    key = signer()
+    root = _merkle.root(session=session, size=size)
+    extra = [w] if (w := witness()) else []
+    note = sign_note(checkpoint_text(key.name, size, root), key, *extra)
+    where = [anchor.publish(size, note) for anchor in _anchors.configured(get_settings())]
+    cp = AuditCheckpoint(seq=size, head_hash=digest, event_count=count, created_at=utcnow(), created_by=principal.name,
+                         root_hash=root.hex(), note=note, key=key.verifier_key(), anchors=where)
+    session.add(cp)
+    session.flush()
+    data = {"seq": size, "head_hash": digest, "event_count": count, "root_hash": root.hex(), "note": note,
+            "key": cp.key, "anchors": where}
+    append(session=session, principal=principal, action="audit.checkpoint",
+           subject=Subject("audit_checkpoint", str(cp.id)), payload=data)
+    from convergence.governance._webhooks import (
+        enqueue,  # outside parties keep their own copies
+    )
+
+    enqueue(session=session, event_type="audit.checkpoint", data={"id": cp.id, **data})
+    return cp
+
+
+def due(*, session: Session, settings: Settings | None = None) -> bool:
+    """Whether enough events (CVG_LEDGER_CHECKPOINT_EVENTS) or time (…_S, with new events) passed since the last."""
+    settings = settings or get_settings()
+    size, _ = head(session=session)
+    last = latest(session=session)
+    if last is None:
+        return size > 0
+    new = size - last.seq - 1  # the last checkpoint's own event does not count
+    age = (utcnow() - last.created_at).total_seconds()
+    return new >= settings.ledger_checkpoint_events or (new > 0 and age >= settings.ledger_checkpoint_s)
+
+
+def latest(*, session: Session, signed: bool = False) -> AuditCheckpoint | None:
+    query = select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc(), AuditCheckpoint.id.desc()).limit(1)
+    if signed:
+        query = query.where(AuditCheckpoint.note.is_not(None))
+    return session.execute(query).scalars().first()
+
+
+def to_dict(cp: AuditCheckpoint) -> dict[str, Any]:
+    return {"id": cp.id, "seq": cp.seq, "tree_size": cp.seq, "head_hash": cp.head_hash, "event_count": cp.event_count,
+            "root_hash": cp.root_hash, "note": cp.note, "key": cp.key, "anchors": cp.anchors or [],
+            "created_at": cp.created_at.isoformat(), "created_by": cp.created_by}
+
+
+# --- proofs against the latest signed checkpoint ----------------------------------------------------
+
+def _signed(session: Session, size: int | None) -> AuditCheckpoint:
+    query = select(AuditCheckpoint).where(AuditCheckpoint.note.is_not(None))
+    query = query.where(AuditCheckpoint.seq == size) if size else query
+    cp = session.execute(query.order_by(AuditCheckpoint.seq.desc()).limit(1)).scalars().first()
+    if cp is None:
+        raise NotFound(f"no signed checkpoint of {size} events" if size else "no signed checkpoint yet",
+                       hint="run `cvg audit checkpoint`")
+    return cp
+
+
+def prove(*, session: Session, seq: int, size: int | None = None) -> dict[str, Any]:
+    """An inclusion proof of event ``seq`` against the latest signed checkpoint (or the one of ``size``)."""
+    cp = _signed(session, size)
+    if seq > cp.seq:
+        raise NotFound(f"seq {seq} is newer than the latest signed checkpoint ({cp.seq} events)",
+                       hint="run `cvg audit checkpoint` first")
+    proof = _merkle.inclusion(session=session, seq=seq, size=cp.seq)
+    event = session.get(AuditEvent, seq)
+    return {**proof.to_dict(), "checkpoint": cp.note, "event": _event_dict(event) if event else None}
+
+
+def _event_dict(event: AuditEvent) -> dict[str, Any]:
+    import json
+
+    from convergence.governance._ledger import format_ts
+
+    return {"seq": event.seq, "ts": format_ts(event.ts), "actor": event.actor, "action": event.action,
+            "subject_type": event.subject_type, "subject_id": event.subject_id, "payload": json.loads(event.payload),
+            "prev_hash": event.prev_hash, "hash": event.hash}
+
+
+def prove_consistency(*, session: Session, old_size: int, new_size: int | None = None) -> dict[str, Any]:
+    """A consistency proof between the signed checkpoints of ``old_size`` and ``new_size`` (default: the latest)."""
+    old, new = _signed(session, old_size), _signed(session, new_size)
+    if old.seq > new.seq:
+        raise InvalidInput(f"the old checkpoint ({old.seq} events) is newer than the new one ({new.seq})")
+    proof = _merkle.consistency(session=session, old_size=old.seq, new_size=new.seq)
+    return {**proof.to_dict(), "old_checkpoint": old.note, "new_checkpoint": new.note}
+
+
+# --- verifying the database against published checkpoints --------------------------------------------
+
+@dataclasses.dataclass
+class PublishedCheck:
+    where: str
+    size: int
+    signed: bool
+    problem: str | None = None
+
+
+def verify_ledger(*, session: Session, notes: list[tuple[str, str]] | None = None, key: str | None = None,
+                  from_checkpoint: int | None = None) -> VerifyResult:
+    """The chain, the tree, the database's checkpoints, and the newest checkpoint in every anchor plus the
+    given ``notes`` (where, text), signatures checked with ``key`` (default: this ledger's verifier key)."""
+    vkey = key or verifier_key()
+    found = [a.latest() for a in _anchors.configured(get_settings())]
+    published, checks = [], []
+    for where, note in [f for f in found if f] + list(notes or []):
+        try:
+            _origin, size, root = verify_checkpoint(note, vkey)
+        except (Invalid, ValueError) as exc:
+            checks.append(PublishedCheck(where, 0, False, str(exc)))
+            result = VerifyResult(False, 0, 0, 0, "", None, "bad signature",
+                                  f"the checkpoint at {where} does not verify with {vkey}: {exc}")
+            result.published = [dataclasses.asdict(c) for c in checks]
+            return result
+        published.append(Published(size, root, where))
+        checks.append(PublishedCheck(where, size, True))
+    result = verify(session=session, from_checkpoint=from_checkpoint, published=published)
+    result.published = [dataclasses.asdict(c) for c in checks]
+    return result
+
+
+def anchor_locations() -> list[str]:
+    """Where checkpoints go (for ``cvg doctor`` and the API)."""
+    return [a.location for a in _anchors.configured(get_settings())]
