@@ -86,6 +86,7 @@ from convergence.governance._models import (
     Usage,
 )
 from convergence.governance._queries import history, in_production_at, lineage, query_events
+from convergence.governance._replay import Disagreement, check_recorded, reconcile, replay
 from convergence.governance._webhooks import (
     SIGNATURE_HEADER,
     ReferenceReceiver,
@@ -135,6 +136,7 @@ __all__ = [
     "BudgetChange",
     "DEFAULT_PROJECT",
     "Dataset",
+    "Disagreement",
     "DriftReport",
     "Event",
     "EventIn",
@@ -172,6 +174,8 @@ __all__ = [
     "check_before",
     "check_drift",
     "check_during",
+    "check_recorded",
+    "check_trigger",
     "code_version",
     "commit_refusal",
     "decide_change",
@@ -216,11 +220,13 @@ __all__ = [
     "promote",
     "query_events",
     "raise_alert",
+    "reconcile",
     "record_usage",
     "redeliver",
     "register_dataset",
     "register_model",
     "reject",
+    "replay",
     "report_html_path",
     "report_to_dict",
     "resume",
@@ -233,7 +239,6 @@ __all__ = [
     "set_budget",
     "sha256_file",
     "sign",
-    "check_trigger",
     "start_run",
     "subscribe",
     "switch_to_dict",

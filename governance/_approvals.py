@@ -21,6 +21,7 @@ from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import Approval, ModelVersion, StageTransition
 from convergence.governance._principal import Principal, check_text
 from convergence.governance._registry import finite_number, get_model
+from convergence.governance._replay import check_recorded, state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -42,14 +43,17 @@ def _subject(mv: ModelVersion) -> Subject:
 
 
 def _move(session: Session, mv: ModelVersion, to: str, *, actor: Principal, reason: str | None,
-          via_rollback: bool = False) -> None:
+          via_rollback: bool = False) -> StageTransition:
+    """Move ``mv`` to stage ``to`` if that is legal; the transition row goes into the event's state."""
     if to not in TRANSITIONS[mv.stage] and not (via_rollback and mv.stage == "retired" and to == "production"):
         legal = ", ".join(sorted(TRANSITIONS[mv.stage])) or "none (final stage)"
         raise PolicyViolation(f"model version {mv.id} ({mv.name} v{mv.version}) is {mv.stage}; it cannot become {to}",
                               hint=f"legal next stages: {legal}")
-    session.add(StageTransition(model_version_id=mv.id, from_stage=mv.stage, to_stage=to, actor=actor.name,
-                                reason=reason, at=utcnow()))
+    moved = StageTransition(model_version_id=mv.id, from_stage=mv.stage, to_stage=to, actor=actor.name,
+                            reason=reason, at=utcnow())
+    session.add(moved)
     mv.stage = to
+    return moved
 
 
 def _requester_id(mv: ModelVersion) -> int | None:
@@ -79,6 +83,7 @@ def _load_for_change(session: Session, version_id: int) -> ModelVersion:
     serialize_writes(session=session)
     mv = get_model(session=session, version_id=version_id)
     session.refresh(mv)  # re-read the stage under the lock, not from an earlier snapshot
+    check_recorded(session=session, version=mv)  # a stage or artifact edited in the table stops here
     return mv
 
 
@@ -101,12 +106,14 @@ def validate(*, session: Session, principal: Principal, version_id: int, evidenc
     if mv.stage != "candidate":
         _move(session, mv, "validated", actor=principal, reason=reason)  # raises with the legal stages
     stored = evidence if isinstance(evidence, StoredArtifact) else get_artifact_store().put(Path(evidence))
-    _move(session, mv, "validated", actor=principal, reason=reason or "validated with evidence")
-    session.add(Approval(model_version_id=mv.id, decision="validated", actor=principal.name, principal_id=principal.id,
-                         reason=reason or "validated with evidence", evidence_uri=stored.uri,
-                         evidence_sha256=stored.sha256, created_at=utcnow()))
+    moved = _move(session, mv, "validated", actor=principal, reason=reason or "validated with evidence")
+    approval = Approval(model_version_id=mv.id, decision="validated", actor=principal.name, principal_id=principal.id,
+                        reason=reason or "validated with evidence", evidence_uri=stored.uri,
+                        evidence_sha256=stored.sha256, created_at=utcnow())
+    session.add(approval)
     append(session=session, principal=principal, action="model.validated", subject=_subject(mv),
-           payload={"evidence_sha256": stored.sha256, "evidence_bytes": stored.size, "reason": reason})
+           payload={"evidence_sha256": stored.sha256, "evidence_bytes": stored.size, "reason": reason,
+                    "state": state_entries(session, mv, moved, approval)})
     return mv
 
 
@@ -135,14 +142,16 @@ def _decide(session: Session, version_id: int, principal: Principal, reason: str
         refuse(session=session, principal=principal, permission=permission, rule="approver-not-validator",
                subject=_subject(mv), message=f"{principal.name} validated model version {mv.id} and cannot also "
                f"{verb} it", hint="a different person must do this (four-eyes principle)")
-    _move(session, mv, decision, actor=principal, reason=reason)
+    moved = _move(session, mv, decision, actor=principal, reason=reason)
     if decision == "approved":
         mv.safe_output = safe
-    session.add(Approval(model_version_id=mv.id, decision=decision, actor=principal.name, principal_id=principal.id,
-                         reason=reason, created_at=utcnow()))
+    approval = Approval(model_version_id=mv.id, decision=decision, actor=principal.name, principal_id=principal.id,
+                        reason=reason, created_at=utcnow())
+    session.add(approval)
     append(session=session, principal=principal, action=f"model.{decision}", subject=_subject(mv),
            payload={"reason": reason, "registrant": mv.created_by, "registrant_id": mv.registrant_id,
-                    **({"safe_output": safe} if decision == "approved" else {})})
+                    **({"safe_output": safe} if decision == "approved" else {}),
+                    "state": state_entries(session, mv, moved, approval)})
     return mv
 
 
@@ -179,12 +188,14 @@ def promote(*, session: Session, principal: Principal, version_id: int, reason: 
                               hint=hint and f"approve it first with {hint}")
     previous = _production(session, mv.name)
     if previous is not None:
-        _move(session, previous, "retired", actor=principal, reason=f"replaced by version {mv.id}")
+        check_recorded(session=session, version=previous)
+        moved = _move(session, previous, "retired", actor=principal, reason=f"replaced by version {mv.id}")
         append(session=session, principal=principal, action="model.retired", subject=_subject(previous),
-               payload={"replaced_by": mv.id})
-    _move(session, mv, "production", actor=principal, reason=reason or "promoted")
+               payload={"replaced_by": mv.id, "state": state_entries(session, previous, moved)})
+    moved = _move(session, mv, "production", actor=principal, reason=reason or "promoted")
     append(session=session, principal=principal, action="model.promoted", subject=_subject(mv),
-           payload={"replaces": previous.id if previous else None, "reason": reason})
+           payload={"replaces": previous.id if previous else None, "reason": reason,
+                    "state": state_entries(session, mv, moved)})
     return mv
 
 
@@ -208,9 +219,15 @@ def rollback(*, session: Session, principal: Principal, name: str, reason: str |
         raise PolicyViolation(f"{name} v{current.version} is the first production version; there is nothing to roll back to")
     _not_registrant(session, previous, principal, permission="model.rollback", verb="put back into production",
                     rule="promoter-not-registrant")
+    for version in (current, previous):
+        check_recorded(session=session, version=version)
     why = reason or f"rollback from version {current.id}"
-    _move(session, current, "retired", actor=principal, reason=why)
-    _move(session, previous, "production", actor=principal, reason=why, via_rollback=True)
+    # Each version's new state in an event about it, so check_recorded finds it by subject.
+    retired = _move(session, current, "retired", actor=principal, reason=why)
+    append(session=session, principal=principal, action="model.retired", subject=_subject(current),
+           payload={"rolled_back_to": previous.id, "reason": reason, "state": state_entries(session, current, retired)})
+    restored = _move(session, previous, "production", actor=principal, reason=why, via_rollback=True)
     append(session=session, principal=principal, action="model.rolled_back", subject=_subject(previous),
-           payload={"from_version_id": current.id, "to_version_id": previous.id, "reason": reason})
+           payload={"from_version_id": current.id, "to_version_id": previous.id, "reason": reason,
+                    "state": state_entries(session, previous, restored)})
     return previous

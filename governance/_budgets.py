@@ -22,6 +22,7 @@ from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import FAMILIES, METRICS, Budget, BudgetChange, PipelineRun, Project, Usage
 from convergence.governance._principal import Principal, check_text
 from convergence.governance._registry import DEFAULT_PROJECT, ensure_project
+from convergence.governance._replay import state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import BudgetExceeded, InvalidInput, NotFound, PolicyViolation
 
@@ -126,7 +127,7 @@ def set_budget(*, session: Session, principal: Principal, project: str, metric: 
         session.flush()
         append(session=session, principal=principal, action="budget.created", subject=Subject("budget", str(budget.id)),
                payload={"project": project, "family": family, "metric": metric, "period": period, "hard": hard,
-                        "soft": soft, "reason": reason})
+                        "soft": soft, "reason": reason, "state": state_entries(session, budget)})
         return budget, None
     if hard == budget.hard_limit and soft == budget.soft_limit:
         return budget, None  # nothing changes, nothing to record
@@ -134,7 +135,8 @@ def set_budget(*, session: Session, principal: Principal, project: str, metric: 
         before = {"hard": budget.hard_limit, "soft": budget.soft_limit}
         budget.hard_limit, budget.soft_limit, budget.updated_at = hard, soft, now
         append(session=session, principal=principal, action="budget.lowered", subject=Subject("budget", str(budget.id)),
-               payload={"before": before, "after": {"hard": hard, "soft": soft}, "reason": reason})
+               payload={"before": before, "after": {"hard": hard, "soft": soft}, "reason": reason,
+                        "state": state_entries(session, budget)})
         return budget, None
     change = BudgetChange(budget_id=budget.id, hard_limit=hard, soft_limit=soft, status="pending", reason=reason,
                           requested_by=principal.name, requested_by_id=principal.id, requested_at=now)
@@ -142,7 +144,7 @@ def set_budget(*, session: Session, principal: Principal, project: str, metric: 
     session.flush()
     append(session=session, principal=principal, action="budget.raise_requested", subject=Subject("budget", str(budget.id)),
            payload={"change_id": change.id, "from": {"hard": budget.hard_limit, "soft": budget.soft_limit},
-                    "to": {"hard": hard, "soft": soft}, "reason": reason})
+                    "to": {"hard": hard, "soft": soft}, "reason": reason, "state": state_entries(session, change)})
     return budget, change
 
 
@@ -172,7 +174,8 @@ def decide_change(*, session: Session, principal: Principal, change_id: int, app
         budget.hard_limit, budget.soft_limit, budget.updated_at = change.hard_limit, change.soft_limit, utcnow()
     append(session=session, principal=principal, action=f"budget.raise_{'approved' if approve else 'rejected'}",
            subject=Subject("budget", str(budget.id)),
-           payload={"change_id": change_id, "hard": change.hard_limit, "soft": change.soft_limit, "reason": reason})
+           payload={"change_id": change_id, "hard": change.hard_limit, "soft": change.soft_limit, "reason": reason,
+                    "state": state_entries(session, change, budget)})
     return change
 
 

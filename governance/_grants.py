@@ -26,6 +26,7 @@ from convergence.governance._identity import (
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import ApiKey, PrincipalRow, RoleGrant
 from convergence.governance._principal import ACCESS_ROLES, SERVICE_ISSUER, Principal, check_display_name, check_text
+from convergence.governance._replay import state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation, Unauthenticated
 
@@ -98,7 +99,8 @@ def request_grant(*, session: Session, principal: Principal, grantee: str, role:
     session.add(grant)
     session.flush()
     append(session=session, principal=principal, action="role.requested", subject=_subject(row.id),
-           payload={"grant_id": grant.id, "role": role, "name": row.name, "reason": reason})
+           payload={"grant_id": grant.id, "role": role, "name": row.name, "reason": reason,
+                    "state": state_entries(session, grant)})
     return grant
 
 
@@ -118,7 +120,8 @@ def decide_grant(*, session: Session, principal: Principal, grant_id: int, appro
     grant.status = "active" if approve else "rejected"
     grant.decided_by_id, grant.decided_at = principal.id, utcnow()
     append(session=session, principal=principal, action=f"role.{'granted' if approve else 'rejected'}",
-           subject=_subject(grant.principal_id), payload={"grant_id": grant.id, "role": grant.role, "reason": reason})
+           subject=_subject(grant.principal_id), payload={"grant_id": grant.id, "role": grant.role, "reason": reason,
+                                                          "state": state_entries(session, grant)})
     return grant
 
 
@@ -137,7 +140,7 @@ def revoke_grant(*, session: Session, principal: Principal, grantee: str, role: 
                        "grants any more", subject=_subject(row.id))
     grant.status, grant.revoked_by_id, grant.revoked_at = "revoked", principal.id, utcnow()
     append(session=session, principal=principal, action="role.revoked", subject=_subject(row.id),
-           payload={"grant_id": grant.id, "role": role, "reason": reason})
+           payload={"grant_id": grant.id, "role": role, "reason": reason, "state": state_entries(session, grant)})
     return grant
 
 
@@ -196,7 +199,7 @@ def approve_api_key(*, session: Session, principal: Principal, key_id: str, reas
                   payload={"key_id": key_id})
     key.approved_by_id, key.approved_at = principal.id, utcnow()
     append(session=session, principal=principal, action="api_key.approved", subject=_subject(key.principal_id),
-           payload={"key_id": key_id, "reason": reason})
+           payload={"key_id": key_id, "reason": reason, "state": state_entries(session, key)})
     return key
 
 
@@ -226,7 +229,7 @@ def mint_api_key(*, session: Session, principal: Principal, account: PrincipalRo
     session.flush()
     append(session=session, principal=principal, action="api_key.created", subject=_subject(row.id),
            payload={"key_id": key_id, "expires_at": expires_at.isoformat() if expires_at else None,
-                    "approved": approved})
+                    "approved": approved, "state": state_entries(session, key)})
     return key, f"{key_id}.{secret}"
 
 
@@ -236,7 +239,7 @@ def revoke_api_key(*, session: Session, principal: Principal, key_id: str, reaso
     if key.revoked_at is None:
         key.revoked_at, key.revoked_by_id = utcnow(), principal.id
         append(session=session, principal=principal, action="api_key.revoked", subject=_subject(key.principal_id),
-               payload={"key_id": key_id, "reason": reason})
+               payload={"key_id": key_id, "reason": reason, "state": state_entries(session, key)})
     return key
 
 

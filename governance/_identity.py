@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from convergence.governance._access import RULES, record_refusal, refuse, require
 from convergence.governance._ledger import Subject, append, head, serialize_writes
 from convergence.governance._models import ControlSetting, PrincipalRow, RoleGrant
+from convergence.governance._replay import state_entries
 from convergence.governance._principal import (
     ACCESS_ROLES,
     OS_ISSUER,
@@ -119,7 +120,8 @@ def ensure_principal(*, session: Session, issuer: str, subject: str, name: str, 
     session.flush()
     actor = by or to_principal(row, auth=auth)
     append(session=session, principal=actor, action="principal.created", subject=Subject("principal", str(row.id)),
-           payload={"issuer": issuer, "subject": subject, "name": display, "kind": kind})
+           payload={"issuer": issuer, "subject": subject, "name": display, "kind": kind,
+                    **({"state": state} if (state := state_entries(session, row)) else {})})
     return row
 
 
@@ -270,7 +272,7 @@ def bootstrap(*, session: Session, principal: Principal, grants: list[tuple[str,
         session.add(grant)
         session.flush()
         append(session=session, principal=principal, action="role.bootstrapped", subject=Subject("principal", str(row.id)),
-               payload={"grant_id": grant.id, "role": role, "name": row.name})
+               payload={"grant_id": grant.id, "role": role, "name": row.name, "state": state_entries(session, grant)})
         out.append(grant)
     if len(admins) < 2:
         raise InvalidInput("bootstrap needs at least two different admins (--admin twice), so that every later "

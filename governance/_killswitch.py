@@ -18,6 +18,7 @@ from convergence.governance._access import require
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import KillSwitch, ModelVersion
 from convergence.governance._principal import Principal, check_text
+from convergence.governance._replay import state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -57,9 +58,9 @@ def kill(*, session: Session, principal: Principal, name: str, reason: str, safe
     switch.active, switch.reason, switch.safe_output = True, reason.strip(), value
     switch.actor, switch.changed_at = principal.name, utcnow()
     session.add(switch)
-    session.flush()
     append(session=session, principal=principal, action="serving.killed", subject=Subject("model", name),
-           payload={"reason": switch.reason, "safe_output": value, "safe_output_of_version": version_id})
+           payload={"reason": switch.reason, "safe_output": value, "safe_output_of_version": version_id,
+                    "state": state_entries(session, switch)})
     return switch
 
 
@@ -71,9 +72,8 @@ def resume(*, session: Session, principal: Principal, name: str, reason: str = "
     if switch is None or not switch.active:
         raise InvalidInput(f"{name!r} is not killed; nothing to resume")
     switch.active, switch.reason, switch.actor, switch.changed_at = False, reason, principal.name, utcnow()
-    session.flush()
     append(session=session, principal=principal, action="serving.resumed", subject=Subject("model", name),
-           payload={"reason": reason})
+           payload={"reason": reason, "state": state_entries(session, switch)})
     return switch
 
 

@@ -34,6 +34,7 @@ from convergence.governance._models import (
     StageTransition,
 )
 from convergence.governance._principal import Principal, check_text
+from convergence.governance._replay import check_recorded, state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -312,13 +313,14 @@ def register_model(*, session: Session, principal: Principal, name: str, artifac
                       registrant_id=principal.id)
     session.add(mv)
     session.flush()
-    session.add(StageTransition(model_version_id=mv.id, from_stage=None, to_stage="candidate", actor=principal.name,
-                                reason="registered", at=now))
+    first = StageTransition(model_version_id=mv.id, from_stage=None, to_stage="candidate", actor=principal.name,
+                            reason="registered", at=now)
+    session.add(first)
     append(session=session, principal=principal, action="model.registered", subject=Subject("model_version", str(mv.id)),
            payload={"name": name, "version": version, "family": family, "role": role,
                     "artifact_sha256": stored.sha256, "artifact_bytes": stored.size,
                     "dataset_sha256": ds.sha256 if ds else None, "parent_id": mv.parent_id, "run_id": run_id,
-                    "metrics": metrics, "project": project}, ts=now)
+                    "metrics": metrics, "project": project, "state": state_entries(session, mv, first)}, ts=now)
     return mv
 
 
@@ -386,6 +388,8 @@ def model_to_dict(mv: ModelVersion) -> dict[str, Any]:
 
 
 def load_artifact(*, session: Session, version_id: int) -> Path:
-    """The verified local path of a version's artifact (IntegrityError if the bytes changed)."""
+    """The verified local path of a version's artifact (IntegrityError if the bytes changed, or if the table's
+    URI or SHA-256 is not what the audit ledger recorded): how serving and teachers get model bytes."""
     mv = get_model(session=session, version_id=version_id)
+    check_recorded(session=session, version=mv)
     return get_artifact_store().fetch(mv.artifact_uri, sha256=mv.artifact_sha256)

@@ -33,6 +33,7 @@ from convergence.governance._identity import system_principal
 from convergence.governance._ledger import Subject, append
 from convergence.governance._models import WEBHOOK_FORMATS, WebhookDelivery, WebhookSubscription
 from convergence.governance._principal import Principal
+from convergence.governance._replay import state_entries
 from convergence.platform.db import session_scope, utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 from convergence.platform.settings import get_settings
@@ -81,7 +82,8 @@ def subscribe(*, session: Session, principal: Principal, url: str, events: list[
     session.add(sub)
     session.flush()
     append(session=session, principal=principal, action="webhook.subscribed", subject=Subject("webhook_subscription", str(sub.id)),
-           payload={"url": url, "events": sub.event_types, "format": fmt})  # never the secret
+           payload={"url": url, "events": sub.event_types, "format": fmt,
+                    "state": state_entries(session, sub)})  # the secret's SHA-256, never the secret
     return sub
 
 
@@ -96,7 +98,8 @@ def unsubscribe(*, session: Session, principal: Principal, subscription_id: int)
                                                   WebhookDelivery.status == "pending")
                     .values(status="dead", last_error="subscription removed"))
     append(session=session, principal=principal, action="webhook.unsubscribed",
-           subject=Subject("webhook_subscription", str(sub.id)), payload={"url": sub.url})
+           subject=Subject("webhook_subscription", str(sub.id)),
+           payload={"url": sub.url, "state": state_entries(session, sub)})
     return sub
 
 
