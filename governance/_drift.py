@@ -26,6 +26,7 @@ from convergence.governance._artifacts import get_artifact_store
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import DriftReport, ModelVersion, PredictionLog, ReferenceProfile
 from convergence.governance._principal import Principal
+from convergence.governance._replay import check_recorded
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound
 from convergence.platform.settings import get_settings
@@ -183,8 +184,11 @@ def production_version(session: Session, name: str) -> ModelVersion:
 
 
 def production_params(*, session: Session, name: str) -> dict[str, Any]:
-    """The registry params of NAME's production version (a retraining run reuses its config)."""
-    return dict(production_version(session, name).params or {})
+    """The registry params of NAME's production version (a retraining run reuses its config), once the
+    ledger confirms that version is the one in production."""
+    mv = production_version(session, name)
+    check_recorded(session=session, version=mv)
+    return dict(mv.params or {})
 
 
 def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime,

@@ -37,7 +37,8 @@ class Loaded:
 def resolve(*, session: Any, family: str, name: str | None = None, version_id: int | None = None,
             prefer_int8: bool = False) -> Any:
     """The version to serve: ``version_id`` if approved or in production, else NAME's production version
-    (on CPU with ``prefer_int8``, its approved INT8 child when the registry has one)."""
+    (on CPU with ``prefer_int8``, its approved INT8 child when the registry has one); each as the ledger
+    recorded it (IntegrityError when the table says otherwise)."""
     from sqlalchemy import select
 
     from convergence import governance as gov
@@ -52,6 +53,7 @@ def resolve(*, session: Any, family: str, name: str | None = None, version_id: i
             raise PolicyViolation(f"version {version_id} ({mv.name} v{mv.version}) is {mv.stage}: only approved or "
                                   "production versions may serve",
                                   hint="validate and approve it (two different people) first")
+        gov.check_recorded(session=session, version=mv)  # the stage and SHA-256 the ledger recorded, not the table's
         return mv
     name = name or DEFAULT_NAMES[family]
     versions = list(session.execute(select(gov.ModelVersion).where(gov.ModelVersion.name == name)).scalars())
@@ -65,10 +67,13 @@ def resolve(*, session: Any, family: str, name: str | None = None, version_id: i
     mv = live[-1]
     if mv.family != family:
         raise InvalidInput(f"{name!r} is a {mv.family} model, not {family}")
+    gov.check_recorded(session=session, version=mv)
     if prefer_int8:
         child = session.execute(select(gov.ModelVersion).where(
             gov.ModelVersion.parent_id == mv.id, gov.ModelVersion.role == "quantized",
             gov.ModelVersion.stage.in_(SERVABLE)).order_by(gov.ModelVersion.id.desc())).scalars().first()
+        if child is not None:
+            gov.check_recorded(session=session, version=child)
         mv = child or mv
     return mv
 
