@@ -6,7 +6,8 @@ gating fields after the change under the payload's reserved key ``state``: ``[{"
 (or ``{"table", "id", "deleted": true}``). ``replay`` rebuilds the latest state per row from the ledger,
 ``reconcile`` names the first row a table and the ledger disagree on, and ``check_recorded`` holds one model
 version to its record before it is served, promoted or used as a teacher. The tables are projections; the
-chain (``_ledger``) is the record. A field added to ``GATED`` needs a migration that adopts existing rows.
+chain (``_ledger``) is the record. A field added to ``GATED`` needs a migration that records it for existing
+rows (``adopt`` covers rows with no record at all, as migration 0009 found them).
 """
 
 from __future__ import annotations
