@@ -44,6 +44,7 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
     "webhook.read": (frozenset({"admin", "operator", "auditor"}), "read webhook deliveries"),
     "audit.read": (frozenset({"auditor", "admin"}), "query, verify and export the audit trail"),
     "audit.checkpoint": (frozenset({"auditor", "admin"}), "take audit checkpoints"),
+    "audit.rotate_key": (frozenset({"admin"}), "rotate the key that signs the ledger's checkpoints"),
     "principal.manage": (frozenset({"admin"}), "manage principals, roles and API keys"),
     "principal.read": (frozenset({"admin", "auditor"}), "list principals, roles and API keys"),
 }

@@ -25,8 +25,8 @@ _FILE = re.compile(r"^checkpoint-(\d{12})\.note$")
 MAX_NOTE_BYTES = 64 * 1024
 
 
-def note_name(size: int) -> str:
-    return f"checkpoint-{size:012d}.note"
+def note_name(size: int, kind: str = "checkpoint") -> str:
+    return f"{kind}-{size:012d}.note"
 
 
 class Anchor(Protocol):
@@ -34,7 +34,7 @@ class Anchor(Protocol):
 
     location: str
 
-    def publish(self, size: int, note: str) -> str: ...
+    def publish(self, size: int, note: str, kind: str = "checkpoint") -> str: ...
 
     def latest(self) -> tuple[str, str] | None: ...
 
@@ -52,9 +52,9 @@ class DirectoryAnchor:
         self.path = path
         self.location = str(path)
 
-    def publish(self, size: int, note: str) -> str:
+    def publish(self, size: int, note: str, kind: str = "checkpoint") -> str:
         self.path.mkdir(parents=True, exist_ok=True)
-        target = self.path / note_name(size)
+        target = self.path / note_name(size, kind)
         data = note.encode()
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
@@ -114,10 +114,10 @@ class S3Anchor:
 
         return boto3.client("s3", endpoint_url=self.endpoint)
 
-    def publish(self, size: int, note: str) -> str:
+    def publish(self, size: int, note: str, kind: str = "checkpoint") -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = self.prefix + note_name(size)
+        key = self.prefix + note_name(size, kind)
         where = f"s3://{self.bucket}/{key}"
         client = self._client()
         until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self.retention_days)

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import functools
 import secrets
+from pathlib import Path
 from typing import Any
 
 from convergence.governance import _anchors, _merkle
@@ -104,6 +105,26 @@ def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
 
     enqueue(session=session, event_type="audit.checkpoint", data={"id": cp.id, **data})
     return cp
+
+
+ROTATION_HEADER = "convergence ledger key rotation"
+
+
+def rotate_key(*, session: Session, principal: Principal, new_key_file: Path) -> dict[str, Any]:
+    """Hand signing over to a new key: a statement naming old and new verifier keys, signed by the *old* key,
+    published to the anchors and recorded as ``audit.key_rotated``; then point CVG_LEDGER_KEY(_FILE) at it."""
+    require(session=session, principal=principal, permission="audit.rotate_key")
+    old, new = signer(), Ed25519NoteSigner.from_key(read_key_file(new_key_file))
+    if new.verifier_key() == old.verifier_key():
+        raise InvalidInput("the new key is the key in use")
+    size, _ = _lock_head(session)
+    statement = sign_note(f"{ROTATION_HEADER}\n{old.verifier_key()}\n{new.verifier_key()}\n{size}\n", old)
+    where = [a.publish(size, statement, kind="rotation") for a in _anchors.configured(get_settings())]
+    data = {"old_key": old.verifier_key(), "new_key": new.verifier_key(), "tree_size": size, "statement": statement,
+            "anchors": where}
+    append(session=session, principal=principal, action="audit.key_rotated",
+           subject=Subject("ledger_key", new.verifier_key().split("+")[1]), payload=data)
+    return data
 
 
 def due(*, session: Session, settings: Settings | None = None) -> bool:

@@ -6,6 +6,7 @@
     python auditor.py export EXPORT --checkpoint NOTE --key VKEY   # an export against a checkpoint
     python auditor.py inclusion PROOF.json --key VKEY          # `cvg audit prove SEQ --json` output
     python auditor.py consistency PROOF.json --key VKEY        # `cvg audit consistency OLD --json` output
+    python auditor.py rotation STATEMENT --key OLD_VKEY        # a key rotation, signed by the old key
 
 Exit 0 = verified, 1 = the evidence does not hold, 2 = unreadable input. This file imports nothing from
 convergence: an auditor can read all of it in a few minutes, and convergence itself verifies with it.
@@ -254,6 +255,15 @@ def verify_checkpoint(note, vkey, witness=None):
     return origin, size, root
 
 
+def verify_rotation(note, old_vkey):
+    """A key rotation statement signed by the old key → the new verifier key it hands over to."""
+    lines = verify_note(note, old_vkey).split("\n")
+    if len(lines) != 5 or lines[0] != "convergence ledger key rotation" or lines[1] != old_vkey.strip():
+        raise Invalid("not a key rotation statement from this key")
+    parse_verifier_key(lines[2])
+    return lines[2]
+
+
 # --- commands ----------------------------------------------------------------------------------
 
 def export_against(path, note, vkey):
@@ -329,6 +339,8 @@ def run(argv):
     if command == "checkpoint":
         origin, size, root = verify_checkpoint(_text(path), key, witness)
         return f"checkpoint of {origin}: {size} events, root {root.hex()}" + (", witnessed" if witness else "")
+    if command == "rotation":
+        return f"the key {key.split('+')[0]} handed over to {verify_rotation(_text(path), key)}"
     if command == "export" and cp:
         return export_against(path, _text(cp), key)
     if command in ("inclusion", "consistency"):

@@ -21,6 +21,7 @@ from convergence.governance._checkpoints import (
     latest,
     prove,
     prove_consistency,
+    rotate_key,
     signer,
     to_dict,
     verifier_key,
@@ -43,7 +44,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # checkpoints: make, find, describe
     "checkpoint", "due", "latest", "to_dict", "checkpoint_text",
     # keys: the ledger's signer, a witness, what auditors hold
-    "signer", "witness", "verifier_key", "generate_key", "read_key_file", "write_key_file", "sign_note", "cosign",
+    "signer", "witness", "rotate_key", "verifier_key", "generate_key", "read_key_file", "write_key_file", "sign_note", "cosign",
     "NoteSigner", "Ed25519NoteSigner",
     # anchors outside the database
     "Anchor", "DirectoryAnchor", "S3Anchor", "configured", "fetch", "anchor_locations",

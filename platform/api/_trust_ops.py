@@ -55,6 +55,15 @@ class TrustOps(OperationsBase):
                 return {"made": False, **(gov.ledger.to_dict(last) if last else {})}
             return {"made": True, **gov.ledger.to_dict(gov.ledger.checkpoint(session=session, principal=self.principal))}
 
+    @op("POST", "/audit/key-rotations", tag="audit", status=201)
+    def rotate_ledger_key(self, new_key_file: Text) -> dict[str, Any]:
+        """Hand checkpoint signing to the key in ``new_key_file`` (a path where the ledger runs, e.g. a mounted
+        Secret): a statement signed by the old key is published and recorded; then switch CVG_LEDGER_KEY_FILE."""
+        from convergence import governance as gov
+
+        with self.writing() as session:
+            return gov.ledger.rotate_key(session=session, principal=self.principal, new_key_file=Path(new_key_file))
+
     @op("GET", "/audit/checkpoints/latest", tag="audit")
     def latest_checkpoint(self) -> dict[str, Any]:
         """The newest signed checkpoint: its note, tree size, root and where it was published."""

@@ -152,6 +152,25 @@ def keygen(
     print(ledger.Ed25519NoteSigner.from_key(key).verifier_key())
 
 
+@app.command("rotate-key")
+def rotate_key(
+    new_key_file: Annotated[Path, typer.Argument(help="The new signing key (from `cvg audit keygen`), on the "
+                                                "machine that signs (the API server with CVG_API_URL).")],
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rotate the checkpoint signing key (admin): the old key signs a statement naming the new one, which is
+    published and recorded; afterwards set CVG_LEDGER_KEY_FILE to the new file. Auditors follow it with
+    `auditor.py rotation STATEMENT --key OLD`."""
+    data = operations(actor).rotate_ledger_key(new_key_file=str(new_key_file.absolute()))
+    if json_out:
+        print_json(data)
+        return
+    console().print(f"rotation recorded at {data['tree_size']:,} events; published to {', '.join(data['anchors'])}\n"
+                    f"new verifier key: {data['new_key']}\nnow set CVG_LEDGER_KEY_FILE={new_key_file} (or the "
+                    "Secret) where checkpoints are signed")
+
+
 @app.command()
 def cosign(
     note: Annotated[Path, typer.Argument(help="A signed checkpoint file.")],

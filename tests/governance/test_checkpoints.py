@@ -15,7 +15,7 @@ from convergence import governance as gov
 from convergence.governance import AuditEvent, Subject, append, event_hash, ledger
 from convergence.governance.auditor import Invalid, verify_checkpoint, verify_note
 from convergence.platform.db import session_scope
-from convergence.platform.errors import IntegrityError
+from convergence.platform.errors import Forbidden, IntegrityError
 from convergence.platform.settings import get_settings
 from tests.people import detached, person
 
@@ -199,3 +199,28 @@ def test_the_auditor_alone_reaches_the_same_verdicts(chain: int, tmp_path: Path,
     other = ledger.Ed25519NoteSigner.from_key(ledger.generate_key("x.example/log")).verifier_key()
     assert _run_auditor("checkpoint", str(tmp_path / "cp.note"), "--key", other).returncode == 1
     assert _run_auditor("checkpoint", str(tmp_path / "missing.note"), "--key", key).returncode == 2
+
+
+def test_a_key_rotation_is_signed_by_the_old_key_and_followed_by_the_auditor(
+        chain: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = ledger.verifier_key()
+    new_file = tmp_path / "new.key"
+    ledger.write_key_file(new_file, ledger.generate_key("convergence.local/ledger-2"))
+    auditor, admin = person("auditor"), person("ada")
+    with pytest.raises(Forbidden, match="rotate the key"), session_scope() as s:
+        ledger.rotate_key(session=s, principal=auditor, new_key_file=new_file)  # admins only
+    with session_scope() as s:
+        data = ledger.rotate_key(session=s, principal=admin, new_key_file=new_file)
+    statement = Path(data["anchors"][0])
+    assert statement.name.startswith("rotation-") and data["old_key"] == old
+    followed = _run_auditor("rotation", str(statement), "--key", old)
+    assert followed.returncode == 0 and data["new_key"] in followed.stdout, followed.stdout + followed.stderr
+    assert _run_auditor("rotation", str(statement), "--key", data["new_key"]).returncode == 1
+    monkeypatch.setenv("CVG_LEDGER_KEY_FILE", str(new_file))
+    get_settings.cache_clear()
+    cp = _checkpoint()
+    assert verify_checkpoint(cp["note"], data["new_key"])[1] == cp["seq"]
+    with session_scope(write=False) as s:
+        [event] = gov.query_events(session=s, action="audit.key_rotated")
+    assert event.payload_obj["statement"] == statement.read_text()
+    assert _verify().ok
