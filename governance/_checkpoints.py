@@ -36,6 +36,7 @@ from convergence.governance._notes import (
     write_key_file,
 )
 from convergence.governance._principal import Principal
+from convergence.governance._replay import reconcile
 from convergence.governance.auditor import Invalid, verify_checkpoint
 from convergence.platform.db import utcnow
 from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
@@ -206,8 +207,9 @@ class PublishedCheck:
 
 def verify_ledger(*, session: Session, notes: list[tuple[str, str]] | None = None, key: str | None = None,
                   from_checkpoint: int | None = None) -> VerifyResult:
-    """The chain, the tree, the database's checkpoints, and the newest checkpoint in every anchor plus the
-    given ``notes`` (where, text), signatures checked with ``key`` (default: this ledger's verifier key)."""
+    """The chain, the tree, the database's checkpoints, the newest checkpoint in every anchor plus the given
+    ``notes`` (where, text), signatures checked with ``key`` (default: this ledger's verifier key); then every
+    gating table against the ledger's replay (the first disagreement: table, id, field, both values)."""
     vkey = key or verifier_key()
     found = [a.latest() for a in _anchors.configured(get_settings())]
     published, checks = [], []
@@ -224,6 +226,9 @@ def verify_ledger(*, session: Session, notes: list[tuple[str, str]] | None = Non
         checks.append(PublishedCheck(where, size, True))
     result = verify(session=session, from_checkpoint=from_checkpoint, published=published)
     result.published = [dataclasses.asdict(c) for c in checks]
+    if result.ok and (differs := reconcile(session=session)) is not None:
+        result.ok, result.problem, result.detail = False, "table differs from ledger", differs.message
+        result.disagreement = differs.to_dict()
     return result
 
 

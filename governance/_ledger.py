@@ -249,6 +249,7 @@ class VerifyResult:
     problem: str | None = None
     detail: str | None = None
     published: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # checkpoints checked outside the db
+    disagreement: dict[str, Any] | None = None  # a gating table that differs from the ledger's replay
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

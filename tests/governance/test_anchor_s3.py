@@ -46,6 +46,12 @@ def locked_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # type: i
     return client, bucket
 
 
+
+@pytest.fixture(autouse=True)
+def _seed_recorded(adopted: str) -> None:
+    """Every test here ends in a full verification, which reconciles the tables with the ledger."""
+
+
 def test_a_checkpoint_goes_to_the_bucket_locked_in_compliance_mode(chain: int, locked_bucket) -> None:
     client, bucket = locked_bucket
     auditor = person("auditor")

@@ -19,6 +19,7 @@ VECTORS = json.loads((Path(__file__).with_name("vectors") / "rfc6962.json").read
 LEAVES = [leaf_hash(bytes.fromhex(x)) for x in VECTORS["leaf_inputs_hex"]]
 
 
+
 def _flip(proof: list[bytes], i: int) -> list[bytes]:
     return [bytes([p[0] ^ 1]) + p[1:] if j == i else p for j, p in enumerate(proof)]
 
@@ -91,7 +92,7 @@ def test_the_stored_tree_gives_the_same_roots_and_proofs_as_a_recomputation(db_u
                                       bytes.fromhex(proof.old_root), root)
 
 
-def test_an_edited_tree_node_is_named_by_verify(db_url: str, unprotect, raw_sql) -> None:
+def test_an_edited_tree_node_is_named_by_verify(adopted: str, unprotect, raw_sql) -> None:
     _events(300)
     unprotect("audit_tree_nodes")
     raw_sql("UPDATE audit_tree_nodes SET hash = '" + "0" * 64 + "' WHERE level = 8 AND idx = 0")
