@@ -116,6 +116,7 @@ def test_secret_values_are_not_in_the_defaults(render) -> None:
     ({"auth": {"oidc": {"issuer": "login.example.com"}}}, "auth.oidc.issuer: Does not match pattern"),
     ({"auth": {"oidc": {"issuer": "https://login.example.com", "audience": ""}}}, "auth.oidc.audience"),
     ({"networkPolicy": {"enabled": "yes"}}, "networkPolicy.enabled: Invalid type. Expected: boolean"),
+    ({"ledger": {"s3": {"url": "https://bucket"}}}, "ledger.s3.url: Does not match pattern"),
 ])
 def test_invalid_values_fail_with_the_schema_message(render, tmp_path: Path, values: dict, message: str) -> None:
     file = tmp_path / "bad.yaml"
@@ -183,3 +184,25 @@ def test_oidc_settings_and_workload_keys_come_from_values(render) -> None:
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
     api_rule = next(r for r in policy["spec"]["ingress"] if r.get("ports", [{}])[0].get("port") == 8000)
     assert api_rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "quant"}}}]
+
+
+def test_checkpoints_are_scheduled_signed_only_where_they_are_made_and_published_outside(render) -> None:
+    code, docs, err = render("-f", str(EVERYTHING))
+    assert code == 0, err
+    cron = _doc(docs, "CronJob", "-ledger-checkpoint")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["audit", "checkpoint", "--if-due", "--json"]
+
+    def signing_key(spec: dict) -> dict | None:
+        env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
+        return env.get("CVG_LEDGER_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
+
+    assert signing_key(pod) == {"name": "convergence-ledger-key", "key": "ledger.key"}
+    assert signing_key(_doc(docs, "Deployment", "-api")["spec"]["template"]["spec"]) is not None
+    others = [name for name, spec in _pods(docs) if signing_key(spec) and not name.endswith(("-api", "-checkpoint"))]
+    assert others == []  # pipelines, serving, the deliverer never hold the ledger's key
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert (config["CVG_LEDGER_ANCHOR_S3"], config["CVG_LEDGER_ANCHOR_DIR"], config["CVG_LEDGER_CHECKPOINT_EVENTS"]) == (
+        "s3://ledger-checkpoints/prod", "/var/lib/convergence/worm", "5000")
+    code, docs, err = render()
+    assert code == 0 and not [d for d in docs if d["metadata"]["name"].endswith("-ledger-checkpoint")]

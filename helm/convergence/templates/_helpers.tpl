@@ -39,6 +39,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/* The ledger's signing key, only for what signs checkpoints (the API and the checkpoint CronJob). */}}
+{{- define "cvg.ledgerKeyEnv" -}}
+{{- if .Values.ledger.signingKey.existingSecret }}
+- name: CVG_LEDGER_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.ledger.signingKey.existingSecret }}
+      key: ledger.key
+{{- end }}
+{{- end -}}
+
 {{/* Environment every convergence container gets: settings, the database URL, a writable home. */}}
 {{- define "cvg.env" -}}
 - name: CVG_HOME
@@ -108,6 +119,9 @@ containers:
     env:
       {{- include "cvg.env" $root | nindent 6 }}
       {{- include "cvg.keyEnv" (dict "root" $root "key" .key) | nindent 6 }}
+      {{- if .ledgerKey }}
+      {{- include "cvg.ledgerKeyEnv" $root | nindent 6 }}
+      {{- end }}
     envFrom:
       {{- include "cvg.envFrom" $root | nindent 6 }}
     {{- with .resources }}
