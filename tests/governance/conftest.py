@@ -43,12 +43,8 @@ def verify_now():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def adopted(db_url: str) -> str:
-    """The seeded people and grants recorded in the ledger (as migration 0009 adopts an older database's rows),
-    so a full ``verify_ledger``, which reconciles the tables, starts clean."""
-    from convergence.governance import identity
-    from convergence.governance._replay import adopt
-    from convergence.platform.db import session_scope
+    """The seeded people and grants recorded in the ledger, so a full ``verify_ledger`` starts clean."""
+    from tests.people import record_seeded
 
-    with session_scope() as s:
-        adopt(session=s, principal=identity.system_principal(session=s, name="test-seed"), reason="test seed")
+    record_seeded()
     return db_url

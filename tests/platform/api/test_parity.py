@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.people import api_key, person
+from tests.people import api_key, person, record_seeded
 from tests.platform.api.conftest import ApiServer
 
 pytestmark = [pytest.mark.slow]
@@ -63,14 +63,11 @@ def _cast() -> tuple[dict[str, str], int]:
     id the next role grant will get."""
     from sqlalchemy import func, select
 
-    from convergence.governance import identity
     from convergence.governance._models import RoleGrant
-    from convergence.governance._replay import adopt
     from convergence.platform.db import session_scope
 
     keys = {name: api_key(name, *roles) for name, roles in CAST.items()}
-    with session_scope() as s:  # the seeded accounts and grants in the ledger, so `audit verify` reconciles
-        adopt(session=s, principal=identity.system_principal(session=s, name="test-seed"), reason="test seed")
+    record_seeded()  # the seeded accounts and grants in the ledger, so `audit verify` reconciles
     with session_scope(write=False) as s:
         return keys, int(s.execute(select(func.max(RoleGrant.id))).scalar_one()) + 1
 

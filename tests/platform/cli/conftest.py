@@ -51,11 +51,12 @@ def sandbox(db_url: str) -> str:
     roles already there, and the OS account (who runs commands without --as) an auditor."""
     from convergence.governance import identity
     from convergence.platform.db import session_scope
-    from tests.people import ROLES, person
+    from tests.people import ROLES, person, record_seeded
 
     with session_scope() as s:
         os_account = identity.make_sandbox(session=s)
     for name in ROLES:
         person(name)
     person(os_account.name, "auditor")  # bare `cvg audit …`, `cvg models list` run as the OS account
+    record_seeded()
     return db_url
