@@ -108,9 +108,11 @@ def bench_backend(label: str, url: str, events: int, append_events: int, runs: i
 
 
 def _fresh_again(url: str) -> None:
+    """A new ledger, with a new home: its published checkpoints must not meet the last ledger's (a fork)."""
     from convergence.platform.db import dispose_engines
 
     dispose_engines()
+    os.environ["CVG_HOME"] = tempfile.mkdtemp(dir=os.environ["CVG_HOME"])
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).unlink()
         _fresh(url)
