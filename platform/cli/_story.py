@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -224,8 +225,6 @@ def _language(story: Story) -> tuple[dict[str, int], dict[str, Any]]:
 
 
 def _audit(story: Story, usage: dict[str, Any], lm_usage: dict[str, Any]) -> dict[str, Any]:
-    from convergence import governance as gov
-
     shown = story["fin"].show_budgets()
     status = next(b for b in shown["budgets"] if b["id"] == story.facts["budget_id"])
     story.say(f"budgets: the trading run used {usage['kwh'] * 1000:.2f} Wh, the language run {lm_usage['kwh'] * 1000:.2f} "
@@ -235,22 +234,39 @@ def _audit(story: Story, usage: dict[str, Any], lm_usage: dict[str, Any]) -> dic
               f"({status['fraction']:.2%}); soft-limit alerts: {len(shown['alerts'])}")
     auditor = story["auditor"]
     cp = auditor.checkpoint_audit()
-    story.say(f"auditor's checkpoint {cp['id']}: seq {cp['seq']}, head {short(cp['head_hash'], 16)} (anchor this "
-              "outside the database)")
+    story.say(f"auditor signed checkpoint {cp['id']}: the Merkle tree of {cp['seq']:,} events, root "
+              f"{short(cp['root_hash'], 16)}, published outside the database to {', '.join(cp['anchors'])}")
     result = auditor.verify_audit()
     refused = auditor.query_audit(action="*_refused", limit=10_000)
     story.say(f"audit chain verified: {result['checked']:,} events, "
-              f"{'intact' if result['ok'] else 'BROKEN: ' + str(result['detail'])}; every event names its principal and "
-              f"how it authenticated; {len(refused)} refusal(s) recorded with the rule that refused them")
+              f"{'intact' if result['ok'] else 'BROKEN: ' + str(result['detail'])}, every gating table matching the "
+              f"ledger and the published checkpoint; every event names its principal and how it authenticated; "
+              f"{len(refused)} refusal(s) recorded with the rule that refused them")
+    return {"result": result, **_offline(story, auditor, cp)}
+
+
+def _offline(story: Story, auditor: Any, cp: dict[str, Any]) -> dict[str, Any]:
+    """What an outsider checks with the public key alone: the export against the signed checkpoint, and the
+    inclusion of the student's approval."""
+    from convergence import governance as gov
+
     export = story.work / f"audit-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
     with open(export, "wb") as fh:
         for chunk in auditor.export_audit(format="jsonl"):
             fh.write(chunk)
+    key = auditor.ledger_pubkey()["key"]
+    note, proof = story.work / "checkpoint.note", story.work / "approval-proof.json"
+    note.write_text(cp["note"], encoding="utf-8")
+    approval = auditor.query_audit(action="model.approved", newest_first=True, limit=1)[0]
+    proof.write_text(json.dumps(auditor.prove_inclusion(seq=approval["seq"])), encoding="utf-8")
     script = Path(gov.__file__).with_name("auditor.py")
-    offline = subprocess.run([sys.executable, str(script), str(export)], capture_output=True, text=True)
-    story.say(f"auditor exported the trail through the API to {export}; the standalone auditor says: "
-              f"{offline.stdout.strip()}")
-    return {"result": result, "export": export, "offline_ok": offline.returncode == 0, "script": script}
+    runs = [subprocess.run([sys.executable, str(script), *args, "--key", key], capture_output=True, text=True)
+            for args in (["export", str(export), "--checkpoint", str(note)], ["inclusion", str(proof)])]
+    story.say(f"auditor exported the trail to {export}; with only the public key ({key.split('+')[0]}) the "
+              f"standalone auditor says: {runs[0].stdout.strip()}; and for the approval of model version "
+              f"{approval['subject_id']} (seq {approval['seq']}): {runs[1].stdout.strip()}")
+    return {"export": export, "offline_ok": all(r.returncode == 0 for r in runs), "script": script, "key": key,
+            "note": note, "proof": proof}
 
 
 def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, Any]:
@@ -300,7 +316,8 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
     out.print(f"database     {redact_url(settings.resolved_database_url)} (a sandbox: --as works here, and says so)\n"
               f"artifacts    {settings.resolved_artifact_store}\n"
               f"demo files   {story.work} (api.log, serve-trading.log, the audit export)\n"
-              f"audit trail  {result['head_seq']:,} events, chain {'intact' if result['ok'] else 'BROKEN'}\n"
+              f"audit trail  {result['head_seq']:,} events, chain {'intact' if result['ok'] else 'BROKEN'}; signed "
+              f"checkpoint in {audit['note']}\n"
               f"took         {elapsed:.1f} s\n\n"
               f"evidence     {summary['evidence']}\n"
               f"models       trading: teacher {v['teacher']}, student {v['student']} (production), INT8 {v['int8']} "
@@ -317,6 +334,7 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               "  cvg pipelines runs\n"
               "  cvg budgets show\n"
               f"  cvg drift history {TRADING_MODEL}\n"
-              "  cvg audit verify\n"
-              f"  python {audit['script']} {audit['export']}\n"
+              "  cvg audit verify            # chain, Merkle tree, tables vs ledger, published checkpoints\n"
+              f"  python {audit['script']} inclusion {audit['proof']} --key {audit['key']}\n"
+              f"  python {audit['script']} export {audit['export']} --checkpoint {audit['note']} --key …\n"
               "  cvg api   # then, with a service account's key: CVG_API_URL=http://127.0.0.1:8000 CVG_API_KEY=… cvg whoami")

@@ -20,11 +20,13 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
                      "without a key: 401", "ops' kill was refused", "flagged killed=True",
                      "drift check", "signed webhook", "budgets:", "language pipeline", "nina's run",
                      "lineage: corpus", "the language run", "promoted both to production", "audit chain verified",
-                     "OK:", "revoked the", "summary"):
+                     "auditor signed checkpoint", "published outside the database",
+                     "match the signed checkpoint", "is included in the signed tree", "revoked the", "summary"):
         assert fragment in result.out, fragment
     assert (tmp_path / "home" / "convergence.db").exists()
     verify = cvg("audit", "verify", "--json", env=env)  # as the OS account, an auditor on the demo's sandbox
     assert verify.json["ok"] and verify.json["checked"] >= 14
+    assert [p["signed"] for p in verify.json["published"]] == [True]  # the demo's checkpoint, outside the database
     production = cvg("models", "list", "--stage", "production", "--json", env=env).json
     assert sorted((m["family"], m["role"]) for m in production) == [("language", "student"), ("trading", "quantized"),
                                                                     ("trading", "student")]
