@@ -167,6 +167,25 @@ def _identity() -> Check:
     return Check("identity", ok, "; ".join(parts), fix)
 
 
+def _ledger() -> Check:
+    """Where checkpoints are signed and published: a key kept apart from the database, anchors outside it."""
+    s = get_settings()
+    key = ("CVG_LEDGER_KEY (a Secret)" if s.ledger_key else f"key file {s.ledger_key_file}" if s.ledger_key_file
+           else f"a key made on first use in {s.home / 'ledger.key'}")
+    anchors = [str(s.ledger_anchor_dir or s.home / "checkpoints")] + ([s.ledger_anchor_s3] if s.ledger_anchor_s3 else [])
+    fixes = []
+    if not (s.ledger_key or s.ledger_key_file):
+        fixes.append("keep the signing key apart from the data (`cvg audit keygen NAME -o FILE`, then "
+                     "CVG_LEDGER_KEY_FILE or a Secret in CVG_LEDGER_KEY)")
+    if not (s.ledger_anchor_s3 or s.ledger_anchor_dir):
+        fixes.append("publish checkpoints where the database's administrators cannot write (CVG_LEDGER_ANCHOR_S3 "
+                     "with Object Lock, or CVG_LEDGER_ANCHOR_DIR on a WORM mount)")
+    if s.ledger_anchor_s3 and importlib.util.find_spec("boto3") is None:
+        fixes.insert(0, "pip install 'convergence[anchors]' (boto3) to publish to S3")
+    detail = f"checkpoints signed with {key}; published to {', '.join(anchors)}"
+    return Check("ledger", not fixes, detail, "; ".join(fixes) or None)
+
+
 def run_checks() -> list[Check]:
     return [
         _database(),
@@ -182,5 +201,6 @@ def run_checks() -> list[Check]:
         _gpu(),
         _meters(),
         _identity(),
+        _ledger(),
         _helm(),
     ]
