@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,8 @@ class Anchor(Protocol):
     def publish(self, size: int, note: str, kind: str = "checkpoint") -> str: ...
 
     def latest(self) -> tuple[str, str] | None: ...
+
+    def notes(self) -> list[tuple[str, str]]: ...
 
 
 def _forked(where: str, size: int) -> IntegrityError:
@@ -75,24 +78,38 @@ class DirectoryAnchor:
             os.close(dir_fd)
         return str(target)
 
-    def latest(self) -> tuple[str, str] | None:
+    def _names(self) -> list[str]:
         if not self.path.is_dir():
-            return None
-        names = sorted(n for n in os.listdir(self.path) if _FILE.match(n))
-        if not names:
-            return None
-        target = self.path / names[-1]
+            return []
+        return sorted(n for n in os.listdir(self.path) if _FILE.match(n))
+
+    def latest(self) -> tuple[str, str] | None:
+        names = self._names()
+        return self._read(names[-1]) if names else None
+
+    def notes(self) -> list[tuple[str, str]]:
+        """Every checkpoint published here, oldest first."""
+        return [self._read(n) for n in self._names()]
+
+    def _read(self, name: str) -> tuple[str, str]:
+        target = self.path / name
         return str(target), _decoded(_read_limited(target), str(target))
 
 
-def _read_limited(path: Path) -> bytes:
+def _read_limited(path: Path, limit: int = MAX_NOTE_BYTES) -> bytes:
+    """At most ``limit`` bytes of a regular file, never through a symlink, never blocking on a FIFO."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise Unavailable(f"cannot read {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        data = fh.read(MAX_NOTE_BYTES + 1)
-    if len(data) > MAX_NOTE_BYTES:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(f"{path} is not a regular file: something was planted where a checkpoint belongs")
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise Unavailable(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit:
         raise InvalidInput(f"{path} is larger than a checkpoint can be ({MAX_NOTE_BYTES} bytes)")
     return data
 
@@ -134,10 +151,15 @@ class S3Anchor:
         return where
 
     def _get(self, client: Any, key: str) -> str | None:
+        """The *first* version written under ``key``: the one Object Lock protects (a later PUT only adds a
+        version on top, which must not pass for the published checkpoint)."""
         from botocore.exceptions import ClientError
 
         try:
-            body = client.get_object(Bucket=self.bucket, Key=key)["Body"].read(MAX_NOTE_BYTES + 1)
+            listed = client.list_object_versions(Bucket=self.bucket, Prefix=key).get("Versions", [])
+            versions = [v for v in listed if v["Key"] == key]  # S3 lists a key's versions newest first
+            extra = {"VersionId": versions[-1]["VersionId"]} if versions else {}
+            body = client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read(MAX_NOTE_BYTES + 1)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
@@ -145,6 +167,14 @@ class S3Anchor:
         return _decoded(body, f"s3://{self.bucket}/{key}")
 
     def latest(self) -> tuple[str, str] | None:
+        found = self._notes(newest_only=True)
+        return found[-1] if found else None
+
+    def notes(self) -> list[tuple[str, str]]:
+        """Every checkpoint published here, oldest first."""
+        return self._notes(newest_only=False)
+
+    def _notes(self, *, newest_only: bool) -> list[tuple[str, str]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = self._client()
@@ -152,10 +182,8 @@ class S3Anchor:
             keys: list[str] = []
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
                 keys += [o["Key"] for o in page.get("Contents", []) if _FILE.match(o["Key"][len(self.prefix):])]
-            if not keys:
-                return None
-            key = max(keys)
-            return f"s3://{self.bucket}/{key}", self._get(client, key) or ""
+            keys = sorted(keys)[-1:] if newest_only else sorted(keys)
+            return [(f"s3://{self.bucket}/{key}", self._get(client, key) or "") for key in keys]
         except (BotoCoreError, ClientError) as exc:
             raise Unavailable(f"cannot read checkpoints from s3://{self.bucket}: {_s3_error(exc)}") from None
 

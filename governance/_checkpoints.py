@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from convergence.governance._notes import (
 )
 from convergence.governance._principal import Principal
 from convergence.governance._replay import reconcile
-from convergence.governance.auditor import Invalid, verify_checkpoint
+from convergence.governance.auditor import Invalid, verify_checkpoint, verify_rotation
 from convergence.platform.db import utcnow
 from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
 from convergence.platform.settings import Settings, get_settings
@@ -50,13 +51,17 @@ def _signer_from(text: str) -> Ed25519NoteSigner:
     return Ed25519NoteSigner.from_key(text)
 
 
-def signer(settings: Settings | None = None) -> NoteSigner:
-    """The ledger's signing key: CVG_LEDGER_KEY, else CVG_LEDGER_KEY_FILE, else HOME/ledger.key (made once)."""
+def signer(settings: Settings | None = None, *, create: bool = False) -> NoteSigner:
+    """The ledger's signing key: CVG_LEDGER_KEY, else CVG_LEDGER_KEY_FILE, else HOME/ledger.key (made by the
+    first checkpoint, ``create``; reading it elsewhere never invents a key that signed nothing)."""
     settings = settings or get_settings()
     if settings.ledger_key is not None:
         return _signer_from(settings.ledger_key.get_secret_value())
     path = settings.ledger_key_file or settings.home / "ledger.key"
     if settings.ledger_key_file is None and not path.exists():
+        if not create:
+            raise NotFound("this ledger has no signing key yet: the first `cvg audit checkpoint` makes one in "
+                           f"{path} (or set CVG_LEDGER_KEY / CVG_LEDGER_KEY_FILE)")
         try:
             write_key_file(path, generate_key(f"convergence.local/ledger-{secrets.token_hex(4)}"))
         except InvalidInput:  # another process made it first
@@ -87,8 +92,9 @@ def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
     if count != size:
         raise IntegrityError(f"the audit chain has {count} events but its head is seq {size}",
                              hint="run `cvg audit verify` to find the gap")
-    key = signer()
+    key = signer(create=True)
     root = _merkle.root(session=session, size=size)
+    _check_published(session=session, size=size)
     extra = [w] if (w := witness()) else []
     note = sign_note(checkpoint_text(key.name, size, root), key, *extra)
     where = [anchor.publish(size, note) for anchor in _anchors.configured(get_settings())]
@@ -126,6 +132,54 @@ def rotate_key(*, session: Session, principal: Principal, new_key_file: Path) ->
     append(session=session, principal=principal, action="audit.key_rotated",
            subject=Subject("ledger_key", new.verifier_key().split("+")[1]), payload=data)
     return data
+
+
+def trusted_keys(*, session: Session, key: str | None = None) -> list[str]:
+    """The verifier keys published checkpoints may carry: ``key`` (default: this ledger's) and every key it
+    took over from through a rotation statement signed by the older key."""
+    trusted = [key or signer().verifier_key()]
+    rotations = session.execute(select(AuditEvent.payload).where(AuditEvent.action == "audit.key_rotated")
+                                .order_by(AuditEvent.seq.desc())).scalars().all()
+    for payload in rotations:
+        data = json.loads(payload)
+        old, new, statement = data.get("old_key"), data.get("new_key"), data.get("statement", "")
+        try:
+            if new in trusted and old not in trusted and verify_rotation(statement, old) == new:
+                trusted.append(old)
+        except (Invalid, ValueError):
+            continue
+    return trusted
+
+
+def _verified(note: str, keys: list[str]) -> tuple[str, int, bytes]:
+    problem: Exception | None = None
+    for vkey in keys:
+        try:
+            return verify_checkpoint(note, vkey)
+        except (Invalid, ValueError) as exc:
+            problem = problem or exc
+    raise Invalid(str(problem))
+
+
+def _check_published(*, session: Session, size: int) -> None:
+    """Never sign a history that contradicts a checkpoint already published: the newest one in each anchor must
+    be a prefix of the tree about to be signed (else a rewrite or truncation would be signed over)."""
+    keys = trusted_keys(session=session)
+    for found in (a.latest() for a in _anchors.configured(get_settings())):
+        if not found:
+            continue
+        where, note = found
+        try:
+            _origin, old_size, old_root = _verified(note, keys)
+        except Invalid as exc:
+            raise IntegrityError(f"the checkpoint published at {where} does not verify ({exc}): refusing to sign",
+                                 hint="run `cvg audit verify`") from None
+        if old_size > size:
+            raise IntegrityError(f"the checkpoint published at {where} covers {old_size} events but the ledger has "
+                                 f"{size}: the tail was truncated; refusing to sign", hint="run `cvg audit verify`")
+        if _merkle.root(session=session, size=old_size) != old_root:
+            raise IntegrityError(f"the first {old_size} events no longer have the root published at {where}: the "
+                                 "ledger was rewritten; refusing to sign", hint="run `cvg audit verify`")
 
 
 def due(*, session: Session, settings: Settings | None = None) -> bool:
@@ -207,19 +261,19 @@ class PublishedCheck:
 
 def verify_ledger(*, session: Session, notes: list[tuple[str, str]] | None = None, key: str | None = None,
                   from_checkpoint: int | None = None) -> VerifyResult:
-    """The chain, the tree, the database's checkpoints, the newest checkpoint in every anchor plus the given
-    ``notes`` (where, text), signatures checked with ``key`` (default: this ledger's verifier key); then every
+    """The chain, the tree, the database's checkpoints, every checkpoint published in the anchors plus the given
+    ``notes`` (where, text), signed by ``key`` (default: this ledger's) or a key it rotated from; then every
     gating table against the ledger's replay (the first disagreement: table, id, field, both values)."""
-    vkey = key or verifier_key()
-    found = [a.latest() for a in _anchors.configured(get_settings())]
+    found = [n for a in _anchors.configured(get_settings()) for n in a.notes()] + list(notes or [])
     published, checks = [], []
-    for where, note in [f for f in found if f] + list(notes or []):
+    keys = trusted_keys(session=session, key=key) if found else []
+    for where, note in found:
         try:
-            _origin, size, root = verify_checkpoint(note, vkey)
-        except (Invalid, ValueError) as exc:
+            _origin, size, root = _verified(note, keys)
+        except Invalid as exc:
             checks.append(PublishedCheck(where, 0, False, str(exc)))
             result = VerifyResult(False, 0, 0, 0, "", None, "bad signature",
-                                  f"the checkpoint at {where} does not verify with {vkey}: {exc}")
+                                  f"the checkpoint at {where} does not verify with {keys[0]}: {exc}")
             result.published = [dataclasses.asdict(c) for c in checks]
             return result
         published.append(Published(size, root, where))

@@ -12,6 +12,7 @@ import base64
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -100,10 +101,21 @@ def _signature_line(text: str, signer: NoteSigner) -> str:
 
 
 def read_key_file(path: Path) -> str:
+    """A key file's text: a small regular file (never a FIFO, a device or a directory), UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise Unavailable(f"cannot read the ledger key {path}: {exc.strerror}") from None
+        raise Unavailable(f"cannot read the key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a regular file, so not a key file")
+        data = fh.read(4097)
+    try:
+        if len(data) > 4096:
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "too long")
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not a key file (PRIVATE+KEY+NAME+HASH+BASE64)") from None
 
 
 def write_key_file(path: Path, key: str) -> None:

@@ -232,7 +232,7 @@ def parse_checkpoint(text):
     if len(lines) < 4 or lines[-1] != "":
         raise Invalid("a checkpoint has an origin, a size and a root hash, one per line")
     origin, size, root = lines[0], lines[1], lines[2]
-    if not size.isdigit() or (size != "0" and size.startswith("0")):
+    if not (size.isascii() and size.isdigit()) or (size != "0" and size.startswith("0")):
         raise Invalid(f"checkpoint size {size[:30]!r} is not a decimal number")
     try:
         digest = base64.b64decode(root, validate=True)
@@ -275,7 +275,14 @@ def export_against(path, note, vkey):
         if tree.size < size:
             tree.append(leaf_hash(bytes.fromhex(ev["hash"])))
 
-    checked, problem = verify(read(path), on_event=add)
+    def from_genesis(events):
+        for ev in events:
+            if tree.size == 0 and ev["seq"] != 1:
+                raise Invalid(f"the export starts at seq {ev['seq']}: checking it against a checkpoint needs an "
+                              "export from seq 1 (without --since)")
+            yield ev
+
+    checked, problem = verify(from_genesis(read(path)), on_event=add)
     if problem:
         raise Invalid(f"chain broken after {checked} good events: {problem}")
     if tree.size < size:

@@ -63,8 +63,9 @@ def verify(
         console().print(f"[green]OK[/green] audit chain intact: {result['checked']:,} events from seq "
                         f"{result['start_seq']} to {result['head_seq']}, head {short(result['head_hash'], 16)}{against}")
     if not result["ok"]:
-        raise IntegrityError(f"audit chain broken at seq {result['first_bad_seq']}: {result['problem']}: "
-                             f"{result['detail']}")
+        where = f"audit chain broken at seq {result['first_bad_seq']}" if result["first_bad_seq"] else \
+            "audit ledger not verified"
+        raise IntegrityError(f"{where}: {result['problem']}: {result['detail']}")
 
 
 @app.command()

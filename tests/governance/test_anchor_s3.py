@@ -70,8 +70,10 @@ def test_a_checkpoint_goes_to_the_bucket_locked_in_compliance_mode(chain: int, l
     assert client.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read().decode() == cp["note"]
 
     anchor = ledger.S3Anchor(f"s3://{bucket}/prod", endpoint=get_settings().ledger_anchor_s3_endpoint, retention_days=1)
+    assert anchor.latest() == (f"s3://{bucket}/{key}", cp["note"])  # the locked first version, not the forgery
+    assert anchor.publish(cp["seq"], cp["note"]) == f"s3://{bucket}/{key}"
     with pytest.raises(IntegrityError, match="forked"):  # we never publish over what is there
-        anchor.publish(cp["seq"], cp["note"])
+        anchor.publish(cp["seq"], cp["note"].replace(cp["note"].split("\n")[2], "A" * 43 + "="))
 
 
 def test_verify_reads_the_newest_checkpoint_from_the_bucket(chain: int, locked_bucket, unprotect, raw_sql) -> None:

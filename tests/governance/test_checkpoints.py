@@ -15,7 +15,7 @@ from convergence import governance as gov
 from convergence.governance import AuditEvent, Subject, append, event_hash, ledger
 from convergence.governance.auditor import Invalid, verify_checkpoint, verify_note
 from convergence.platform.db import session_scope
-from convergence.platform.errors import Forbidden, IntegrityError
+from convergence.platform.errors import Forbidden, IntegrityError, NotFound
 from convergence.platform.settings import get_settings
 from tests.people import detached, person
 
@@ -205,6 +205,9 @@ def test_the_auditor_alone_reaches_the_same_verdicts(chain: int, tmp_path: Path,
 
 def test_a_key_rotation_is_signed_by_the_old_key_and_followed_by_the_auditor(
         chain: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(NotFound, match="no signing key yet"):  # reading never invents a key
+        ledger.verifier_key()
+    _checkpoint()
     old = ledger.verifier_key()
     new_file = tmp_path / "new.key"
     ledger.write_key_file(new_file, ledger.generate_key("convergence.local/ledger-2"))
@@ -226,3 +229,50 @@ def test_a_key_rotation_is_signed_by_the_old_key_and_followed_by_the_auditor(
         [event] = gov.query_events(session=s, action="audit.key_rotated")
     assert event.payload_obj["statement"] == statement.read_text()
     assert _verify().ok
+
+
+def test_the_signer_refuses_to_sign_over_a_rewrite_or_a_truncation(chain: int, unprotect, raw_sql) -> None:
+    """What a scheduled checkpoint would otherwise do after an insider's consistent rewrite: sign it."""
+    cp = _checkpoint()
+    unprotect("audit_events", "audit_checkpoints")
+    raw_sql("DELETE FROM audit_checkpoints", f"DELETE FROM audit_events WHERE seq > {cp['seq'] - 2}")
+    with pytest.raises(IntegrityError, match="truncated; refusing to sign"):
+        _checkpoint()
+    with session_scope() as s:
+        for i in range(4):
+            append(session=s, principal=detached("m"), action="x", subject=Subject("t", str(i)))
+    with pytest.raises(IntegrityError, match="rewritten; refusing to sign"):
+        _checkpoint()
+    assert len(list(Path(cp["anchors"][0]).parent.glob("checkpoint-*.note"))) == 1
+    assert _verify().problem in ("rewritten", "broken link", "hash mismatch")
+
+
+def test_every_published_checkpoint_is_held_against_the_database_not_only_the_newest(
+        chain: int, unprotect, raw_sql) -> None:
+    first = _checkpoint()
+    with session_scope() as s:
+        append(session=s, principal=detached("a"), action="x", subject=Subject("t", "later"))
+    _checkpoint()
+    unprotect("audit_events")
+    raw_sql("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
+    prev = gov.GENESIS_HASH
+    with session_scope(write=False) as s:
+        rows = list(s.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars())
+    statements = []
+    for r in rows:
+        digest = event_hash(r.seq, gov.format_ts(r.ts), r.actor, r.action, r.subject_type, r.subject_id, r.payload, prev)
+        statements.append(f"UPDATE audit_events SET prev_hash = '{prev}', hash = '{digest}' WHERE seq = {r.seq}")
+        prev = digest
+    raw_sql(*statements)
+    result = _verify()
+    assert (result.ok, result.problem, result.first_bad_seq) == (False, "rewritten", first["seq"])
+
+
+def test_something_planted_in_the_anchor_directory_is_one_clear_error(chain: int) -> None:
+    import os
+
+    cp = _checkpoint()
+    folder = Path(cp["anchors"][0]).parent
+    os.mkfifo(folder / "checkpoint-999999999999.note")
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        _verify()
