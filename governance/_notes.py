@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from convergence.governance.auditor import key_hash, split_note
-from convergence.platform.errors import InvalidInput, Unavailable
+from convergence.platform.errors import InvalidInput, NotFound
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -104,8 +104,10 @@ def read_key_file(path: Path) -> str:
     """A key file's text: a small regular file (never a FIFO, a device or a directory), UTF-8."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise NotFound(f"no key file {path}") from None
     except OSError as exc:
-        raise Unavailable(f"cannot read the key file {path}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot read the key file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidInput(f"{path} is not a regular file, so not a key file")
