@@ -30,7 +30,7 @@ CLIENTS = [
     {"client_id": "grantless-bot", "client_secret": "grantless-bot-secret-0123456789abcd", "redirect_uris": [],
      "response_types": [], "grant_types": ["client_credentials"], "groups": ["not-a-role"]},
     {"client_id": "brief-bot", "client_secret": "brief-bot-secret-0123456789abcdefgh", "redirect_uris": [],
-     "response_types": [], "grant_types": ["client_credentials"], "groups": ["registrant"], "ttl": 1},
+     "response_types": [], "grant_types": ["client_credentials"], "groups": ["registrant"], "ttl": 3},
 ]
 ACCOUNTS = {"olivia": {"name": "olivia", "groups": ["approver"]}, "vera": {"name": "vera", "groups": ["validator"]}}
 SECRETS = {c["client_id"]: c.get("client_secret") for c in CLIENTS}
