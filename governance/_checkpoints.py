@@ -16,9 +16,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from convergence.governance import _anchors, _merkle
 from convergence.governance._access import require
 from convergence.governance._ledger import (
+    Event,
     Published,
     Subject,
     VerifyResult,
@@ -42,8 +46,6 @@ from convergence.governance.auditor import Invalid, verify_checkpoint, verify_ro
 from convergence.platform.db import utcnow
 from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
 from convergence.platform.settings import Settings, get_settings
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,6 +89,16 @@ def checkpoint_text(origin: str, size: int, root: bytes) -> str:
 def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
     """Sign the tree of every committed event, publish it to the anchors, then record it (row + event)."""
     require(session=session, principal=principal, permission="audit.checkpoint")
+    return _make(session, principal)
+
+
+def checkpoint_if_due(*, session: Session, principal: Principal) -> AuditCheckpoint | None:
+    """A checkpoint when one is ``due`` (what the chart's CronJob runs), else None."""
+    require(session=session, principal=principal, permission="audit.checkpoint")
+    return _make(session, principal) if due(session=session) else None
+
+
+def _make(session: Session, principal: Principal) -> AuditCheckpoint:
     size, digest = _lock_head(session)
     count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
     if count != size:
@@ -106,11 +118,9 @@ def checkpoint(*, session: Session, principal: Principal) -> AuditCheckpoint:
             "key": cp.key, "anchors": where}
     append(session=session, principal=principal, action="audit.checkpoint",
            subject=Subject("audit_checkpoint", str(cp.id)), payload=data)
-    from convergence.governance._webhooks import (
-        enqueue,  # outside parties keep their own copies
-    )
+    from convergence.governance._webhooks import enqueue
 
-    enqueue(session=session, event_type="audit.checkpoint", data={"id": cp.id, **data})
+    enqueue(session=session, event_type="audit.checkpoint", data={"id": cp.id, **data})  # outsiders keep copies
     return cp
 
 
@@ -227,17 +237,7 @@ def prove(*, session: Session, seq: int, size: int | None = None) -> dict[str, A
                        hint="run `cvg audit checkpoint` first")
     proof = _merkle.inclusion(session=session, seq=seq, size=cp.seq)
     event = session.get(AuditEvent, seq)
-    return {**proof.to_dict(), "checkpoint": cp.note, "event": _event_dict(event) if event else None}
-
-
-def _event_dict(event: AuditEvent) -> dict[str, Any]:
-    import json
-
-    from convergence.governance._ledger import format_ts
-
-    return {"seq": event.seq, "ts": format_ts(event.ts), "actor": event.actor, "action": event.action,
-            "subject_type": event.subject_type, "subject_id": event.subject_id, "payload": json.loads(event.payload),
-            "prev_hash": event.prev_hash, "hash": event.hash}
+    return {**proof.to_dict(), "checkpoint": cp.note, "event": Event.of(event).to_dict() if event else None}
 
 
 def prove_consistency(*, session: Session, old_size: int, new_size: int | None = None) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 GENESIS_HASH = "0" * 64
-_sha256 = hashlib.sha256
 # Arbitrary constant naming the chain head's advisory lock on PostgreSQL ("cvgaudit" in ASCII, truncated).
 _PG_LOCK_KEY = 0x637667617564
 
@@ -74,6 +73,12 @@ class Event(NamedTuple):
     payload: str  # canonical JSON text, exactly as hashed
     prev_hash: str
     hash: str
+
+    @classmethod
+    def of(cls, row: AuditEvent) -> Event:
+        """The event of a stored ``audit_events`` row."""
+        return cls(row.seq, row.ts, row.actor, row.action, row.subject_type, row.subject_id, row.payload,
+                   row.prev_hash, row.hash)
 
     @property
     def payload_obj(self) -> Any:
@@ -319,31 +324,26 @@ class _Tree:
     """The Merkle tree recomputed while the chain streams by: checks every stored node and any signed root."""
 
     def __init__(self, session: Session, start: int, published: Sequence[Published]) -> None:
-        self.stack: list[tuple[int, bytes]] = _merkle.compact_range(session=session, size=start - 1)
+        self.range = _merkle.CompactRange(start - 1, _merkle.compact_range(session=session, size=start - 1))
         self.nodes = {(lv, ix): h for lv, ix, h in session.execute(
             select(AuditTreeNode.level, AuditTreeNode.idx, AuditTreeNode.hash))}
         self.roots: dict[int, list[Published]] = {}
         for p in published:
             self.roots.setdefault(p.size, []).append(p)
+        self.problem: str | None = None
 
-    def add(self, seq: int, digest: str) -> str | None:
-        """Append leaf seq; a problem when a stored node differs from the events."""
-        value = _sha256(b"\x00" + bytes.fromhex(digest)).digest()
-        height, stack = 0, self.stack
-        while stack and stack[-1][0] == height:
-            value = _sha256(b"\x01" + stack.pop()[1] + value).digest()
-            height += 1
-            if height >= _merkle.CHUNK_LEVEL and self.nodes.get((height, (seq - 1) >> height)) != value.hex():
-                return (f"the Merkle tree's node ({height}, {(seq - 1) >> height}) does not match the events up to "
-                        f"seq {seq} (the tree table was edited)")
-        stack.append((height, value))
-        return None
+    def _check(self, level: int, index: int, digest: bytes) -> None:
+        if self.problem is None and self.nodes.get((level, index)) != digest.hex():
+            self.problem = (f"the Merkle tree's node ({level}, {index}) does not match the events up to seq "
+                            f"{self.range.size + 1} (the tree table was edited)")
+
+    def add(self, digest: str) -> str | None:
+        """Append the next leaf; a problem when a stored node differs from the events."""
+        self.range.append(_merkle.leaf_hash(bytes.fromhex(digest)), self._check, _merkle.CHUNK_LEVEL)
+        return self.problem
 
     def root(self) -> bytes:
-        value = self.stack[-1][1]
-        for _h, left in reversed(self.stack[:-1]):
-            value = _sha256(b"\x01" + left + value).digest()
-        return value
+        return self.range.root()
 
 
 def verify(*, session: Session, from_checkpoint: int | None = None, published: Sequence[Published] = (),
@@ -390,7 +390,7 @@ def verify(*, session: Session, from_checkpoint: int | None = None, published: S
                       f'{payload},"{prev_hash}"]'.encode()).hexdigest() != stored:
                 bad, problem, detail = _diagnose_mismatch(session, row, ts_text)
                 return broken(seq, problem, detail, bad)
-            if (problem := tree.add(seq, stored)) is not None:
+            if (problem := tree.add(stored)) is not None:
                 return broken(seq, "tree mismatch", problem)
             prev = stored
             expected = seq + 1

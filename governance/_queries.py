@@ -19,11 +19,6 @@ from convergence.governance._registry import get_model, model_to_dict
 from convergence.platform.errors import InvalidInput, NotFound
 
 
-def _event(row: AuditEvent) -> Event:
-    return Event(row.seq, row.ts, row.actor, row.action, row.subject_type, row.subject_id, row.payload,
-                 row.prev_hash, row.hash)
-
-
 def _glob(pattern: str) -> str:
     """``model.*`` or ``*_refused`` as a LIKE pattern; % and _ in the pattern are literal."""
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

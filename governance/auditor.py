@@ -97,17 +97,19 @@ def node_hash(left, right):
 class CompactRange:
     """The Merkle root of a growing list of leaves in O(log n) memory: perfect subtrees, largest first."""
 
-    def __init__(self):
-        self.size, self.stack = 0, []  # stack of (height, hash)
+    def __init__(self, size=0, stack=()):
+        self.size, self.stack = size, list(stack)  # stack of (height, hash), the subtrees making up ``size``
 
-    def append(self, leaf):
-        height, digest = 0, leaf
+    def append(self, leaf, on_node=None, min_height=1):
+        """Add a leaf; ``on_node(height, index, hash)`` hears of every subtree it completes of ``min_height`` or more."""
+        height, digest, position = 0, leaf, self.size
         while self.stack and self.stack[-1][0] == height:
             digest = node_hash(self.stack.pop()[1], digest)
             height += 1
+            if on_node is not None and height >= min_height:
+                on_node(height, position >> height, digest)
         self.stack.append((height, digest))
         self.size += 1
-        return height, digest  # the perfect subtree this leaf just completed
 
     def root(self):
         if not self.stack:
@@ -116,6 +118,13 @@ class CompactRange:
         for _height, left in reversed(self.stack[:-1]):
             digest = node_hash(left, digest)
         return digest
+
+
+def _past_right_edge(fn, sn):
+    """Both RFC 9162 verifiers: after a left-hand sibling at an even ``fn``, climb past its zero bits."""
+    while not fn & 1 and fn != 0:
+        fn, sn = fn >> 1, sn >> 1
+    return fn, sn
 
 
 def verify_inclusion(index, size, leaf, proof, root):
@@ -128,9 +137,7 @@ def verify_inclusion(index, size, leaf, proof, root):
             return False
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
+            fn, sn = _past_right_edge(fn, sn)
         else:
             r = node_hash(r, p)
         fn, sn = fn >> 1, sn >> 1
@@ -155,9 +162,7 @@ def verify_consistency(size1, size2, proof, root1, root2):
             return False
         if fn & 1 or fn == sn:
             fr, sr = node_hash(c, fr), node_hash(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
+            fn, sn = _past_right_edge(fn, sn)
         else:
             sr = node_hash(sr, c)
         fn, sn = fn >> 1, sn >> 1

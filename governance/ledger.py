@@ -16,6 +16,7 @@ from convergence.governance._anchors import (
 from convergence.governance._checkpoints import (
     anchor_locations,
     checkpoint,
+    checkpoint_if_due,
     checkpoint_text,
     due,
     latest,
@@ -42,7 +43,7 @@ from convergence.governance._notes import (
 
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # checkpoints: make, find, describe
-    "checkpoint", "due", "latest", "to_dict", "checkpoint_text",
+    "checkpoint", "checkpoint_if_due", "due", "latest", "to_dict", "checkpoint_text",
     # keys: the ledger's signer, a witness, what auditors hold
     "signer", "witness", "rotate_key", "verifier_key", "generate_key", "read_key_file", "write_key_file", "sign_note", "cosign",
     "NoteSigner", "Ed25519NoteSigner",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from convergence.governance.auditor import leaf_hash, node_hash
+from convergence.governance.auditor import CompactRange, leaf_hash
 from convergence.migrations._append_only import protect, unprotect
 
 revision = '0008'
@@ -42,22 +42,20 @@ def _build_tree() -> None:
     """Every perfect subtree of 256+ events already in the ledger, streamed in seq order."""
     bind = op.get_bind()
     nodes = sa.table('audit_tree_nodes', sa.column('level'), sa.column('idx'), sa.column('hash'))
-    stack: list[tuple[int, bytes]] = []
     batch: list[dict[str, object]] = []
+    tree = CompactRange()
+
+    def keep(level: int, index: int, digest: bytes) -> None:
+        batch.append({"level": level, "idx": index, "hash": digest.hex()})
+
     # Options on the statement, not the connection: Connection.execution_options() would change it in place.
     result = bind.execute(sa.text("SELECT hash FROM audit_events ORDER BY seq").execution_options(
         stream_results=True, yield_per=20_000))
-    for position, (digest,) in enumerate(result):
-        height, value = 0, leaf_hash(bytes.fromhex(digest))
-        while stack and stack[-1][0] == height:
-            value = node_hash(stack.pop()[1], value)
-            height += 1
-            if height >= CHUNK_LEVEL:
-                batch.append({"level": height, "idx": position >> height, "hash": value.hex()})
-        stack.append((height, value))
+    for (digest,) in result:
+        tree.append(leaf_hash(bytes.fromhex(digest)), keep, CHUNK_LEVEL)
         if len(batch) >= 5000:
             bind.execute(nodes.insert(), batch)
-            batch = []
+            batch.clear()
     if batch:
         bind.execute(nodes.insert(), batch)
 

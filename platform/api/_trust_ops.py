@@ -50,10 +50,12 @@ class TrustOps(OperationsBase):
         from convergence import governance as gov
 
         with self.writing() as session:
-            if if_due and not gov.ledger.due(session=session):
-                last = gov.ledger.latest(session=session)
-                return {"made": False, **(gov.ledger.to_dict(last) if last else {})}
-            return {"made": True, **gov.ledger.to_dict(gov.ledger.checkpoint(session=session, principal=self.principal))}
+            if not if_due:
+                return {"made": True, **gov.ledger.to_dict(gov.ledger.checkpoint(session=session,
+                                                                                  principal=self.principal))}
+            made = gov.ledger.checkpoint_if_due(session=session, principal=self.principal)
+            last = made or gov.ledger.latest(session=session)
+            return {"made": made is not None, **(gov.ledger.to_dict(last) if last else {})}
 
     @op("POST", "/audit/key-rotations", tag="audit", status=201)
     def rotate_ledger_key(self, new_key_file: Text) -> dict[str, Any]:

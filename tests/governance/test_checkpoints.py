@@ -141,12 +141,20 @@ def test_checkpoints_fall_due_by_events_or_by_time(db_url: str, monkeypatch: pyt
     for i in range(4):
         with session_scope() as s:
             append(session=s, principal=detached("a"), action="x", subject=Subject("t", str(i)))
+    auditor, bob = person("auditor"), person("bob")
     with session_scope(write=False) as s:
         assert not ledger.due(session=s)
+    with session_scope() as s:
+        assert ledger.checkpoint_if_due(session=s, principal=auditor) is None
+    with pytest.raises(Forbidden), session_scope() as s:
+        ledger.checkpoint_if_due(session=s, principal=bob)  # asking is checkpointing: the auditor's or an admin's
     monkeypatch.setenv("CVG_LEDGER_CHECKPOINT_S", "0.001")
     get_settings.cache_clear()
     with session_scope(write=False) as s:
         assert ledger.due(session=s)
+    with session_scope() as s:
+        made = ledger.checkpoint_if_due(session=s, principal=auditor)
+    assert made is not None and made.note
 
 
 def test_a_witness_cosigns_and_the_auditor_can_demand_it(chain: int, tmp_path: Path,
