@@ -14,12 +14,13 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from convergence.governance.auditor import key_hash, split_note
 from convergence.platform.errors import InvalidInput, NotFound
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+if TYPE_CHECKING:  # cryptography loads when a key is used, not with every `cvg` command that imports governance
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 _ED25519 = b"\x01"  # the signature-type byte of an Ed25519 note key
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}$")  # no space, no '+': a note key name
@@ -40,6 +41,8 @@ class Ed25519NoteSigner:
     """A signer from the text form of its key (never printed: ``repr`` shows the verifier key only)."""
 
     def __init__(self, name: str, private: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         self.name = name
         self._private = private
         self._public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -54,7 +57,7 @@ class Ed25519NoteSigner:
             raw = base64.b64decode(parts[4], validate=True)
             if len(raw) != 33 or raw[0] != 1:
                 raise ValueError
-            signer = cls(parts[2], Ed25519PrivateKey.from_private_bytes(raw[1:]))
+            signer = cls(parts[2], _private_key(raw[1:]))
         except ValueError:
             raise InvalidInput("not a ledger signing key (PRIVATE+KEY+NAME+HASH+BASE64, as `cvg audit keygen` "
                                "writes)") from None
@@ -72,12 +75,18 @@ class Ed25519NoteSigner:
         return f"Ed25519NoteSigner({self.verifier_key()})"
 
 
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
 def generate_key(name: str) -> str:
     """A new signing key's text form, named ``name`` (a checkpoint's origin)."""
     if not _NAME.match(name):
         raise InvalidInput(f"a key name has letters, digits and ._/:- only (no spaces, no '+'), got {name!r}")
     seed = secrets.token_bytes(32)
-    signer = Ed25519NoteSigner(name, Ed25519PrivateKey.from_private_bytes(seed))
+    signer = Ed25519NoteSigner(name, _private_key(seed))
     return f"PRIVATE+KEY+{name}+{signer.key_hash.hex()}+{base64.b64encode(_ED25519 + seed).decode()}"
 
 

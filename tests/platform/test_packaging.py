@@ -46,6 +46,13 @@ def test_local_commands_do_not_load_the_api_server() -> None:
     assert "SERVER []" in out
 
 
+def test_governance_loads_signing_and_s3_only_when_a_key_or_bucket_is_used() -> None:
+    code = ("import sys\nimport convergence.governance\n"
+            "print('LOADED', [m for m in ('cryptography', 'boto3', 'botocore') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+
+
 def _imports(path: Path) -> set[str]:
     """Every module a file imports, counting ``from convergence import governance`` as convergence.governance."""
     names: set[str] = set()
