@@ -163,13 +163,13 @@ def setup_registry(tmp: Path) -> tuple[dict[str, str], Path, Path]:
     torch.manual_seed(0)
     arch = {"n_in": N_IN, "hidden": [32], "dropout": 0.0}
     rng = np.random.default_rng(0)
-    trading = nets.save_artifact(tmp / "student.pt", net=nets.from_arch(arch), role="student", arch=arch,
+    trading = nets.save_artifact(tmp / "student.safetensors", net=nets.from_arch(arch), role="student", arch=arch,
                                  quantized=False, mean=rng.normal(size=N_IN), std=rng.uniform(0.5, 2, N_IN),
                                  y_scale=0.01, meta={"synthetic": True})
     corpus = load_corpus(holdout_from_year=2010, reuters=False)
     tok = lm.train_tokenizer([d.text for d in corpus.train], vocab_size=4096, min_frequency=2)
     spec = lm.arch(vocab=tok.get_vocab_size(), context=128, d_model=96, layers=2, heads=2)
-    language = lm.save_artifact(tmp / "lm.pt", model=lm.build(spec), spec=spec, tokenizer=tok, role="student", meta={})
+    language = lm.save_artifact(tmp / "lm.safetensors", model=lm.build(spec), spec=spec, tokenizer=tok, role="student", meta={})
     evidence = tmp / "evidence.md"
     evidence.write_text("benchmark models (synthetic weights)\n")
     people = {"bench": principal("bench", "registrant"), "val": principal("val", "validator"),

@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import identity, ledger
+from convergence.governance import artifacts, identity, ledger
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -169,6 +169,7 @@ __all__ = [
     "append",
     "append_many",
     "approve",
+    "artifacts",
     "budget_status",
     "canonical_payload",
     "check_before",

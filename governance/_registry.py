@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from convergence.governance._access import refuse, require
 from convergence.governance._artifacts import StoredArtifact, get_artifact_store, sha256_file
+from convergence.governance._safeartifact import check_artifact
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import (
     FAMILIES,
@@ -295,8 +296,7 @@ def register_model(*, session: Session, principal: Principal, name: str, artifac
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     metrics = _check_metrics(metrics)
     params = _plain_json("params", params)
-    stored = (artifact if isinstance(artifact, StoredArtifact)
-              else get_artifact_store().put(Path(artifact)))  # outside the transaction: an orphan blob is harmless
+    stored = _store_safe_artifact(artifact, family=family)
 
     serialize_writes(session=session)
     proj = ensure_project(session=session, name=project, principal=principal)
@@ -322,6 +322,15 @@ def register_model(*, session: Session, principal: Principal, name: str, artifac
                     "dataset_sha256": ds.sha256 if ds else None, "parent_id": mv.parent_id, "run_id": run_id,
                     "metrics": metrics, "project": project, "state": state_entries(session, mv, first)}, ts=now)
     return mv
+
+
+def _store_safe_artifact(artifact: Path | StoredArtifact, *, family: str) -> StoredArtifact:
+    """Store a model file and accept it only if the stored bytes are a safe artifact of its family
+    (UnsafeArtifact otherwise). Outside the transaction: an orphan blob is harmless."""
+    store = get_artifact_store()
+    stored = artifact if isinstance(artifact, StoredArtifact) else store.put(Path(artifact))
+    check_artifact(store.fetch(stored.uri, sha256=stored.sha256), family=family)  # the bytes that were stored
+    return stored
 
 
 def _check_parent(*, session: Session, parent_id: int | None, family: str, role: str) -> ModelVersion | None:

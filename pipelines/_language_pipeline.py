@@ -90,7 +90,7 @@ def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_
     evidence_path = ctx.workdir / "evidence.json"
     evidence_path.write_text(json.dumps(evidence, indent=2, default=str))
     meta = {"run_id": ctx.run_id, "context": cfg.train.context, "tokenizer_sha256": evidence["tokenizer"]["sha256"]}
-    files = {key: lm.save_artifact(ctx.workdir / f"{key}.pt", model=models[key], spec=spec_map[key],
+    files = {key: lm.save_artifact(ctx.workdir / f"{key}.safetensors", model=models[key], spec=spec_map[key],
                                    tokenizer=tokenizer, role=key, meta=meta) for key in ("teacher", "student")}
     verdict = evidence["gates"]
     stored = gov.get_artifact_store().put(evidence_path)
@@ -202,18 +202,18 @@ def run_language_step(step: str, cfg: LanguageConfig, inputs: list[Path], out: P
         connect_ray()
         teacher, metrics = L.train_teacher_ray(tokens.train, spec_map["teacher"], cfg, out / "ray",
                                                f"lm-teacher-{state['run_id']}")
-        lm.save_artifact(out / "teacher.pt", model=teacher, spec=spec_map["teacher"], tokenizer=tokens.tokenizer,
+        lm.save_artifact(out / "teacher.safetensors", model=teacher, spec=spec_map["teacher"], tokenizer=tokens.tokenizer,
                          role="teacher", meta={"metrics": metrics})
         return {**state, "training": {"teacher": metrics}}
-    teacher = _load_model(inputs[1] / "teacher.pt")
+    teacher = _load_model(inputs[1] / "teacher.safetensors")
     if step == "distill_student":
         connect_ray()
         students, metrics = L.train_students(tokens.train, teacher, spec_map, cfg)
         for key, net in students.items():
-            lm.save_artifact(out / f"{key}.pt", model=net, spec=spec_map[key], tokenizer=tokens.tokenizer, role=key,
+            lm.save_artifact(out / f"{key}.safetensors", model=net, spec=spec_map[key], tokenizer=tokens.tokenizer, role=key,
                              meta={"metrics": metrics[key]})
         return {**state, "training": {**state.get("training", {}), **metrics}}
-    models = {"teacher": teacher, **{k: _load_model(inputs[2] / f"{k}.pt") for k in ("student", "label_only")}}
+    models = {"teacher": teacher, **{k: _load_model(inputs[2] / f"{k}.safetensors") for k in ("student", "label_only")}}
     assessed = L.evaluate(models, spec_map, tokens, cfg)
     evidence = build_evidence(cfg=cfg, run_id=state["run_id"], dataset=state["dataset"], tokenizer=state["tokenizer"],
                               corpus=state["corpus"], tokens=state["tokens"], training=state.get("training", {}),

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from convergence.pipelines import _safeio as safeio
 from convergence.platform.errors import InvalidInput
 
-ARTIFACT_FORMAT = "convergence.language.gpt.v1"
+ARTIFACT_FORMAT = "convergence.language.lm.v2"  # safetensors + JSON header
+LEGACY_FORMAT = "convergence.language.gpt.v1"  # first wave: torch.save, read only to convert
 EOS = "<|endoftext|>"
 
 
@@ -303,25 +305,39 @@ def memory(model: Any, spec: dict[str, Any]) -> dict[str, int]:
 
 def save_artifact(path: Path, *, model: Any, spec: dict[str, Any], tokenizer: Any, role: str,
                   meta: dict[str, Any]) -> Path:
-    """Weights, architecture and the tokenizer in one file, so serving needs nothing else."""
-    import torch
-
+    """Weights (safetensors), architecture and the tokenizer (JSON) in one safe file, so serving needs nothing else."""
     module = model.module if hasattr(model, "module") else model
-    torch.save({"format": ARTIFACT_FORMAT, "role": role, "arch": spec, "tokenizer": tokenizer.to_str(),
-                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}, "meta": meta}, path)
-    return path
+    header = {"role": role, "arch": spec, "tokenizer": tokenizer.to_str(), "meta": meta}
+    return safeio.save(path, fmt=ARTIFACT_FORMAT, header=header, tensors=dict(module.state_dict()))
 
 
 def load_artifact(path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(model on CPU in eval mode, tokenizer, the rest of the artifact)."""
+    """(model on CPU in eval mode, tokenizer, the rest of the header) from a safe artifact."""
+    from convergence.platform.errors import UnsafeArtifact
+
+    tensors, header = safeio.load(path, fmt=ARTIFACT_FORMAT)
+    try:
+        model = build(header["arch"])
+        model.load_state_dict(tensors)
+        tokenizer = tokenizer_from_str(header.pop("tokenizer"))
+    except Exception as exc:  # noqa: BLE001 - torch's and tokenizers' errors for weights that do not fit
+        raise UnsafeArtifact(f"{Path(path).name} does not hold the model its header declares: "
+                             f"{type(exc).__name__}") from None
+    return model.eval(), tokenizer, {**header, "format": ARTIFACT_FORMAT}
+
+
+def read_legacy_artifact(path: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A first-wave ``torch.save`` artifact, read weights-only (never code), for ``cvg models convert`` alone."""
     import torch
+
+    from convergence.platform.errors import UnsafeArtifact
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a file that is not its format
-        raise InvalidInput(f"{path} is not a convergence language artifact: {type(exc).__name__}") from None
-    if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
-        raise InvalidInput(f"{path} is not a {ARTIFACT_FORMAT} artifact")
+        raise UnsafeArtifact(f"{Path(path).name} is not a first-wave language artifact: {type(exc).__name__}") from None
+    if not isinstance(blob, dict) or blob.get("format") != LEGACY_FORMAT:
+        raise UnsafeArtifact(f"{Path(path).name} is not a {LEGACY_FORMAT} artifact")
     model = build(blob["arch"])
     model.load_state_dict(blob.pop("state_dict"))
     return model.eval(), tokenizer_from_str(blob["tokenizer"]), blob

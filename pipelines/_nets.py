@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-ARTIFACT_FORMAT = "convergence.trading.mlp.v1"
+from convergence.pipelines import _safeio as safeio
+
+ARTIFACT_FORMAT = "convergence.trading.mlp.v2"  # safetensors + JSON header
+LEGACY_FORMAT = "convergence.trading.mlp.v1"  # first wave: torch.save, read only to convert
 
 
 def pick_device() -> Any:
@@ -143,17 +146,71 @@ def serialized_bytes(net: Any) -> int:
     return buf.tell()
 
 
-def save_artifact(path: Path, *, net: Any, arch: dict[str, Any], role: str, quantized: bool, mean: np.ndarray,
-                  std: np.ndarray, y_scale: float, meta: dict[str, Any]) -> Path:
+def _int8_linears(net: Any) -> list[tuple[str, Any]]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, DynamicLinear)]
+
+
+def _tensors(net: Any, quantized: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A network as plain tensors: float weights as they are; an INT8 copy as its int8 weights, their scale and
+    zero point, and float biases (what its dynamic quantization holds)."""
     import torch
 
-    # The state_dict object itself, not a copy of its items: its _metadata carries module versions that
-    # quantized modules need to load (a plain dict loads as the legacy format and fails).
-    state = (net if _is_quantized(net) else copy.deepcopy(net).cpu()).state_dict()
-    torch.save({"format": ARTIFACT_FORMAT, "role": role, "arch": arch, "quantized": quantized,
-                "state_dict": state, "mean": torch.from_numpy(np.ascontiguousarray(mean)),
-                "std": torch.from_numpy(np.ascontiguousarray(std)), "y_scale": float(y_scale), "meta": meta}, path)
-    return path
+    if not quantized:
+        return {f"net.{k}": v for k, v in copy.deepcopy(net).cpu().state_dict().items()}, {}
+    tensors, qparams = {}, {}
+    for name, layer in _int8_linears(net):
+        weight, bias = layer.weight(), layer.bias()
+        if weight.qscheme() != torch.per_tensor_affine:
+            raise ValueError(f"layer {name}: only per-tensor INT8 weights are stored, got {weight.qscheme()}")
+        tensors[f"int8.{name}.weight"] = weight.int_repr()
+        tensors[f"int8.{name}.bias"] = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
+        qparams[name] = {"scale": float(weight.q_scale()), "zero_point": int(weight.q_zero_point())}
+    return tensors, qparams
+
+
+def save_artifact(path: Path, *, net: Any, arch: dict[str, Any], role: str, quantized: bool, mean: np.ndarray,
+                  std: np.ndarray, y_scale: float, meta: dict[str, Any]) -> Path:
+    """A trading network as a safe artifact: safetensors weights, the architecture and the rest as JSON."""
+    import torch
+
+    tensors, qparams = _tensors(net, quantized)
+    tensors["mean"] = torch.from_numpy(np.ascontiguousarray(mean))
+    tensors["std"] = torch.from_numpy(np.ascontiguousarray(std))
+    header = {"role": role, "arch": arch, "quantized": quantized, "y_scale": float(y_scale), "meta": meta,
+              "int8": qparams}
+    return safeio.save(path, fmt=ARTIFACT_FORMAT, header=header, tensors=tensors)
+
+
+def _rebuild(tensors: dict[str, Any], header: dict[str, Any]) -> Any:
+    import torch
+
+    net = from_arch(header["arch"]).eval()
+    if not header.get("quantized"):
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        return net
+    net = quantize_int8(net)
+    for name, layer in _int8_linears(net):
+        q = header["int8"][name]
+        weight = torch._make_per_tensor_quantized_tensor(tensors[f"int8.{name}.weight"], q["scale"], q["zero_point"])
+        layer.set_weight_bias(weight, tensors[f"int8.{name}.bias"])
+    return net
+
+
+def load_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a network (INT8 again when it was saved INT8) and return it with its header, mean and std. The
+    file is a safe artifact (``safeio``): tensors and JSON, never code."""
+    from convergence.platform.errors import UnsafeArtifact
+
+    tensors, header = safeio.load(path, fmt=ARTIFACT_FORMAT)
+    try:
+        net = _rebuild(tensors, header)
+        mean, std = tensors["mean"].numpy(), tensors["std"].numpy()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # weights that do not fit the declared arch
+        raise UnsafeArtifact(f"{Path(path).name} does not hold the network its header declares: "
+                             f"{type(exc).__name__}") from None
+    return net.eval(), {**header, "format": ARTIFACT_FORMAT, "mean": mean, "std": std}
 
 
 def _numpy_arrays() -> list[Any]:
@@ -164,21 +221,21 @@ def _numpy_arrays() -> list[Any]:
             type(np.dtype(np.float64))]
 
 
-def load_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Rebuild a network (quantized again when it was saved INT8) and return it with its metadata. The file is
-    read as data (``weights_only``): tensors, numbers, strings, containers — never code."""
+def read_legacy_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
+    """A first-wave ``torch.save`` artifact, read weights-only (never code), for ``cvg models convert`` alone:
+    nothing serves or trains from one."""
     import torch
 
-    from convergence.platform.errors import IntegrityError
+    from convergence.platform.errors import UnsafeArtifact
 
     try:
         with torch.serialization.safe_globals(_numpy_arrays()):
             blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a file that is not data of its format
-        raise IntegrityError(f"{path} is not a {ARTIFACT_FORMAT} artifact of plain data: {type(exc).__name__}",
-                             hint="artifacts are data, never code: a file that needs code to load is refused") from None
-    if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
-        raise IntegrityError(f"{path} is not a {ARTIFACT_FORMAT} artifact")
+        raise UnsafeArtifact(f"{Path(path).name} is not a first-wave trading artifact of plain data: "
+                             f"{type(exc).__name__}", hint="artifacts are data, never code") from None
+    if not isinstance(blob, dict) or blob.get("format") != LEGACY_FORMAT:
+        raise UnsafeArtifact(f"{Path(path).name} is not a {LEGACY_FORMAT} artifact")
     blob["mean"], blob["std"] = (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
                                  for v in (blob["mean"], blob["std"]))
     net = from_arch(blob["arch"]).eval()

@@ -172,7 +172,7 @@ def connect_ray(address: str | None = None) -> bool:
 
 
 def fit_on_ray_train(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, workers: int,
-                     storage: Path, run_name: str, checkpoint_file: str = "teacher.pt") -> tuple[Any, dict[str, Any]]:
+                     storage: Path, run_name: str, checkpoint_file: str = "teacher.safetensors") -> tuple[Any, dict[str, Any]]:
     """Run ``loop`` on Ray Train's TorchTrainer (GPUs when torch sees one, else a CPU per worker) and return
     the state dict rank 0 saved as ``checkpoint_file`` in its last checkpoint, with the last metrics."""
     import torch
@@ -192,22 +192,25 @@ def fit_on_ray_train(loop: Callable[[dict[str, Any]], None], config: dict[str, A
 
         raise StepFailed("Ray Train finished without a checkpoint", step="train_teacher")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, checkpoint_file), map_location="cpu", weights_only=True)
+        from safetensors.torch import load_file  # tensors only: a checkpoint is data, never code
+
+        state = load_file(os.path.join(d, checkpoint_file), device="cpu")
     return state, dict(result.metrics or {})
 
 
-def report_checkpoint(metrics: dict[str, Any], model: Any, rank: int, checkpoint_file: str = "teacher.pt") -> None:
+def report_checkpoint(metrics: dict[str, Any], model: Any, rank: int, checkpoint_file: str = "teacher.safetensors") -> None:
     """Inside a Ray Train loop: report ``metrics``; rank 0 attaches the (unwrapped) model's state dict."""
     import tempfile
 
-    import torch
     from ray import train
+    from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if rank == 0:
             module = model.module if hasattr(model, "module") else model
-            torch.save({k: v.cpu() for k, v in module.state_dict().items()}, os.path.join(d, checkpoint_file))
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                      os.path.join(d, checkpoint_file))
             checkpoint = train.Checkpoint.from_directory(d)
         train.report(metrics, checkpoint=checkpoint)
 

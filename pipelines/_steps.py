@@ -105,11 +105,11 @@ def _load_features(d: Path) -> dict[str, Any]:
 
 
 def _save_nets(out: Path, models: dict[str, Any], prepared: Any, cfg: TradingConfig, meta: dict[str, Any]) -> None:
-    """Each network as a trading artifact (``NAME.pt``), and what else the next step needs as JSON."""
+    """Each network as a trading artifact (``NAME.safetensors``), and what else the next step needs as JSON."""
     n_in = prepared.Xn.shape[1]
     for name, net in models.items():
         arch = nets.teacher_arch(n_in, cfg.model) if name == "teacher" else nets.student_arch(n_in, cfg.model)
-        nets.save_artifact(out / f"{name}.pt", net=net, arch=arch, role=name, quantized=nets._is_quantized(net),
+        nets.save_artifact(out / f"{name}.safetensors", net=net, arch=arch, role=name, quantized=nets._is_quantized(net),
                            mean=prepared.mean, std=prepared.std, y_scale=prepared.y_scale, meta={})
     (out / "nets.json").write_text(json.dumps({"names": list(models), **meta}, default=str))
 
@@ -118,7 +118,7 @@ def _load_nets(d: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not (d / "nets.json").is_file():
         raise NotFound(f"{d / 'nets.json'} is missing: did the step before this one finish?")
     meta = json.loads((d / "nets.json").read_text())
-    return {name: nets.load_artifact(d / f"{name}.pt")[0] for name in meta.pop("names")}, meta
+    return {name: nets.load_artifact(d / f"{name}.safetensors")[0] for name in meta.pop("names")}, meta
 
 
 def _state(inputs: list[Path]) -> dict[str, Any]:

@@ -200,9 +200,9 @@ def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepare
             "bar": cfg.features.bar, "bar_size": cfg.features.bar_size, "run_id": ctx.run_id}
     n_in = fs.X.shape[1]
     student_arch = nets.student_arch(n_in, cfg.model)
-    layout = {"teacher": ("teacher.pt", "teacher", nets.teacher_arch(n_in, cfg.model), False),
-              "student": ("student.pt", "student", student_arch, False),
-              "int8": ("student-int8.pt", "quantized", student_arch, True)}
+    layout = {"teacher": ("teacher.safetensors", "teacher", nets.teacher_arch(n_in, cfg.model), False),
+              "student": ("student.safetensors", "student", student_arch, False),
+              "int8": ("student-int8.safetensors", "quantized", student_arch, True)}
     files = {key: nets.save_artifact(ctx.workdir / file, net=models[key], role=role, arch=arch, quantized=quantized,
                                      mean=p.mean, std=p.std, y_scale=p.y_scale, meta=meta)
              for key, (file, role, arch, quantized) in layout.items()}

@@ -8,7 +8,8 @@ ConvergenceError                     exit  http
 ├── NotFound                          3    404  unknown model, dataset, run, event, file
 ├── InvalidInput                      2    422  bad shapes, NaNs, malformed times, bad flags
 │   ├── MalformedRequest              2    400  a body that is not JSON, a header that cannot be read
-│   └── PayloadTooLarge               2    413  a body or batch over the configured limit
+│   ├── PayloadTooLarge               2    413  a body or batch over the configured limit
+│   └── UnsafeArtifact                2    422  a model file that is not a safe artifact (pickle, wrong format)
 ├── Unauthenticated                   8    401  no credentials, or a token or API key that is not valid
 ├── PolicyViolation                   4    403  illegal stage change, budget exceeded, rule refused
 │   ├── Forbidden                     4    403  a role or separation-of-duties rule refused (``rule``)
@@ -35,6 +36,7 @@ __all__ = [
     "StepFailed",
     "Unauthenticated",
     "Unavailable",
+    "UnsafeArtifact",
     "error_class",
 ]
 
@@ -85,6 +87,10 @@ class MalformedRequest(InvalidInput):
 
 class PayloadTooLarge(InvalidInput):
     http_status = 413
+
+
+class UnsafeArtifact(InvalidInput):
+    """A model file that needs code to load, or is not of its family's format: refused, never loaded."""
 
 
 class Unauthenticated(ConvergenceError):

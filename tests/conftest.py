@@ -156,10 +156,17 @@ def raw_sql(db_url: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
-    """A small file standing in for a model artifact (synthetic bytes)."""
-    path = tmp_path / "model.bin"
-    path.write_bytes(b"synthetic model weights " + uuid.uuid4().bytes)
-    return path
+    """A small safe trading artifact standing in for a model (synthetic tensor, unique header)."""
+    from tests.artifacts import synthetic_artifact
+
+    return synthetic_artifact(tmp_path / "model.safetensors")
+
+
+@pytest.fixture
+def language_model_file(tmp_path: Path) -> Path:
+    from tests.artifacts import synthetic_artifact
+
+    return synthetic_artifact(tmp_path / "lm.safetensors", family="language")
 
 
 @pytest.fixture

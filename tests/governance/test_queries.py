@@ -66,11 +66,11 @@ def test_history_and_in_production_at(two_releases) -> None:
             gov.in_production_at(session=s, name="nope", at=between)
 
 
-def test_lineage_includes_the_parent_teacher(db_url: str, model_file: Path) -> None:
+def test_lineage_includes_the_parent_teacher(db_url: str, language_model_file: Path) -> None:
     with session_scope() as s:
-        teacher = gov.register_model(session=s, principal=person("bob"), name="big", artifact=model_file, family="language",
+        teacher = gov.register_model(session=s, principal=person("bob"), name="big", artifact=language_model_file, family="language",
                                      role="teacher")
-        student = gov.register_model(session=s, principal=person("bob"), name="small", artifact=model_file, family="language",
+        student = gov.register_model(session=s, principal=person("bob"), name="small", artifact=language_model_file, family="language",
                                      role="student", parent_id=teacher.id)
     with session_scope(write=False) as s:
         tree = gov.lineage(session=s, version_id=student.id)
@@ -78,7 +78,7 @@ def test_lineage_includes_the_parent_teacher(db_url: str, model_file: Path) -> N
     assert tree["stages"][0]["to"] == "candidate"
 
 
-def test_lineage_follows_a_dataset_to_the_one_it_was_derived_from(db_url: str, model_file: Path,
+def test_lineage_follows_a_dataset_to_the_one_it_was_derived_from(db_url: str, language_model_file: Path,
                                                                   tmp_path: Path) -> None:
     corpus_file, tokenizer_file = tmp_path / "corpus.jsonl", tmp_path / "tokenizer.json"
     corpus_file.write_text('{"text": "synthetic"}\n')
@@ -87,7 +87,7 @@ def test_lineage_follows_a_dataset_to_the_one_it_was_derived_from(db_url: str, m
         corpus = gov.register_dataset(session=s, principal=person("bob"), path=corpus_file)
         tokenizer = gov.register_dataset(session=s, principal=person("bob"), path=tokenizer_file,
                                          schema={"kind": "tokenizer", "derived_from": corpus.id})
-        teacher = gov.register_model(session=s, principal=person("bob"), name="lm", artifact=model_file, family="language",
+        teacher = gov.register_model(session=s, principal=person("bob"), name="lm", artifact=language_model_file, family="language",
                                      role="teacher", dataset=tokenizer.id)
     with session_scope(write=False) as s:
         ds = gov.lineage(session=s, version_id=teacher.id)["dataset"]

@@ -16,6 +16,7 @@ from convergence import governance as gov
 from convergence.governance import AuditEvent, ModelVersion
 from convergence.platform.db import session_scope
 from convergence.platform.errors import IntegrityError, InvalidInput, NotFound
+from tests.artifacts import synthetic_artifact
 from tests.governance.conftest import verify_now
 from tests.people import person
 
@@ -31,8 +32,7 @@ def test_register_records_version_lineage_and_audit(db_url: str, model_file: Pat
     data = tmp_path / "ticks.csv"
     data.write_text("ts,price,volume\n1,100.0,3\n2,100.25,1\n3,100.0,7\n")
     teacher = _register(model_file, dataset=str(data), metrics={"ic": 0.05}, params={"layers": 4})
-    student_file = tmp_path / "student.bin"
-    student_file.write_bytes(b"small")
+    student_file = synthetic_artifact(tmp_path / "student.safetensors")
     student = _register(student_file, name="alpha-student", role="student", parent_id=teacher.id,
                         dataset=str(data))
     assert (teacher.version, teacher.stage, student.parent_id) == (1, "candidate", teacher.id)
@@ -81,10 +81,10 @@ def test_bad_registrations_leave_nothing(db_url: str, model_file: Path, kwargs, 
         assert s.execute(select(func.count()).select_from(AuditEvent)).scalar() == 0
 
 
-def test_parent_rules(db_url: str, model_file: Path, tmp_path: Path) -> None:
+def test_parent_rules(db_url: str, model_file: Path, language_model_file: Path, tmp_path: Path) -> None:
     teacher = _register(model_file)
     with pytest.raises(InvalidInput, match="language model cannot descend"):
-        _register(model_file, name="lm", family="language", role="student", parent_id=teacher.id)
+        _register(language_model_file, name="lm", family="language", role="student", parent_id=teacher.id)
     student = _register(model_file, name="s", role="student", parent_id=teacher.id)
     with pytest.raises(InvalidInput, match="a teacher cannot have a student as parent"):
         _register(model_file, name="t2", role="teacher", parent_id=student.id)

@@ -18,6 +18,7 @@ from convergence.platform.db import session_scope, utcnow
 from convergence.platform.errors import IntegrityError
 from convergence.serving import check_servable
 from tests.people import person
+from tests.artifacts import synthetic_artifact
 
 # Everyone these tests act as: seeded without events (tests/people.py), so adopted into the ledger first.
 PEOPLE = ("bob", "carol", "alice", "ops", "risk", "fin", "cfo", "ada", "sam", "max")
@@ -169,8 +170,7 @@ def test_a_version_pointed_at_another_real_file_does_not_serve(recorded: str, ra
     """The attack that once passed: another file, stored, with its own correct SHA-256 in the table."""
     vid = _approved(model_file, evidence_file)
     _promote(vid)
-    other = tmp_path / "other.bin"
-    other.write_bytes(b"an attacker's weights")
+    other = synthetic_artifact(tmp_path / "other.safetensors", tag="an attacker's weights")
     stored = gov.get_artifact_store().put(other)
     raw_sql(f"UPDATE model_versions SET artifact_uri = '{stored.uri}', artifact_sha256 = '{stored.sha256}' "
             f"WHERE id = {vid}")

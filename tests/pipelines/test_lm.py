@@ -117,7 +117,7 @@ def test_too_little_text_for_a_window() -> None:
 
 def test_artifact_round_trip(model, tokenizer, tmp_path: Path) -> None:
     spec = lm.arch(vocab=600, context=32, d_model=32, layers=2, heads=4)
-    path = lm.save_artifact(tmp_path / "m.pt", model=model, spec=spec, tokenizer=tokenizer, role="student",
+    path = lm.save_artifact(tmp_path / "m.safetensors", model=model, spec=spec, tokenizer=tokenizer, role="student",
                             meta={"run_id": 1})
     back, tok, blob = lm.load_artifact(path)
     assert blob["role"] == "student" and blob["meta"] == {"run_id": 1}
@@ -125,8 +125,12 @@ def test_artifact_round_trip(model, tokenizer, tmp_path: Path) -> None:
     assert lm.generate(back, [prompt], max_new_tokens=5) == lm.generate(model, [prompt], max_new_tokens=5)
     assert lm.decode(tok, prompt) == "We must"
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InvalidInput, match="not a convergence language artifact"):
+    with pytest.raises(InvalidInput, match="not a safe model artifact"):
         lm.load_artifact(tmp_path / "junk.pt")
+    from convergence.governance import artifacts
+
+    declared = artifacts.read_header(path)
+    assert declared.family == "language" and set(declared.tensors) == set(model.state_dict())
 
 
 def test_learning_rate_schedule() -> None:

@@ -12,7 +12,7 @@ from convergence.pipelines import _trading as T
 from convergence.pipelines._data import load_ticks
 from convergence.pipelines._features import time_folds
 from convergence.pipelines._trading_pipeline import features_for
-from convergence.platform.errors import IntegrityError
+from convergence.platform.errors import UnsafeArtifact
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_artifacts_round_trip(trained, tmp_path: Path, key: str, quantized: bool
     cfg, fs, p, train, test, models = trained
     n_in = fs.X.shape[1]
     arch = nets.teacher_arch(n_in, cfg.model) if key == "teacher" else nets.student_arch(n_in, cfg.model)
-    path = nets.save_artifact(tmp_path / f"{key}.pt", net=models[key], arch=arch, role=key, quantized=quantized,
+    path = nets.save_artifact(tmp_path / f"{key}.safetensors", net=models[key], arch=arch, role=key, quantized=quantized,
                               mean=p.mean, std=p.std, y_scale=p.y_scale, meta={"window": fs.window})
     net, blob = nets.load_artifact(path)
     x = p.Xn[test.start:test.start + 50]
@@ -70,17 +70,35 @@ def test_artifacts_round_trip(trained, tmp_path: Path, key: str, quantized: bool
     np.testing.assert_array_equal(blob["mean"], p.mean)  # numpy again, exactly, for serving
 
 
-def test_a_first_wave_artifact_with_numpy_arrays_still_loads(trained, tmp_path: Path) -> None:
+def test_an_int8_artifact_holds_int8_weights_and_answers_exactly_as_saved(trained, tmp_path: Path) -> None:
+    from convergence.governance import artifacts
+
+    cfg, fs, p, train, test, models = trained
+    arch = nets.student_arch(fs.X.shape[1], cfg.model)
+    path = nets.save_artifact(tmp_path / "int8.safetensors", net=models["int8"], arch=arch, role="quantized",
+                              quantized=True, mean=p.mean, std=p.std, y_scale=p.y_scale, meta={})
+    declared = artifacts.read_header(path)
+    assert {dtype for name, (dtype, _) in declared.tensors.items() if name.endswith(".weight")} == {"I8"}
+    float_path = nets.save_artifact(tmp_path / "f.safetensors", net=models["student"], arch=arch, role="student",
+                                    quantized=False, mean=p.mean, std=p.std, y_scale=p.y_scale, meta={})
+    assert path.stat().st_size < float_path.stat().st_size / 2  # INT8 weights, not float ones re-quantized
+
+
+def test_a_first_wave_artifact_is_read_only_by_the_converter(trained, tmp_path: Path) -> None:
     import torch
 
     cfg, fs, p, train, test, models = trained
     path = tmp_path / "old.pt"
     arch = nets.student_arch(fs.X.shape[1], cfg.model)
-    torch.save({"format": nets.ARTIFACT_FORMAT, "role": "student", "arch": arch, "quantized": False,
+    torch.save({"format": nets.LEGACY_FORMAT, "role": "student", "arch": arch, "quantized": False,
                 "state_dict": models["student"].state_dict(), "mean": p.mean, "std": p.std, "y_scale": p.y_scale,
                 "meta": {}}, path)
-    net, blob = nets.load_artifact(path)
+    with pytest.raises(UnsafeArtifact, match="not a safe model artifact"):
+        nets.load_artifact(path)  # nothing serves or trains from a pickle
+    net, blob = nets.read_legacy_artifact(path)
     assert isinstance(blob["mean"], np.ndarray) and np.array_equal(blob["std"], p.std)
+    x = p.Xn[test.start:test.start + 20]
+    np.testing.assert_array_equal(nets.predict(net, x), nets.predict(models["student"], x))
 
 
 class _Payload:
@@ -95,18 +113,23 @@ def test_an_artifact_that_would_run_code_is_refused_without_running_it(tmp_path:
 
     _Payload.target = str(tmp_path / "pwned")
     path = tmp_path / "evil.pt"
-    torch.save({"format": nets.ARTIFACT_FORMAT, "payload": _Payload()}, path)
-    with pytest.raises(IntegrityError, match="plain data"):
+    torch.save({"format": nets.LEGACY_FORMAT, "payload": _Payload()}, path)
+    with pytest.raises(UnsafeArtifact, match="not a safe model artifact"):
         nets.load_artifact(path)
+    with pytest.raises(UnsafeArtifact, match="plain data"):
+        nets.read_legacy_artifact(path)  # the converter reads weights-only: the payload is refused too
     assert not (tmp_path / "pwned").exists()
 
 
 def test_foreign_files_are_not_artifacts(tmp_path: Path) -> None:
-    import torch
+    from safetensors.numpy import save_file
 
-    path = tmp_path / "x.pt"
-    torch.save({"hello": 1}, path)
-    with pytest.raises(IntegrityError, match="not a convergence"):
+    path = tmp_path / "x.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(path))  # safetensors, but not a convergence format
+    with pytest.raises(UnsafeArtifact, match="no convergence metadata"):
+        nets.load_artifact(path)
+    save_file({"w": np.zeros(3, np.float32)}, str(path), metadata={"format": nets.ARTIFACT_FORMAT, "header": "{}"})
+    with pytest.raises(UnsafeArtifact, match="does not hold the network"):
         nets.load_artifact(path)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.people import api_key, person, record_seeded
 from tests.platform.api.conftest import ApiServer
+from tests.artifacts import synthetic_artifact
 
 pytestmark = [pytest.mark.slow]
 
@@ -102,8 +103,8 @@ def test_the_cli_in_api_mode_and_in_local_mode_leave_the_same_ledger(
     from convergence.platform.db import dispose_engines
     from convergence.platform.settings import get_settings
 
-    model, evidence, data = tmp_path / "model.bin", tmp_path / "evidence.md", tmp_path / "ticks.csv"
-    model.write_bytes(b"parity model weights")
+    model, evidence, data = tmp_path / "model.safetensors", tmp_path / "evidence.md", tmp_path / "ticks.csv"
+    synthetic_artifact(model, tag="parity")
     evidence.write_text("# validation\n")
     data.write_text("DateTime,Price,Volume\n2013-09-01 00:00:00.001,1640.25,3\n")
     results, ledgers, grants = {}, {}, set()
