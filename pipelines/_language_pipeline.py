@@ -169,7 +169,7 @@ def run_language(cfg: LanguageConfig, *, principal: Principal, ray_address: str 
 def _tokenized(d: Path) -> L.Tokenized:
     if not (d / "tokens.npz").is_file():
         raise InvalidInput(f"{d} holds no tokens.npz: did the tokenize step finish?")
-    arrays = np.load(d / "tokens.npz")
+    arrays = np.load(d / "tokens.npz", allow_pickle=False)
     return L.Tokenized(lm.tokenizer_from_str((d / "tokenizer.json").read_text(encoding="utf-8")),
                        arrays["train"], arrays["holdout"], arrays["reuters"])
 

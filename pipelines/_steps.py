@@ -5,7 +5,9 @@ steps it depends on from their directories and writes its own, so Kubeflow can p
 pods. The code is the same the local runner calls in memory; ``state.json`` carries the run id and
 dataset from step to step (merged over every input), and the last step registers and closes the run.
 What passes between pods is data, never code: numpy arrays (``.npz`` read without pickle), JSON, and
-networks in the trading artifact format (tensors only), as the language steps do.
+networks as safe artifacts (safetensors and a JSON header). Each step ends by writing ``manifest.json``,
+the SHA-256 of every file it wrote; the next step reads nothing from a directory whose files differ
+from it (changed, missing or added between pods).
 """
 
 from __future__ import annotations
@@ -121,6 +123,39 @@ def _load_nets(d: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return {name: nets.load_artifact(d / f"{name}.safetensors")[0] for name in meta.pop("names")}, meta
 
 
+MANIFEST = "manifest.json"
+
+
+def _write_manifest(out: Path) -> None:
+    """The SHA-256 of every file the step wrote at the top of ``out`` (scratch folders such as Ray's are not
+    handed on), written last: a directory without one is a step that did not finish."""
+    from convergence.governance import sha256_file
+
+    files = {p.name: sha256_file(p)[0] for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (out / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
+
+
+def _check_manifest(d: Path) -> None:
+    """Refuse an input directory whose files are not exactly those its step recorded, byte for byte."""
+    from convergence.governance import sha256_file
+
+    try:
+        recorded = json.loads((d / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        raise NotFound(f"{d / MANIFEST} is missing: did the step before this one finish?") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise IntegrityError(f"{d / MANIFEST} is not a step manifest") from None
+    present = {p.name for p in d.iterdir() if p.is_file() and p.name != MANIFEST}
+    if not isinstance(recorded, dict) or present != set(recorded):
+        extra, missing = sorted(present - set(recorded or {})), sorted(set(recorded or {}) - present)
+        raise IntegrityError(f"{d} does not hold what its step wrote (added: {', '.join(extra) or 'none'}; "
+                             f"missing: {', '.join(missing) or 'none'})", hint="re-run the step that wrote it")
+    for name, digest in sorted(recorded.items()):
+        if sha256_file(d / name)[0] != digest:
+            raise IntegrityError(f"{d / name} changed after its step wrote it (SHA-256 differs from {MANIFEST})",
+                                 hint="what passes between steps is checked; re-run the step that wrote it")
+
+
 def _state(inputs: list[Path]) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for d in inputs:
@@ -144,7 +179,10 @@ def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path],
     if len(inputs) != len(steps[step]):
         raise InvalidInput(f"step {step} reads {len(steps[step])} input dir(s) "
                            f"({', '.join(steps[step]) or 'none'}), got {len(inputs)}")
+    for d in inputs:
+        _check_manifest(d)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a re-run's directory is unfinished until its new manifest
     state = _state(inputs)
     if isinstance(cfg, LanguageConfig):
         from convergence.pipelines._language_pipeline import run_language_step
@@ -179,6 +217,7 @@ def run_step(step: str, cfg: TradingConfig | LanguageConfig, inputs: list[Path],
     else:
         state = _evaluate_register(cfg, inputs, out, state, principal)
     (out / "state.json").write_text(json.dumps(state, default=str))
+    _write_manifest(out)
     return state
 
 

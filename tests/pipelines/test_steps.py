@@ -29,7 +29,27 @@ def test_step_chain_registers_like_the_local_runner(db_url: str, ray_session, sm
         assert gov.verify(session=s).ok
     assert (dirs["evaluate_register"] / "evidence.json").exists()
     handed = {p.suffix for d in dirs.values() for p in d.iterdir() if p.is_file()}
-    assert handed <= {".npz", ".json", ".pt"}, handed  # data between pods, never a pickle
+    assert handed <= {".npz", ".json", ".safetensors"}, handed  # data between pods, never a pickle
+    _tampering_between_pods_is_refused(dirs, small_config)
+
+
+def _tampering_between_pods_is_refused(dirs: dict[str, Path], cfg) -> None:  # type: ignore[no-untyped-def]
+    """Each step's manifest: a changed, added or missing file in an input directory stops the next step."""
+    from convergence.platform.errors import IntegrityError, NotFound
+
+    deps = [dirs[d] for d in STEP_DEPENDENCIES["evaluate_register"]]
+    student = dirs["distill_student"] / "student.safetensors"
+    original = student.read_bytes()
+    student.write_bytes(original[:-4] + b"\x00\x00\x80\x7f")  # one weight becomes +inf
+    with pytest.raises(IntegrityError, match="student.safetensors changed after its step"):
+        run_step("evaluate_register", cfg, deps, dirs["evaluate_register"], principal=person("kubeflow"))
+    student.write_bytes(original)
+    (dirs["walk_forward"] / "extra.json").write_text("{}")
+    with pytest.raises(IntegrityError, match="added: extra.json"):
+        run_step("evaluate_register", cfg, deps, dirs["evaluate_register"], principal=person("kubeflow"))
+    (dirs["walk_forward"] / "manifest.json").unlink()
+    with pytest.raises(NotFound, match="did the step before this one finish"):
+        run_step("evaluate_register", cfg, deps, dirs["evaluate_register"], principal=person("kubeflow"))
 
 
 def test_a_step_output_that_needs_pickle_is_refused_without_loading(tmp_path: Path) -> None:
