@@ -5,6 +5,7 @@ Importing this package is cheap: torch, ray and kfp load inside the functions th
 """
 
 from convergence.pipelines._config import LanguageConfig, TradingConfig, load_config, parse_config
+from convergence.pipelines._convert import convert_legacy
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
 from convergence.pipelines._language_pipeline import run_language
 from convergence.pipelines._lm import generate
@@ -22,6 +23,7 @@ __all__ = [
     "TradingConfig",
     "build_pipeline",
     "compile_pipeline",
+    "convert_legacy",
     "generate",
     "holdout_features",
     "job_manifest",

@@ -101,6 +101,14 @@ class RegistryOps(OperationsBase):
                              safe_output=safe_output)
             return plain(gov.model_to_dict(mv))
 
+    @op("POST", "/models/{version_id}/convert", tag="models", status=201)
+    def convert_model(self, version_id: Id) -> dict[str, Any]:
+        """Register a first-wave pickled artifact again as a safe one: a new candidate version of the same name
+        and lineage, which needs validation and approval like any other (you become its registrant)."""
+        from convergence.pipelines import convert_legacy
+
+        return plain(convert_legacy(principal=self.principal, version_id=version_id))
+
     @op("POST", "/models/{version_id}/reject", tag="models")
     def reject_model(self, version_id: Id, reason: Text) -> dict[str, Any]:
         """Reject a version before production (final)."""

@@ -125,6 +125,20 @@ def show(version_id: IdArg, actor: ActorOpt = None, json_out: JsonOpt = False) -
 
 
 @app.command()
+def convert(version_id: IdArg, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """Register a first-wave (pickled) artifact again as a safe one. Nothing loads a pickle any more: the new
+    version has the same name, dataset, parent and run, names the one it came from in its params, answers
+    identically (checked), and needs validation and approval again (the registrant role; you register it)."""
+    data = operations(actor).convert_model(version_id=version_id)
+    if json_out:
+        print_json(data)
+        return
+    console().print(f"version {version_id} converted: model version {data['id']} ({data['name']} v{data['version']}) "
+                    f"registered as a safe artifact, stage [bold]{data['stage']}[/bold]; validate and approve it, "
+                    "then promote it in place of the old one")
+
+
+@app.command()
 def validate(
     version_id: IdArg,
     evidence: Annotated[Path, typer.Option("--evidence", help="Validation report (stored by SHA-256).")],
