@@ -219,6 +219,9 @@ def fetch(location: str, settings: Settings) -> str:
     if location.startswith(("http://", "https://")):
         import httpx
 
+        from convergence.platform.netguard import check_url
+
+        check_url(location)  # the same network policy as webhooks: no internal address unless allowed
         try:
             response = httpx.get(location, timeout=10.0, follow_redirects=False)
         except httpx.HTTPError as exc:

@@ -18,12 +18,9 @@ import json
 import random
 import secrets
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -36,6 +33,8 @@ from convergence.governance._principal import Principal
 from convergence.governance._replay import state_entries
 from convergence.platform.db import session_scope, utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
+from convergence.platform.netguard import check_url
+from convergence.platform.netguard import post as guarded_post
 from convergence.platform.settings import get_settings
 
 SIGNATURE_HEADER, TIMESTAMP_HEADER, EVENT_HEADER = "Convergence-Signature", "Convergence-Timestamp", "Convergence-Event-Id"
@@ -58,13 +57,8 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: str, *, tole
 
 
 def _check_url(url: str) -> str:
-    try:
-        parsed = urlparse(url)
-        parsed.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise InvalidInput(f"webhook URL must be http(s)://host/…, got {url!r}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InvalidInput(f"webhook URL must be http(s)://host/…, got {url!r}")
+    """The network policy (``platform.netguard``): http(s), no credentials, no internal address unless allowed."""
+    check_url(url)
     return url
 
 
@@ -128,17 +122,9 @@ def enqueue(*, session: Session, event_type: str, data: Mapping[str, Any]) -> li
 
 
 def post(url: str, body: str, headers: dict[str, str], timeout: float) -> tuple[int | None, str | None]:
-    """(status, error); a transport failure is (None, reason)."""
-    req = urllib.request.Request(url, data=body.encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "User-Agent": "convergence-webhooks",
-                                          **headers})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) checked at subscribe
-            return resp.status, None
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    """(status, error) under the network policy, checked again at send time; a transport failure is (None, why)."""
+    return guarded_post(url, body.encode(), {"Content-Type": "application/json",
+                                             "User-Agent": "convergence-webhooks", **headers}, timeout)
 
 
 def _claim(limit: int) -> list[tuple[int, str, str, str, str, str]]:

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     k8s_ray_cluster: str = Field(default="convergence-ray", description="The chart's RayCluster that RayJobs run on.")
     k8s_keys_secret: str = Field(default="", description="Secret with the service accounts' API keys (key "
                                  "pipelines is what triggered Jobs act with).")
+    webhook_allow_networks: str | None = Field(default=None, description="Networks webhooks (and checkpoint URLs) "
+                                               "may reach although internal, comma-separated CIDRs, e.g. "
+                                               "127.0.0.0/8,::1/128; default: public addresses only.")
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
     webhook_timeout_s: float = Field(default=5.0, gt=0)

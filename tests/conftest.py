@@ -154,6 +154,13 @@ def raw_sql(db_url: str):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _loopback_receivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test receivers listen on loopback, which the network policy refuses by default; the policy's own tests
+    remove this."""
+    monkeypatch.setenv("CVG_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     """A small safe trading artifact standing in for a model (synthetic tensor, unique header)."""

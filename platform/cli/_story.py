@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,9 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
     from convergence.platform.settings import get_settings
     from convergence.serving import ServerProcess
 
+    # The demo's receivers (the webhook "Slack") listen on loopback, which the webhook policy refuses by default.
+    os.environ.setdefault("CVG_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")
+    get_settings.cache_clear()
     settings = get_settings()
     story = Story(console(), Path(workdir) if workdir else settings.home / "demo", quick)
     story.out.print("[bold]convergence demo[/bold]: the whole governed lifecycle on this machine "

@@ -57,7 +57,7 @@ def test_signed_notes_reproduce_the_c2sp_known_answer_byte_for_byte() -> None:
 def test_a_checkpoint_is_signed_published_recorded_and_sent_to_subscribers(chain: int) -> None:
     admin = person("ada")
     with session_scope() as s:
-        gov.subscribe(session=s, principal=admin, url="https://receiver.example/hook", events=["audit.checkpoint"])
+        gov.subscribe(session=s, principal=admin, url="https://127.0.0.1:9/hook", events=["audit.checkpoint"])
     cp = _checkpoint()
     with session_scope(write=False) as s:
         size = gov.head(session=s)[0] - 1  # all but the checkpoint's own event
