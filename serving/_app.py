@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import logging
 import math
 import struct
 import time
@@ -131,6 +132,10 @@ def _json_object(raw: bytes, allowed: set[str]) -> dict[str, Any]:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("body is not valid JSON here: nested too deeply") from None
+    except ValueError:  # an integer of thousands of digits: Python's int-string conversion limit
+        raise MalformedBody("body is not valid JSON here: a number with too many digits") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"body must be a JSON object with {', '.join(sorted(allowed))}")
     unknown = sorted(set(data) - allowed)
@@ -177,7 +182,7 @@ def _fast_rows(raw: bytes, rows_in: Any) -> np.ndarray | None:
     try:
         with np.errstate(over="ignore"):  # 1e39 becomes inf in float32, and is refused as not finite
             X = np.asarray(rows_in, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
     return X if X.ndim == 2 and len(X) else None
 
@@ -191,7 +196,10 @@ def _checked_rows(rows_in: Any, n_features: int) -> np.ndarray:
             raise InvalidInput(f"row {i} is not a list of numbers")
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InvalidInput(f"row {i}, feature {j} is {type(v).__name__} {v!r}, not a number")
+                raise InvalidInput(f"row {i}, feature {j} is {type(v).__name__} {str(v)[:40]!r}, not a number")
+            if isinstance(v, int) and not -FLOAT32_MAX <= v <= FLOAT32_MAX:  # 10**400: no float holds it
+                raise InvalidInput(f"row {i}, feature {j} is an integer of {len(str(abs(v)))} digits: "
+                                   "features must be finite float32 numbers")
     lengths = sorted({len(r) for r in rows_in})
     if len(lengths) > 1:
         raise InvalidInput(f"rows have different lengths ({lengths}); each needs {n_features} features")
@@ -200,6 +208,33 @@ def _checked_rows(rows_in: Any, n_features: int) -> np.ndarray:
     if X.ndim != 2:  # [[]]: rows without features
         X = X.reshape(len(rows_in), -1)
     return X
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_prompt(prompt: Any, *, max_chars: int) -> str:
+    """A prompt is text the tokenizer can take: a non-empty string of valid Unicode (no lone surrogates), with
+    no control characters but tab and newlines, and not longer than ``max_chars``."""
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidInput('"prompt" must be a non-empty string')
+    if len(prompt) > max_chars:
+        raise InvalidInput(f'"prompt" has {len(prompt):,} characters; at most {max_chars:,}')
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput('"prompt" is not valid Unicode text (a lone surrogate such as \\ud800)') from None
+    bad = next((c for c in prompt if (ord(c) < 32 and c not in "\t\n\r") or 127 <= ord(c) < 160), None)
+    if bad is not None:
+        raise InvalidInput(f'"prompt" holds the control character U+{ord(bad):04X}; only tab and newlines may appear')
+    return prompt
+
+
+def _internal(family: str, exc: BaseException) -> Any:
+    """A failure that is not ours to name: logged with its traceback, answered 500 in the same JSON shape and
+    counted by status like every other error."""
+    logging.getLogger("convergence.serving").error("%s request failed", family, exc_info=exc)
+    return _error(ConvergenceError("the server failed to answer; the failure is in its log"), family)
 
 
 def _killed(replica: Replica) -> dict[str, Any] | None:
@@ -257,6 +292,8 @@ def build_app() -> Any:
             y = await replica.batcher.submit(X)
         except ConvergenceError as exc:
             return _error(exc, "trading")
+        except Exception as exc:  # noqa: BLE001 - never a bare traceback, always counted
+            return _internal("trading", exc)
         latency = time.perf_counter() - t0
         m = replica.metrics
         m.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
@@ -275,8 +312,7 @@ def build_app() -> Any:
             prompt, max_tokens = data.get("prompt"), data.get("max_tokens", 32)
             temperature, seed = data.get("temperature", 0.0), data.get("seed", 0)
             context = replica.loaded.extra["context"]
-            if not isinstance(prompt, str) or not prompt:
-                raise InvalidInput('"prompt" must be a non-empty string')
+            prompt = check_prompt(prompt, max_chars=replica.max_body)
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens < context:
                 raise InvalidInput(f'"max_tokens" must be an integer from 1 to {context - 1}')
             if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
@@ -292,6 +328,8 @@ def build_app() -> Any:
             tokens = await replica.batcher.submit(list(ids), max_tokens, float(temperature), seed)
         except ConvergenceError as exc:
             return _error(exc, "language")
+        except Exception as exc:  # noqa: BLE001 - never a bare traceback, always counted
+            return _internal("language", exc)
         latency = time.perf_counter() - t0
         eos = tok.token_to_id("<|endoftext|>")
         finished = "eos" if tokens and tokens[-1] == eos else "length"
