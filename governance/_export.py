@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from convergence.governance._ledger import format_ts
 from convergence.governance._models import AuditEvent
 from convergence.platform.errors import InvalidInput
+from convergence.platform.files import atomic_output
 
 FORMATS = ("jsonl", "csv", "parquet")
 FIELDS = ("seq", "ts", "actor", "action", "subject_type", "subject_id", "payload", "prev_hash", "hash")
@@ -47,11 +48,11 @@ def export_events(*, session: Session, out: Path | IO[str], fmt: str = "jsonl",
         if not isinstance(out, Path):
             raise InvalidInput("parquet is binary: pass --output FILE")
         return _parquet(rows, out)
-    if isinstance(out, Path):
-        tmp = out.with_name(out.name + ".partial")  # never leave a truncated export under the real name
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    if isinstance(out, Path):  # a fresh exclusive file renamed into place: no half export, no symlink followed
+        with atomic_output(out, mode=0o600) as raw:  # audit data: the owner's to share
+            fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             count = _text(rows, fh, fmt)
-        tmp.replace(out)
+            fh.detach()  # flushed; the file itself is atomic_output's to close and rename
         return count
     return _text(rows, out, fmt)
 
@@ -88,9 +89,8 @@ def _parquet(rows: Iterator[AuditEvent], path: Path, batch: int = 10_000) -> int
     schema = pa.schema([("seq", pa.int64()), ("ts", pa.string()), ("actor", pa.string()), ("action", pa.string()),
                         ("subject_type", pa.string()), ("subject_id", pa.string()), ("payload", pa.string()),
                         ("prev_hash", pa.string()), ("hash", pa.string())])
-    tmp = path.with_name(path.name + ".partial")
     count, buf = 0, []
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_output(path, mode=0o600) as fh, pq.ParquetWriter(fh, schema) as writer:
         for ev in rows:
             buf.append(_record(ev))
             if len(buf) >= batch:
@@ -99,7 +99,6 @@ def _parquet(rows: Iterator[AuditEvent], path: Path, batch: int = 10_000) -> int
         if buf or count == 0:
             writer.write_table(pa.Table.from_pylist(buf, schema=schema))
             count += len(buf)
-    tmp.replace(path)
     return count
 
 

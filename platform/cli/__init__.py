@@ -22,8 +22,28 @@ __all__ = ["app", "main"]
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"cvg: error: {message}", err=True)
+    """One line on stderr, whatever the message holds: newlines and terminal controls are escaped."""
+    from convergence.platform.cli._common import printable
+
+    typer.echo(f"cvg: error: {printable(message)}", err=True)
     sys.exit(code)
+
+
+def _foreign(exc: Exception) -> ConvergenceError | None:
+    """Our error for a driver's (never its SQL or values) or a bad CVG_ setting's, else None: a bug."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None and isinstance(exc, sa_exc.DBAPIError):
+        from convergence.platform.db import database_error
+
+        return database_error(exc, os.environ.get("CVG_DATABASE_URL"))
+    pydantic_core = sys.modules.get("pydantic_core")
+    if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError) and exc.title == "Settings":
+        from convergence.platform.errors import InvalidInput
+
+        first = exc.errors()[0]
+        name = "CVG_" + "_".join(str(part) for part in first.get("loc", ())).upper()
+        return InvalidInput(f"{name}: {first.get('msg', 'invalid')} ({exc.error_count()} setting(s) invalid)")
+    return None
 
 
 def _debug() -> bool:
@@ -50,10 +70,13 @@ class _Root(TyperGroup):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
-        except Exception as exc:  # a bug of ours: still one line, traceback on request
+        except Exception as exc:  # a driver's error, or a bug of ours: still one line, traceback on request
             if _debug():
                 raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (run with CVG_DEBUG=1 for the traceback)", 1)
+            if (ours := _foreign(exc)) is not None:
+                _fail(str(ours), ours.exit_code)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            _fail(f"internal error: {type(exc).__name__}: {first} (run with CVG_DEBUG=1 for the traceback)", 1)
 
 
 app = typer.Typer(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -46,6 +47,28 @@ def operations(as_name: str | None = None, *, progress: Any = None, ray_address:
     return local_operations(as_name=as_name, progress=progress, ray_address=ray_address)
 
 
+_UNSAFE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))  # controls, format (bidi, zero-width), surrogates, breaks
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` safe to show on a terminal: control and format characters (ESC, C1, bidi overrides, zero-width,
+    lone surrogates) written as escapes like ``\\x1b`` and ``\\u202e``; ``keep`` lists any to leave (newlines)."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) if ch not in keep and unicodedata.category(ch) in _UNSAFE else ch for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _json_escape(ch: str) -> str:
+    """A JSON escape of one character (astral ones as a surrogate pair): the same data, nothing a terminal acts on."""
+    units = ch.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.isoformat()
@@ -55,26 +78,50 @@ def _default(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n")
+    """Exact JSON; DEL, C1 and format characters (and lone surrogates) as \\u escapes, which json leaves raw."""
+    text = json.dumps(data, indent=2, default=_default, ensure_ascii=False)
+    if not text.isprintable():
+        text = "".join(_json_escape(ch) if ch not in "\n" and unicodedata.category(ch) in _UNSAFE else ch
+                       for ch in text)
+    sys.stdout.write(text + "\n")
+
+
+def _console_class() -> type:
+    from rich.console import Console
+    from rich.errors import MarkupError
+
+    class SafeConsole(Console):
+        """Every string it renders (tables, trees, messages) is made printable first, in this one place;
+        text that is not valid markup (a reason holding ``[/]``) is shown as it is, not as a crash."""
+
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            text = printable(text, keep="\n\t")
+            try:
+                return super().render_str(text, **kwargs)
+            except MarkupError:
+                return super().render_str(text, **{**kwargs, "markup": False})
+
+    return SafeConsole
 
 
 def console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
     stream = sys.stderr if stderr else sys.stdout
     # Piped output is read by people in logs and CI too: don't squeeze it into 80 columns.
     width = None if stream.isatty() else 160
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+    return _console_class()(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Cells are data: shown literally (no markup) and printable; a rich ``Text`` cell keeps its style."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        table.add_row(*(cell if isinstance(cell, Text) else Text("" if cell is None else printable(str(cell)))
+                        for cell in row))
     console().print(table)
 
 

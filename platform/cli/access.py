@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Annotated
 
@@ -68,11 +67,11 @@ def login(
                          audience=settings.oidc_audience, prompt=prompt, timeout_s=timeout)
     path = settings.home / "credentials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"issuer": settings.oidc_issuer, "access_token": token["access_token"],
-                   "expires_at": time.time() + float(token.get("expires_in", 300))}, fh)
-    os.chmod(path, 0o600)
+    from convergence.platform.files import atomic_output
+
+    with atomic_output(path, mode=0o600, option="credentials") as fh:  # never through a planted link
+        fh.write(json.dumps({"issuer": settings.oidc_issuer, "access_token": token["access_token"],
+                             "expires_at": time.time() + float(token.get("expires_in", 300))}).encode())
     err.print(f"signed in; the token is kept in {path} until it expires")
 
 

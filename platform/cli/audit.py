@@ -188,8 +188,11 @@ def cosign(
         raise InvalidInput(f"{note}: {exc}") from None
     if output is None:
         sys.stdout.write(signed)
-    else:
-        output.write_text(signed, encoding="utf-8")
+        return
+    from convergence.platform.files import atomic_output
+
+    with atomic_output(output) as fh:
+        fh.write(signed.encode("utf-8"))
 
 
 @app.command()
@@ -234,22 +237,22 @@ def export(
     """Export events with their chain fields; `python governance/auditor.py FILE` re-verifies it offline."""
     from convergence.platform.errors import InvalidInput
 
+    from convergence.platform.files import atomic_output, check_output
+
     if fmt == "parquet" and output is None:
         raise InvalidInput("parquet is binary: pass --output FILE")
-    if output is not None and output.is_dir():
-        raise InvalidInput(f"--output {output} is a directory; name a file")
+    if output is not None:
+        check_output(output)  # a folder, a device, a FIFO or a link: refused before the export is made
     chunks = operations(actor).export_audit(format=fmt, since=since, until=until)
     if output is None:
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         return
-    tmp = output.with_name(output.name + ".partial")  # never leave a truncated export under the real name
     lines = 0
-    with open(tmp, "wb") as fh:
+    with atomic_output(output, mode=0o600) as fh:  # never a truncated export under the real name
         for chunk in chunks:
             fh.write(chunk)
             lines += chunk.count(b"\n")
-    tmp.replace(output)
     what = f"{lines - (fmt == 'csv'):,} events" if fmt != "parquet" else f"{output.stat().st_size:,} bytes"
     console(stderr=True).print(f"wrote {what} to {output}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,10 +64,12 @@ def reject(change_id: int, reason: Annotated[str | None, typer.Option("--reason"
     _decide(change_id, actor, False, reason, json_out)
 
 
-def _bar(fraction: float, width: int = 24) -> str:
+def _bar(fraction: float, width: int = 24) -> Any:
+    from rich.text import Text  # a styled cell: table cells are otherwise shown literally
+
     filled = min(width, int(round(fraction * width)))
     colour = "red" if fraction > 1 else "yellow" if fraction >= 0.8 else "green"
-    return f"[{colour}]{'█' * filled}[/{colour}]{'░' * (width - filled)} {fraction:.0%}"
+    return Text.from_markup(f"[{colour}]{'█' * filled}[/{colour}]{'░' * (width - filled)} {fraction:.0%}")
 
 
 @app.command()

@@ -177,9 +177,15 @@ def compile_(
     from convergence.pipelines import compile_pipeline
     from convergence.platform.settings import get_settings
 
+    import tempfile
+
+    from convergence.platform.files import atomic_output, check_output
+
+    check_output(output)
     cfg = _config(family, config, overrides)
-    path = compile_pipeline(cfg, output, image or get_settings().image)
-    console(stderr=True).print(f"wrote {path}")
+    with tempfile.TemporaryDirectory() as private, atomic_output(output) as fh:  # KFP writes where we say
+        fh.write(compile_pipeline(cfg, Path(private) / output.name, image or get_settings().image).read_bytes())
+    console(stderr=True).print(f"wrote {output}")
 
 
 @app.command()
