@@ -119,7 +119,7 @@ def _fresh_again(url: str) -> None:
     else:
         from sqlalchemy import create_engine, text
 
-        engine = create_engine(url)
+        engine = create_engine(url, hide_parameters=True)
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))

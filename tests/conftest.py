@@ -143,7 +143,7 @@ def raw_sql(db_url: str):  # type: ignore[no-untyped-def]
     """Run SQL as a database administrator would, bypassing convergence (for tampering tests)."""
     from sqlalchemy import create_engine
 
-    engine = create_engine(db_url)
+    engine = create_engine(db_url, hide_parameters=True)
 
     def run(*statements: str) -> None:
         with engine.begin() as conn:

@@ -86,7 +86,7 @@ def seed(url: str) -> None:
     from convergence.governance._models import PrincipalRow, RoleGrant
 
     now = dt.datetime.now(dt.timezone.utc)
-    engine = create_engine(url)
+    engine = create_engine(url, hide_parameters=True)
     with engine.begin() as conn:
         for name, roles in ROLES.items():
             conn.execute(insert(PrincipalRow).values(issuer=ISSUER, subject=name, name=name,
