@@ -31,6 +31,7 @@ from convergence.governance._ledger import Subject, append
 from convergence.governance._models import WEBHOOK_FORMATS, WebhookDelivery, WebhookSubscription
 from convergence.governance._principal import Principal
 from convergence.governance._replay import state_entries
+from convergence.governance._secrets import seal, unseal
 from convergence.platform.db import session_scope, utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 from convergence.platform.netguard import check_url
@@ -71,13 +72,17 @@ def subscribe(*, session: Session, principal: Principal, url: str, events: list[
         raise InvalidInput(f"format must be one of {', '.join(WEBHOOK_FORMATS)}, got {fmt!r}")
     if not events:
         raise InvalidInput("subscribe to at least one event type (e.g. drift.alert, or * for all)")
-    sub = WebhookSubscription(url=url, secret=secret or secrets.token_hex(32), event_types=sorted(set(events)),
+    if secret is not None and not 1 <= len(secret) <= 100:
+        raise InvalidInput("a webhook secret has 1 to 100 characters (default: 64 random hex digits)")
+    plain = secret or secrets.token_hex(32)
+    sub = WebhookSubscription(url=url, secret=seal(plain), event_types=sorted(set(events)),
                               format=fmt, active=True, created_at=utcnow(), created_by=principal.name)
     session.add(sub)
     session.flush()
     append(session=session, principal=principal, action="webhook.subscribed", subject=Subject("webhook_subscription", str(sub.id)),
            payload={"url": url, "events": sub.event_types, "format": fmt,
-                    "state": state_entries(session, sub)})  # the secret's SHA-256, never the secret
+                    "state": state_entries(session, sub)})  # the sealed secret's SHA-256, never the secret
+    sub.plain_secret = plain  # shown once, to whoever subscribed; never stored as it is
     return sub
 
 
@@ -156,8 +161,8 @@ def deliver_due(*, limit: int = 100) -> dict[str, int]:
     """One pass of the deliverer: claim due deliveries, send them, record each outcome."""
     settings = get_settings()
     counts = {"delivered": 0, "retry": 0, "dead": 0}
-    for delivery_id, url, secret, event_id, body, event_type in _claim(limit):
-        ts = int(time.time())
+    for delivery_id, url, sealed, event_id, body, event_type in _claim(limit):
+        ts, secret = int(time.time()), unseal(sealed)
         status, error = post(url, body, {SIGNATURE_HEADER: sign(secret, ts, body), TIMESTAMP_HEADER: str(ts),
                                          EVENT_HEADER: event_id, "Idempotency-Key": event_id,
                                          "Convergence-Event-Type": event_type}, settings.webhook_timeout_s)

@@ -186,6 +186,16 @@ def _ledger() -> Check:
     return Check("ledger", not fixes, detail, "; ".join(fixes) or None)
 
 
+def _secrets() -> Check:
+    """Webhook secrets are sealed at rest; say whether the key is kept apart from the data they guard."""
+    s = get_settings()
+    if s.secret_key:
+        return Check("secrets", True, "webhook secrets sealed at rest with CVG_SECRET_KEY")
+    return Check("secrets", False, f"webhook secrets sealed with a key file beside the data ({s.home / 'secret.key'})",
+                 "set CVG_SECRET_KEY from a secret store (a Kubernetes Secret in the chart), so a copy of the "
+                 "data directory or the database does not carry the key that opens its secrets")
+
+
 def run_checks() -> list[Check]:
     return [
         _database(),
@@ -202,5 +212,6 @@ def run_checks() -> list[Check]:
         _meters(),
         _identity(),
         _ledger(),
+        _secrets(),
         _helm(),
     ]

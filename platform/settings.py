@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     k8s_ray_cluster: str = Field(default="convergence-ray", description="The chart's RayCluster that RayJobs run on.")
     k8s_keys_secret: str = Field(default="", description="Secret with the service accounts' API keys (key "
                                  "pipelines is what triggered Jobs act with).")
+    secret_key: SecretStr | None = Field(default=None, description="Key that seals webhook secrets at rest (any "
+                                         "long random string, from a secret store); default: a key file in home.")
     webhook_allow_networks: str | None = Field(default=None, description="Networks webhooks (and checkpoint URLs) "
                                                "may reach although internal, comma-separated CIDRs, e.g. "
                                                "127.0.0.0/8,::1/128; default: public addresses only.")

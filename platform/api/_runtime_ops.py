@@ -159,7 +159,7 @@ class RuntimeOps(OperationsBase):
             sub = gov.subscribe(session=session, principal=self.principal, url=url, events=list(events), fmt=format,
                                 secret=secret)
             return {"id": sub.id, "url": sub.url, "events": sub.event_types, "format": sub.format,
-                    "secret": sub.secret}
+                    "secret": sub.plain_secret}
 
     @op("GET", "/webhooks/subscriptions", tag="webhooks")
     def list_subscriptions(self, include_inactive: bool = False) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from convergence import governance as gov
 from convergence.platform.db import session_scope
-from convergence.platform.errors import InvalidInput, PolicyViolation
+from convergence.platform.errors import IntegrityError, InvalidInput, PolicyViolation
 from convergence.platform.settings import get_settings
 from tests.people import person
 
@@ -225,3 +225,29 @@ def test_unsubscribe_stops_deliveries(db_url: str) -> None:
     _alerts(1)  # nothing is queued for an inactive subscription
     assert [d.status for d in _deliveries()] == ["dead", "dead"]
     assert gov.deliver_due() == {"delivered": 0, "retry": 0, "dead": 0}
+
+
+def test_secrets_are_sealed_at_rest_and_still_sign(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.governance import _secrets
+
+    receiver = Receiver(free_port()).start()
+    try:
+        _subscribe(receiver.url)
+        _alerts(1)
+        assert gov.deliver_due()["delivered"] == 1 and receiver.bad_signatures == 0  # the real secret signed it
+    finally:
+        receiver.stop()
+    with session_scope(write=False) as s:
+        stored = s.execute(select(gov.WebhookSubscription.secret)).scalar_one()
+    assert stored.startswith("enc:v1:") and SECRET not in stored
+    with session_scope(write=False) as s:
+        assert all(SECRET not in str(e.payload)
+                   for e in s.execute(select(gov.AuditEvent)).scalars())
+    monkeypatch.setenv("CVG_SECRET_KEY", "another key altogether, from a secret store")
+    get_settings.cache_clear()
+    with pytest.raises(IntegrityError, match="cannot be opened with this key"):
+        _secrets.unseal(stored)
+    assert _secrets.unseal("legacy-plain") == "legacy-plain"  # rows from before sealing still read
+    assert _secrets.unseal(_secrets.seal("x" * 100)) == "x" * 100 and len(_secrets.seal("x" * 100)) <= 200
+    get_settings.cache_clear()
+

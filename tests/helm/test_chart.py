@@ -206,3 +206,19 @@ def test_checkpoints_are_scheduled_signed_only_where_they_are_made_and_published
         "s3://ledger-checkpoints/prod", "/var/lib/convergence/worm", "5000")
     code, docs, err = render()
     assert code == 0 and not [d for d in docs if d["metadata"]["name"].endswith("-ledger-checkpoint")]
+
+
+def test_the_secret_key_reaches_only_what_seals_or_opens_webhook_secrets(render) -> None:
+    code, docs, err = render("-f", str(EVERYTHING))
+    assert code == 0, err
+
+    def secret_key(spec: dict) -> dict | None:
+        env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
+        return env.get("CVG_SECRET_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
+
+    holders = sorted(name for name, spec in _pods(docs) if secret_key(spec))
+    assert [h.rsplit("-", 1)[-1] for h in holders] == ["api", "webhooks"], holders
+    assert secret_key(_doc(docs, "Deployment", "-api")["spec"]["template"]["spec"]) == {
+        "name": "convergence-secret-key", "key": "secret.key"}
+    code, docs, err = render()
+    assert code == 0 and not [n for n, spec in _pods(docs) if secret_key(spec)]  # no Secret named: none mounted

@@ -34,3 +34,17 @@ def test_a_secret_key_and_a_bucket_pass_and_the_key_is_never_shown(monkeypatch: 
     check = _ledger(monkeypatch, CVG_LEDGER_KEY=secret, CVG_LEDGER_ANCHOR_S3="s3://ledger/prod")
     assert check.ok and check.fix is None and "s3://ledger/prod" in check.detail
     assert "PRIVATE" not in check.detail and "Secret" in check.detail
+
+
+def test_doctor_warns_while_the_secret_key_sits_beside_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.delenv("CVG_SECRET_KEY", raising=False)
+    get_settings.cache_clear()
+    [check] = [c for c in run_checks() if c.name == "secrets"]
+    assert not check.ok and "beside the data" in check.detail and "CVG_SECRET_KEY" in (check.fix or "")
+    monkeypatch.setenv("CVG_SECRET_KEY", "a long random value from a secret store")
+    get_settings.cache_clear()
+    [check] = [c for c in run_checks() if c.name == "secrets"]
+    assert check.ok and "a long random" not in check.detail  # the key itself is never shown
+    get_settings.cache_clear()

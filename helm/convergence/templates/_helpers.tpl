@@ -50,6 +50,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/* The key that seals webhook secrets at rest, only for what seals or opens them (the API, the deliverer). */}}
+{{- define "cvg.secretKeyEnv" -}}
+{{- if .Values.secrets.existingSecret }}
+- name: CVG_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.key }}
+{{- end }}
+{{- end -}}
+
 {{/* Environment every convergence container gets: settings, the database URL, a writable home. */}}
 {{- define "cvg.env" -}}
 - name: CVG_HOME
@@ -121,6 +132,9 @@ containers:
       {{- include "cvg.keyEnv" (dict "root" $root "key" .key) | nindent 6 }}
       {{- if .ledgerKey }}
       {{- include "cvg.ledgerKeyEnv" $root | nindent 6 }}
+      {{- end }}
+      {{- if .secretKey }}
+      {{- include "cvg.secretKeyEnv" $root | nindent 6 }}
       {{- end }}
     envFrom:
       {{- include "cvg.envFrom" $root | nindent 6 }}
