@@ -7,6 +7,7 @@ Commands only parse, call a service and render; rendering is a rich table for pe
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import sys
 import unicodedata
@@ -86,6 +87,7 @@ def print_json(data: Any) -> None:
     sys.stdout.write(text + "\n")
 
 
+@functools.cache
 def _console_class() -> type:
     from rich.console import Console
     from rich.errors import MarkupError
