@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.platform.api.conftest import client  # noqa: F401 - the API in-process, for one test
 from tests.platform.cli.conftest import assert_one_line_error
 
 
@@ -67,6 +68,17 @@ def test_an_over_long_value_on_postgres_is_one_line_exit_2_without_the_sql(db_ur
     if sub.code != 0:  # a store that holds the secret (encrypted) answers 0 and shows it once, on stdout
         assert_one_line_error(sub, 2, "")
         assert secret not in sub.out
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_an_over_long_value_over_the_api_is_a_422_without_the_sql(db_url: str, client) -> None:
+    from tests.people import api_key
+    from tests.platform.api.conftest import bearer
+
+    r = client.post("/service-accounts", json={"name": "ß" * 200}, headers=bearer(api_key("keeper-admin", "admin")))
+    assert r.status_code == 422 and r.json()["error"] == "InvalidInput", r.text
+    assert "value too long" in r.json()["message"] and "INSERT" not in r.text and "ssss" not in r.text
 
 
 def test_a_driver_error_at_the_edge_is_one_line_without_sql() -> None:
