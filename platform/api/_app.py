@@ -317,7 +317,7 @@ def _settle() -> None:
 
 
 def _health(app: Any) -> None:
-    from convergence.platform.errors import Unavailable
+    from convergence.platform.errors import SchemaOutdated, Unavailable
 
     @app.get("/livez", tags=["health"], summary="the process is up")
     async def livez() -> dict[str, str]:
@@ -331,8 +331,9 @@ def _health(app: Any) -> None:
         try:
             with session_scope(write=False) as session:
                 session.connection()
-        except ConvergenceError as exc:
-            raise Unavailable(f"not ready: {exc.message}") from None
+        except ConvergenceError as exc:  # unauthenticated: say what is wrong, never where the database is
+            what = "its schema is not current" if isinstance(exc, SchemaOutdated) else "it does not answer"
+            raise Unavailable(f"not ready: the database {what}", hint="see `cvg doctor` on the server") from None
         return {"status": "ready"}
 
 

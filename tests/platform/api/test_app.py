@@ -252,3 +252,24 @@ def test_people_cannot_give_a_run_a_trigger_nor_the_server_a_file_path(client) -
     assert event.payload_obj["rule"] == "trigger-by-system" and event.payload_obj["principal"]["id"] == human.id
     with pytest.raises(PolicyViolation, match="not a file path"):
         ops.run_pipeline(family="trading", overrides={"data": {"source": "csv", "path": "/etc/shadow"}})
+
+
+def test_readyz_says_what_is_wrong_but_never_where_the_database_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz needs no credential: an unreachable database is named by what is wrong, not by its URL."""
+    from starlette.testclient import TestClient
+
+    from convergence.platform.api import create_app
+    from convergence.platform.db import dispose_engines
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.setenv("CVG_DATABASE_URL", "postgresql+psycopg://ops:hunter2@127.0.0.1:1/prod_ledger")
+    dispose_engines()
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_app(), raise_server_exceptions=False) as c:
+            answer = c.get("/readyz")
+    finally:
+        dispose_engines()
+        get_settings.cache_clear()
+    assert answer.status_code == 503 and "does not answer" in answer.json()["message"]
+    assert not any(s in answer.text for s in ("hunter2", "ops", "127.0.0.1", "prod_ledger"))
