@@ -217,18 +217,10 @@ def fetch(location: str, settings: Settings) -> str:
             raise NotFound(f"no checkpoint at {location}")
         return text
     if location.startswith(("http://", "https://")):
-        import httpx
+        from convergence.platform import netguard
 
-        from convergence.platform.netguard import check_url
-
-        check_url(location)  # the same network policy as webhooks: no internal address unless allowed
-        try:
-            response = httpx.get(location, timeout=10.0, follow_redirects=False)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot fetch {location}: {type(exc).__name__}") from None
-        if response.status_code != 200 or len(response.content) > MAX_NOTE_BYTES:
-            raise Unavailable(f"cannot fetch {location}: status {response.status_code}")
-        return _decoded(response.content, location)
+        # The webhooks' network policy: no internal address unless allowed, fetched from the address checked.
+        return _decoded(netguard.fetch(location, limit=MAX_NOTE_BYTES), location)
     path = Path(location.removeprefix("file://"))
     if not path.is_file():
         raise NotFound(f"no checkpoint file {location}")

@@ -514,7 +514,7 @@ class WebhookSubscription(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     url: Mapped[str] = mapped_column(Text, nullable=False)
-    secret: Mapped[str] = mapped_column(String(200), nullable=False)
+    secret: Mapped[str] = mapped_column(Text, nullable=False)  # sealed (enc:v1:…), migration 0010
     event_types: Mapped[list[str]] = mapped_column(JSON, nullable=False)
     format: Mapped[str] = mapped_column(String(20), nullable=False)
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)

@@ -103,6 +103,11 @@ def row_state(row: Base) -> dict[str, Any]:
     return {"table": table.name, "id": row.id, "fields": _fields(table.name, table.c, row)}
 
 
+def reflected_state(table: str, columns: Any, row: Any) -> dict[str, Any]:
+    """The state entry of a row read through reflection (``columns``: the reflected table's), as migrations see it."""
+    return {"table": table, "id": row.id, "fields": _fields(table, columns, row)}
+
+
 def state_entries(session: Session, *rows: Base) -> list[dict[str, Any]]:
     """Flush, then the state entries of those ``rows`` that gate (a service's event payload's ``state``)."""
     session.flush()

@@ -3,7 +3,8 @@
 The key comes from ``CVG_SECRET_KEY`` (a Kubernetes Secret in the chart); without it, from a key file
 made once under CVG_HOME (0600), which ``cvg doctor`` flags, since a key beside the data protects
 little. A stored value reads ``enc:v1:`` + base64(nonce ‖ ciphertext); rows written before this
-(plain text) still read, and ``is_sealed`` tells them apart.
+(plain text) still read, and ``is_sealed`` tells them apart. Once CVG_SECRET_KEY is set, a key file
+left in home still opens what it sealed, until ``cvg webhooks reseal`` (or migration 0010) re-seals.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from convergence.platform.settings import get_settings
 
 PREFIX = "enc:v1:"
 KEY_FILE = "secret.key"
+_AAD = b"webhook"
 
 
 def key_location() -> str:
@@ -27,23 +29,41 @@ def key_location() -> str:
     return "CVG_SECRET_KEY" if settings.secret_key else str(settings.home / KEY_FILE)
 
 
-def _key() -> bytes:
+def _derive(material: str) -> bytes:
+    return hashlib.sha256(b"convergence secret key v1\0" + material.encode()).digest()
+
+
+def _file_key(*, create: bool) -> bytes | None:
+    """The key file's key (made once, 0600, when ``create``); None when there is none."""
     from convergence.governance._notes import read_key_file, write_key_file
 
-    settings = get_settings()
-    if settings.secret_key:
-        material = settings.secret_key.get_secret_value()
-    else:
-        path = Path(settings.home) / KEY_FILE
-        try:
-            material = read_key_file(path).strip()
-        except NotFound:
-            try:
-                write_key_file(path, pysecrets.token_hex(32))
-            except InvalidInput:  # another process made it first
-                pass
-            material = read_key_file(path).strip()
-    return hashlib.sha256(b"convergence secret key v1\0" + material.encode()).digest()
+    path = Path(get_settings().home) / KEY_FILE
+    try:
+        return _derive(read_key_file(path).strip())
+    except NotFound:
+        if not create:
+            return None
+    try:
+        write_key_file(path, pysecrets.token_hex(32))
+    except InvalidInput:  # another process made it first
+        pass
+    return _derive(read_key_file(path).strip())
+
+
+def _key() -> bytes:
+    """The key that seals: CVG_SECRET_KEY, else the key file in home."""
+    secret_key = get_settings().secret_key
+    return _derive(secret_key.get_secret_value()) if secret_key else _file_key(create=True)  # type: ignore[return-value]
+
+
+def _opening_keys() -> list[bytes]:
+    """Keys that may open a stored value: the sealing key first, then a key file it replaced."""
+    keys = [_key()]
+    if get_settings().secret_key:
+        old = _file_key(create=False)
+        if old is not None and old != keys[0]:
+            keys.append(old)
+    return keys
 
 
 def is_sealed(stored: str) -> bool:
@@ -55,19 +75,35 @@ def seal(plain: str) -> str:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     nonce = os.urandom(12)
-    return PREFIX + base64.b64encode(nonce + AESGCM(_key()).encrypt(nonce, plain.encode(), b"webhook")).decode()
+    return PREFIX + base64.b64encode(nonce + AESGCM(_key()).encrypt(nonce, plain.encode(), _AAD)).decode()
 
 
-def unseal(stored: str) -> str:
-    """The secret a stored value holds; IntegrityError when it was sealed with another key (or edited)."""
+def _open(stored: str) -> tuple[str, bool]:
+    """(the secret, whether the sealing key opened it); IntegrityError when no key does."""
     if not is_sealed(stored):
-        return stored  # written before secrets were sealed
+        return stored, False  # written before secrets were sealed
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     try:
         blob = base64.b64decode(stored[len(PREFIX):], validate=True)
-        return AESGCM(_key()).decrypt(blob[:12], blob[12:], b"webhook").decode()
-    except (InvalidTag, ValueError):
-        raise IntegrityError("a stored webhook secret cannot be opened with this key",
-                             hint=f"the key ({key_location()}) is not the one it was sealed with") from None
+    except ValueError:
+        blob = b""
+    for index, key in enumerate(_opening_keys()):
+        try:
+            return AESGCM(key).decrypt(blob[:12], blob[12:], _AAD).decode(), index == 0
+        except (InvalidTag, ValueError):
+            continue
+    raise IntegrityError("a stored webhook secret cannot be opened with this key",
+                         hint=f"the key ({key_location()}) is not the one it was sealed with")
+
+
+def unseal(stored: str) -> str:
+    """The secret a stored value holds; IntegrityError when it was sealed with another key (or edited)."""
+    return _open(stored)[0]
+
+
+def resealed(stored: str) -> str | None:
+    """``stored`` sealed with the sealing key, or None when it already is (plain rows are sealed)."""
+    plain, current = _open(stored)
+    return None if current else seal(plain)

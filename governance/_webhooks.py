@@ -6,7 +6,8 @@ deliveries under a lease, POSTs them with an HMAC-SHA256 signature over ``timest
 records the outcome; a deliverer killed mid-flight leaves its lease to expire and the next one
 finishes the job. Receivers deduplicate on the event id (also sent as ``Idempotency-Key``), which
 is the same on every retry. Retries back off exponentially with jitter up to a maximum number of
-attempts, then the delivery is dead-lettered until someone redelivers it.
+attempts, then the delivery is dead-lettered until someone redelivers it. URLs pass the network policy
+(``platform.netguard``) at subscription and again at every send; secrets are stored sealed (``_secrets``).
 """
 
 from __future__ import annotations
@@ -19,21 +20,23 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from convergence.governance._access import require
 from convergence.governance._identity import system_principal
-from convergence.governance._ledger import Subject, append
+from convergence.governance._ledger import EventIn, Subject, append, append_many
 from convergence.governance._models import WEBHOOK_FORMATS, WebhookDelivery, WebhookSubscription
 from convergence.governance._principal import Principal
-from convergence.governance._replay import state_entries
-from convergence.governance._secrets import seal, unseal
+from convergence.governance._replay import reflected_state, state_entries
+from convergence.governance._secrets import resealed, seal, unseal
 from convergence.platform.db import session_scope, utcnow
-from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
+from convergence.platform.errors import IntegrityError, InvalidInput, NotFound, PolicyViolation
 from convergence.platform.netguard import check_url
 from convergence.platform.netguard import post as guarded_post
 from convergence.platform.settings import get_settings
@@ -63,6 +66,16 @@ def _check_url(url: str) -> str:
     return url
 
 
+def _check_secret(secret: str, limit: int = 100) -> None:
+    """A secret signs as UTF-8; a stored one is 1 to 100 bytes of it (sealed, it fits any column it had)."""
+    try:
+        size = len(secret.encode())
+    except UnicodeEncodeError:
+        size = 0
+    if not 1 <= size <= limit:
+        raise InvalidInput(f"a webhook secret has 1 to {limit} bytes of UTF-8 (default: 64 random hex digits)")
+
+
 def subscribe(*, session: Session, principal: Principal, url: str, events: list[str], fmt: str = "generic",
               secret: str | None = None) -> WebhookSubscription:
     """Send matching events to ``url``, signed with ``secret`` (generated when not given; shown once)."""
@@ -72,8 +85,8 @@ def subscribe(*, session: Session, principal: Principal, url: str, events: list[
         raise InvalidInput(f"format must be one of {', '.join(WEBHOOK_FORMATS)}, got {fmt!r}")
     if not events:
         raise InvalidInput("subscribe to at least one event type (e.g. drift.alert, or * for all)")
-    if secret is not None and not 1 <= len(secret) <= 100:
-        raise InvalidInput("a webhook secret has 1 to 100 characters (default: 64 random hex digits)")
+    if secret is not None:
+        _check_secret(secret)
     plain = secret or secrets.token_hex(32)
     sub = WebhookSubscription(url=url, secret=seal(plain), event_types=sorted(set(events)),
                               format=fmt, active=True, created_at=utcnow(), created_by=principal.name)
@@ -162,31 +175,50 @@ def deliver_due(*, limit: int = 100) -> dict[str, int]:
     settings = get_settings()
     counts = {"delivered": 0, "retry": 0, "dead": 0}
     for delivery_id, url, sealed, event_id, body, event_type in _claim(limit):
-        ts, secret = int(time.time()), unseal(sealed)
+        ts = int(time.time())
+        try:
+            secret = unseal(sealed)
+        except IntegrityError as exc:  # this process lacks the key: leave it, leased, to one that has it
+            _unopenable(delivery_id, exc.message)
+            counts["retry"] += 1
+            continue
         status, error = post(url, body, {SIGNATURE_HEADER: sign(secret, ts, body), TIMESTAMP_HEADER: str(ts),
                                          EVENT_HEADER: event_id, "Idempotency-Key": event_id,
                                          "Convergence-Event-Type": event_type}, settings.webhook_timeout_s)
-        with session_scope() as session:
-            d = session.get(WebhookDelivery, delivery_id)
-            if d is None or d.status != "pending":
-                continue
-            d.attempts += 1
-            d.last_status, d.locked_until = status, None
-            if status is not None and 200 <= status < 300:
-                d.status, d.delivered_at, d.last_error = "delivered", utcnow(), None
-                counts["delivered"] += 1
-            elif d.attempts >= settings.webhook_max_attempts:
-                d.status, d.last_error = "dead", error
-                counts["dead"] += 1
-                append(session=session, principal=system_principal(session=session, name="webhook-deliverer"),
-                       action="webhook.dead_lettered",
-                       subject=Subject("webhook_delivery", str(d.id)),
-                       payload={"event_id": event_id, "attempts": d.attempts, "error": error})
-            else:
-                d.last_error = error
-                d.next_attempt_at = utcnow() + dt.timedelta(seconds=_backoff(d.attempts))
-                counts["retry"] += 1
+        outcome = _record(delivery_id, event_id, status, error)
+        if outcome:
+            counts[outcome] += 1
     return counts
+
+
+def _unopenable(delivery_id: int, why: str) -> None:
+    """Say why a delivery was not sent, without spending an attempt: the receiver is not at fault."""
+    with session_scope() as session:
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
+                                                      WebhookDelivery.status == "pending").values(last_error=why))
+
+
+def _record(delivery_id: int, event_id: str, status: int | None, error: str | None) -> str | None:
+    """Record one attempt's outcome: delivered, retry (backed off) or dead (after the last attempt)."""
+    settings = get_settings()
+    with session_scope() as session:
+        d = session.get(WebhookDelivery, delivery_id)
+        if d is None or d.status != "pending":
+            return None
+        d.attempts += 1
+        d.last_status, d.locked_until = status, None
+        if status is not None and 200 <= status < 300:
+            d.status, d.delivered_at, d.last_error = "delivered", utcnow(), None
+            return "delivered"
+        if d.attempts >= settings.webhook_max_attempts:
+            d.status, d.last_error = "dead", error
+            append(session=session, principal=system_principal(session=session, name="webhook-deliverer"),
+                   action="webhook.dead_lettered", subject=Subject("webhook_delivery", str(d.id)),
+                   payload={"event_id": event_id, "attempts": d.attempts, "error": error})
+            return "dead"
+        d.last_error = error
+        d.next_attempt_at = utcnow() + dt.timedelta(seconds=_backoff(d.attempts))
+        return "retry"
 
 
 def deliver_until_idle(*, deadline_s: float = 30.0) -> dict[str, int]:
@@ -240,9 +272,44 @@ def list_subscriptions(*, session: Session, include_inactive: bool = False) -> l
             for sub in session.execute(q).scalars()]
 
 
+RESEALED = "webhook.secret_resealed"
+
+
+def rewrite_secrets(*, session: Session, principal: Principal, reason: str,
+                    rewrite: Callable[[str], str | None] = resealed) -> dict[str, Any]:
+    """Rewrite every stored secret ``rewrite`` changes (default: seal plain ones and those a replaced key
+    sealed), one event each with the row's state so replay still rebuilds the table; through reflection,
+    so migration 0010 runs it at its revision. Rows no key opens are named, not changed."""
+    table = sa.Table("webhook_subscriptions", sa.MetaData(), autoload_with=session.connection())
+    events, changed, unopenable = [], [], []
+    for row in session.execute(sa.select(table).order_by(table.c.id)).all():
+        try:
+            stored = rewrite(row.secret)
+        except IntegrityError:
+            unopenable.append(row.id)
+            continue
+        if stored is None:
+            continue
+        session.execute(table.update().where(table.c.id == row.id).values(secret=stored))
+        state = reflected_state(table.name, table.c, SimpleNamespace(**{**row._mapping, "secret": stored}))
+        events.append(EventIn(principal, RESEALED, Subject("webhook_subscription", str(row.id)),
+                              {"reason": reason, "state": [state]}))
+        changed.append(row.id)
+    if events:
+        append_many(session=session, events=events)
+    return {"resealed": changed, "unopenable": unopenable}
+
+
+def reseal_secrets(*, session: Session, principal: Principal) -> dict[str, Any]:
+    """Seal with the current key every secret still plain or sealed with a key file CVG_SECRET_KEY replaced."""
+    require(session=session, principal=principal, permission="webhook.manage")
+    return rewrite_secrets(session=session, principal=principal, reason="sealed with the current key")
+
+
 def send_test(url: str, secret: str) -> dict[str, Any]:
     """Send one signed test event now (nothing stored) and report what the receiver answered."""
     _check_url(url)
+    _check_secret(secret, limit=4000)
     event_id, ts = str(uuid.uuid4()), int(time.time())
     body = json.dumps({"id": event_id, "type": "test", "created": utcnow().isoformat(), "data": {}}, sort_keys=True)
     status, error = post(url, body, {SIGNATURE_HEADER: sign(secret, ts, body), TIMESTAMP_HEADER: str(ts),

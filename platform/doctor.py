@@ -189,11 +189,17 @@ def _ledger() -> Check:
 def _secrets() -> Check:
     """Webhook secrets are sealed at rest; say whether the key is kept apart from the data they guard."""
     s = get_settings()
+    old_file = s.home / "secret.key"
+    if s.secret_key and old_file.exists():
+        return Check("secrets", False, f"webhook secrets sealed with CVG_SECRET_KEY, but a key file beside the data "
+                     f"({old_file}) still opens those sealed before it", "run `cvg webhooks reseal`, then remove "
+                     "the key file")
     if s.secret_key:
         return Check("secrets", True, "webhook secrets sealed at rest with CVG_SECRET_KEY")
-    return Check("secrets", False, f"webhook secrets sealed with a key file beside the data ({s.home / 'secret.key'})",
-                 "set CVG_SECRET_KEY from a secret store (a Kubernetes Secret in the chart), so a copy of the "
-                 "data directory or the database does not carry the key that opens its secrets")
+    return Check("secrets", False, f"webhook secrets sealed with a key file beside the data ({old_file})",
+                 "set CVG_SECRET_KEY from a secret store (a Kubernetes Secret in the chart), then run `cvg webhooks "
+                 "reseal`, so a copy of the data directory or the database does not carry the key that opens its "
+                 "secrets")
 
 
 def run_checks() -> list[Check]:

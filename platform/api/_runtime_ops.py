@@ -178,6 +178,14 @@ class RuntimeOps(OperationsBase):
             sub = gov.unsubscribe(session=session, principal=self.principal, subscription_id=subscription_id)
             return {"id": sub.id, "url": sub.url, "active": sub.active}
 
+    @op("POST", "/webhooks/reseal", tag="webhooks")
+    def reseal_secrets(self) -> dict[str, Any]:
+        """Seal with the current key every secret still plain or sealed with a key it replaced (never shown)."""
+        from convergence import governance as gov
+
+        with self.writing() as session:
+            return gov.reseal_secrets(session=session, principal=self.principal)
+
     @op("GET", "/webhooks/deliveries", tag="webhooks")
     def list_deliveries(self, failed: bool = False, limit: Limit = 100) -> list[dict[str, Any]]:
         """Recent deliveries with status, attempts and the last error."""

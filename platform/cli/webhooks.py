@@ -52,6 +52,18 @@ def subscriptions(all_: Annotated[bool, typer.Option("--all", help="Include remo
                   r["created_at"][:19]) for r in rows))
 
 
+@app.command()
+def reseal(actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
+    """Seal every secret still stored plain, or with a key file CVG_SECRET_KEY replaced, with the current key."""
+    data = operations(actor).reseal_secrets()
+    if json_out:
+        print_json(data)
+        return
+    console().print(f"{len(data['resealed'])} webhook secrets sealed with the current key"
+                    + (f"; {len(data['unopenable'])} no key here opens (subscriptions "
+                       f"{', '.join(map(str, data['unopenable']))})" if data["unopenable"] else ""))
+
+
 @app.command("list")
 def list_(failed: Annotated[bool, typer.Option("--failed", help="Only dead-lettered or erroring deliveries.")] = False,
           limit: Annotated[int, typer.Option()] = 100, actor: ActorOpt = None, json_out: JsonOpt = False) -> None:

@@ -227,9 +227,28 @@ def test_unsubscribe_stops_deliveries(db_url: str) -> None:
     assert gov.deliver_due() == {"delivered": 0, "retry": 0, "dead": 0}
 
 
+def _stored_secret() -> str:
+    with session_scope(write=False) as s:
+        return s.execute(select(gov.WebhookSubscription.secret)).scalar_one()
+
+
+def _use_key(monkeypatch: pytest.MonkeyPatch, key: str | None) -> None:
+    if key is None:
+        monkeypatch.delenv("CVG_SECRET_KEY", raising=False)
+    else:
+        monkeypatch.setenv("CVG_SECRET_KEY", key)
+    get_settings.cache_clear()
+
+
+def _reconciled() -> bool:
+    with session_scope(write=False) as s:
+        return gov.reconcile(session=s) is None
+
+
 def test_secrets_are_sealed_at_rest_and_still_sign(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from convergence.governance import _secrets
 
+    _use_key(monkeypatch, "a long random key from a secret store")
     receiver = Receiver(free_port()).start()
     try:
         _subscribe(receiver.url)
@@ -237,17 +256,120 @@ def test_secrets_are_sealed_at_rest_and_still_sign(db_url: str, monkeypatch: pyt
         assert gov.deliver_due()["delivered"] == 1 and receiver.bad_signatures == 0  # the real secret signed it
     finally:
         receiver.stop()
-    with session_scope(write=False) as s:
-        stored = s.execute(select(gov.WebhookSubscription.secret)).scalar_one()
-    assert stored.startswith("enc:v1:") and SECRET not in stored
+    stored = _stored_secret()
+    assert stored.startswith("enc:v1:") and SECRET not in stored  # the database column is not the plaintext
     with session_scope(write=False) as s:
         assert all(SECRET not in str(e.payload)
                    for e in s.execute(select(gov.AuditEvent)).scalars())
-    monkeypatch.setenv("CVG_SECRET_KEY", "another key altogether, from a secret store")
-    get_settings.cache_clear()
+    _use_key(monkeypatch, "another key altogether, from a secret store")
     with pytest.raises(IntegrityError, match="cannot be opened with this key"):
         _secrets.unseal(stored)
     assert _secrets.unseal("legacy-plain") == "legacy-plain"  # rows from before sealing still read
     assert _secrets.unseal(_secrets.seal("x" * 100)) == "x" * 100 and len(_secrets.seal("x" * 100)) <= 200
     get_settings.cache_clear()
 
+
+def test_without_a_key_the_secret_is_sealed_with_a_0600_key_file_in_home(db_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _use_key(monkeypatch, None)
+    _subscribe("http://127.0.0.1:9/hooks")
+    key_file = get_settings().home / "secret.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and _stored_secret().startswith("enc:v1:")
+
+
+def test_the_secret_is_shown_once_and_never_listed(db_url: str) -> None:
+    with session_scope() as s:
+        sub = gov.subscribe(session=s, principal=person("ada"), url="http://127.0.0.1:9/h", events=["*"])
+        shown = sub.plain_secret
+    with session_scope(write=False) as s:
+        listed = gov.list_subscriptions(session=s, include_inactive=True)
+    assert len(shown) == 64 and shown not in str(listed) and "secret" not in listed[0]
+    assert shown not in _stored_secret()
+
+
+def test_a_key_file_replaced_by_cvg_secret_key_still_opens_until_resealed(adopted: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Following `cvg doctor` (set CVG_SECRET_KEY) must not lose the secrets the key file sealed."""
+    _use_key(monkeypatch, None)
+    receiver = Receiver(free_port()).start()
+    try:
+        _subscribe(receiver.url)
+        before = _stored_secret()
+        _use_key(monkeypatch, "the key from the secret store now")
+        _alerts(1)
+        assert gov.deliver_due()["delivered"] == 1 and receiver.bad_signatures == 0  # opened with the old file
+        with session_scope() as s:
+            assert gov.reseal_secrets(session=s, principal=person("ada")) == {"resealed": [1], "unopenable": []}
+        with session_scope() as s:  # nothing left to do
+            assert gov.reseal_secrets(session=s, principal=person("ada")) == {"resealed": [], "unopenable": []}
+        (get_settings().home / "secret.key").unlink()
+        _alerts(1)
+        assert gov.deliver_due()["delivered"] == 1 and receiver.bad_signatures == 0  # the new key alone
+    finally:
+        receiver.stop()
+    assert _stored_secret() != before and _reconciled()
+    with session_scope(write=False) as s:
+        [event] = gov.query_events(session=s, action="webhook.secret_resealed")
+    assert event.actor == "ada" and SECRET not in event.payload
+
+
+def test_only_an_admin_reseals(db_url: str) -> None:
+    with session_scope() as s, pytest.raises(PolicyViolation, match="admin"):
+        gov.reseal_secrets(session=s, principal=person("ops"))
+
+
+def test_a_secret_no_key_here_opens_spends_no_attempt(db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                      fast_retries: None) -> None:
+    """A pod without the key (a misconfigured CronJob) leaves the delivery, leased, to one with it."""
+    _use_key(monkeypatch, "the right key")
+    receiver = Receiver(free_port()).start()
+    try:
+        _subscribe(receiver.url)
+        _alerts(1)
+        _use_key(monkeypatch, "the wrong key")
+        assert gov.deliver_due() == {"delivered": 0, "retry": 1, "dead": 0}
+        [d] = _deliveries()
+        assert (d.status, d.attempts, d.locked_until is not None) == ("pending", 0, True)
+        assert "cannot be opened" in d.last_error and not receiver.requests
+        assert gov.deliver_due() == {"delivered": 0, "retry": 0, "dead": 0}  # leased: no busy loop
+        _use_key(monkeypatch, "the right key")
+        time.sleep(1.1)  # past the lease
+        assert gov.deliver_due()["delivered"] == 1 and receiver.bad_signatures == 0
+    finally:
+        receiver.stop()
+
+
+def test_migration_0010_seals_plain_secrets_and_the_ledger_still_reconciles(
+        empty_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import insert
+
+    from convergence.governance import _models
+    from convergence.platform import migrate
+    from convergence.platform.db import dispose_engines, get_engine, utcnow
+
+    _use_key(monkeypatch, "the key from the secret store")
+    migrate.upgrade("0008")
+    with get_engine().begin() as conn:  # a subscription as the code before sealing stored it
+        conn.execute(insert(_models.WebhookSubscription.__table__).values(
+            url="http://127.0.0.1:9/h", secret=SECRET, event_types=["*"], format="generic", active=True,
+            created_at=utcnow(), created_by="ada"))
+    dispose_engines()
+    migrate.upgrade()
+    sealed = _stored_secret()
+    assert sealed.startswith("enc:v1:") and SECRET not in sealed and _reconciled()
+    with session_scope(write=False) as s:
+        [event] = gov.query_events(session=s, action="webhook.secret_resealed")
+        assert event.actor == "system:migration" and gov.verify(session=s).ok
+    from convergence.governance._secrets import unseal
+
+    assert unseal(sealed) == SECRET
+    migrate.downgrade("0009")
+    from sqlalchemy.orm import Session
+
+    with get_engine().connect() as conn:  # at 0009, below the schema the services accept
+        assert conn.execute(select(_models.WebhookSubscription.secret)).scalar_one() == SECRET
+        assert gov.reconcile(session=Session(bind=conn)) is None  # opened again, and recorded
+    dispose_engines()
+    migrate.upgrade()
+    assert _stored_secret().startswith("enc:v1:") and _reconciled()
+    get_settings.cache_clear()

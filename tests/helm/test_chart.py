@@ -112,6 +112,8 @@ def test_secret_values_are_not_in_the_defaults(render) -> None:
     ({"serving": {"trading": {"enabled": True, "replicas": -1}}}, "serving.trading.replicas: Must be greater than or equal to 0"),
     ({"rayCluster": {"gpuWorkers": {"enabled": True, "gpus": 1.5}}}, "rayCluster.gpuWorkers.gpus: Invalid type. Expected: integer"),
     ({"database": {"embedded": False}}, "database.existingSecret: String length must be greater than or equal to 1"),
+    ({"database": {"embedded": False, "existingSecret": "db"}},
+     "secrets.existingSecret: String length must be greater than or equal to 1"),  # pods share no home then
     ({"drift": {"window": "an hour"}}, "drift.window"),
     ({"auth": {"oidc": {"issuer": "login.example.com"}}}, "auth.oidc.issuer: Does not match pattern"),
     ({"auth": {"oidc": {"issuer": "https://login.example.com", "audience": ""}}}, "auth.oidc.audience"),
@@ -216,8 +218,9 @@ def test_the_secret_key_reaches_only_what_seals_or_opens_webhook_secrets(render)
         env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
         return env.get("CVG_SECRET_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
 
-    holders = sorted(name for name, spec in _pods(docs) if secret_key(spec))
-    assert [h.rsplit("-", 1)[-1] for h in holders] == ["api", "webhooks"], holders
+    holders = sorted(name.removeprefix("cvg-convergence-") for name, spec in _pods(docs) if secret_key(spec))
+    # what seals (the API, migration 0010) or opens (delivering: the deliverer, its sweep, drift checks' alerts)
+    assert holders == ["api", "drift-es-trading-student", "migrate", "webhooks", "webhooks-sweep"], holders
     assert secret_key(_doc(docs, "Deployment", "-api")["spec"]["template"]["spec"]) == {
         "name": "convergence-secret-key", "key": "secret.key"}
     code, docs, err = render()

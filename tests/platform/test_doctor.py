@@ -48,3 +48,17 @@ def test_doctor_warns_while_the_secret_key_sits_beside_the_data(monkeypatch: pyt
     [check] = [c for c in run_checks() if c.name == "secrets"]
     assert check.ok and "a long random" not in check.detail  # the key itself is never shown
     get_settings.cache_clear()
+
+
+def test_doctor_warns_while_a_replaced_key_file_still_opens_secrets(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path) -> None:
+    monkeypatch.setenv("CVG_HOME", str(tmp_path))
+    monkeypatch.setenv("CVG_SECRET_KEY", "a long random value from a secret store")
+    (tmp_path / "secret.key").write_text("the key file from before\n")
+    get_settings.cache_clear()
+    [check] = [c for c in run_checks() if c.name == "secrets"]
+    assert not check.ok and "still opens" in check.detail and "cvg webhooks reseal" in (check.fix or "")
+    (tmp_path / "secret.key").unlink()
+    [check] = [c for c in run_checks() if c.name == "secrets"]
+    assert check.ok
+    get_settings.cache_clear()

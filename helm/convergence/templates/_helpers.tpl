@@ -50,7 +50,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
-{{/* The key that seals webhook secrets at rest, only for what seals or opens them (the API, the deliverer). */}}
+{{/* The key that seals webhook secrets at rest, only for what seals or opens them (the API, the deliverer and its
+sweep, drift checks, which deliver their alerts, and the migration Job). */}}
 {{- define "cvg.secretKeyEnv" -}}
 {{- if .Values.secrets.existingSecret }}
 - name: CVG_SECRET_KEY
