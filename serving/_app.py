@@ -53,6 +53,7 @@ class Replica:
     max_rows: int
     auth: Any = None  # an identity.Authenticator: for the model routes when required, and for /info's details
     auth_required: bool = False
+    max_prompt_chars: int = 32_768
 
     def ready(self) -> bool:
         return self.watcher.polled.is_set() and self.watcher.is_alive()
@@ -92,7 +93,7 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     from convergence.governance.identity import Authenticator
 
     replica = Replica(loaded, batcher, watcher, logger, metrics, usage, s.serve_max_body_bytes, s.serve_max_rows,
-                      Authenticator(settings=s), s.serve_auth == "required")
+                      Authenticator(settings=s), s.serve_auth == "required", s.serve_max_prompt_chars)
     REPLICAS[family] = replica
     # Everything loaded so far (torch, BentoML, the model) lives as long as the process: keep the cyclic
     # collector from walking it on every full collection, which stalled requests for ~100 ms (p99).
@@ -101,23 +102,56 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     return replica
 
 
-def _error(exc: ConvergenceError, family: str) -> Any:
-    """The one JSON error answer, counted by status on the family's replica when there is one."""
-    from starlette.responses import JSONResponse
+def _count(status: int, family: str | None) -> None:
+    """Every error answer counted by status: on the family's replica, else on the one this process serves
+    (``/generate`` asked of a trading server, a route that does not exist)."""
+    replica = REPLICAS.get(family or "") or next(iter(REPLICAS.values()), None)
+    if replica is not None:
+        replica.metrics.inc("errors_total", status=str(status))
 
-    if (replica := REPLICAS.get(family)) is not None:
-        replica.metrics.inc("errors_total", status=str(exc.http_status))
 
+def _answer(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Any:
+    """JSON in ASCII: a lone surrogate or control character echoed from a body is an escape, never an
+    encoding error while the error itself is being answered."""
+    from starlette.responses import Response
+
+    return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def _error(exc: ConvergenceError, family: str | None) -> Any:
+    """The one JSON error answer, counted by status."""
+    _count(exc.http_status, family)
     body = {"error": type(exc).__name__, "message": exc.message}
     if exc.hint:
         body["hint"] = exc.hint
-    return JSONResponse(body, status_code=exc.http_status)
+    return _answer(body, exc.http_status)
+
+
+def _route_family(path: str) -> str | None:
+    return "trading" if path == "/predict" else "language" if path == "/generate" else None
+
+
+async def _http_error(request: Any, exc: Any) -> Any:
+    """Starlette's own refusals (no such route, a method the route does not take) in the same shape and
+    counted like ours, as the platform API answers them."""
+    name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    path = request.url.path[:200]
+    message = (f"no route {request.method} {path}" if exc.status_code == 404 else
+               f"{request.method} is not allowed on {path}" if exc.status_code == 405 else str(exc.detail))
+    _count(exc.status_code, _route_family(request.url.path))
+    return _answer({"error": name, "message": message}, exc.status_code, exc.headers)
+
+
+async def _unforeseen(request: Any, exc: Exception) -> Any:
+    """The last net, outside the routes' own: Starlette sends this answer, then re-raises for the server's log."""
+    return _internal(_route_family(request.url.path) or "serving", exc)
 
 
 async def _body(request: Any, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {int(declared):,} bytes is over the limit of {limit:,}")
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        shown = f"{int(declared):,}" if len(declared) <= 18 else "10**18 or more"  # int() of 5,000 digits raises
+        raise PayloadTooLarge(f"body of {shown} bytes is over the limit of {limit:,}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -140,8 +174,14 @@ def _json_object(raw: bytes, allowed: set[str]) -> dict[str, Any]:
         raise InvalidInput(f"body must be a JSON object with {', '.join(sorted(allowed))}")
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        raise InvalidInput(f"unknown field(s) {_shown_names(unknown)}; allowed: {', '.join(sorted(allowed))}")
     return data
+
+
+def _shown_names(names: list[str], most: int = 5) -> str:
+    """Field names from a body as a message may carry them: the first few, short, unprintable ones escaped."""
+    shown = [(n if n.isprintable() else n.encode("unicode_escape").decode("ascii"))[:40] for n in names[:most]]
+    return ", ".join(shown) + (f" and {len(names) - most:,} more" if len(names) > most else "")
 
 
 def parse_rows(raw: bytes, content_type: str, n_features: int, max_rows: int) -> np.ndarray:
@@ -196,7 +236,7 @@ def _checked_rows(rows_in: Any, n_features: int) -> np.ndarray:
             raise InvalidInput(f"row {i} is not a list of numbers")
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InvalidInput(f"row {i}, feature {j} is {type(v).__name__} {str(v)[:40]!r}, not a number")
+                raise InvalidInput(f"row {i}, feature {j} is {type(v).__name__} {repr(v)[:60]}, not a number")
             if isinstance(v, int) and not -FLOAT32_MAX <= v <= FLOAT32_MAX:  # 10**400: no float holds it
                 raise InvalidInput(f"row {i}, feature {j} is an integer of {len(str(abs(v)))} digits: "
                                    "features must be finite float32 numbers")
@@ -264,6 +304,7 @@ def _safe_answer(replica: Replica, kill: dict[str, Any]) -> float:
 def build_app() -> Any:
     """The ASGI app every replica mounts; it serves whichever family's replica this process started."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -290,6 +331,9 @@ def build_app() -> Any:
                 return JSONResponse({**head, "predictions": [safe] * len(X), "killed": True, "reason": kill["reason"]},
                                     headers={"x-model-version": str(replica.loaded.version_id)})
             y = await replica.batcher.submit(X)
+            if not np.isfinite(y).all():  # finite features far outside what the net knows can overflow it
+                raise InvalidInput(f"row {int(np.argmin(np.isfinite(y)))}: the model's output is not finite for "
+                                   "these features (far outside the range it was trained on)")
         except ConvergenceError as exc:
             return _error(exc, "trading")
         except Exception as exc:  # noqa: BLE001 - never a bare traceback, always counted
@@ -312,7 +356,7 @@ def build_app() -> Any:
             prompt, max_tokens = data.get("prompt"), data.get("max_tokens", 32)
             temperature, seed = data.get("temperature", 0.0), data.get("seed", 0)
             context = replica.loaded.extra["context"]
-            prompt = check_prompt(prompt, max_chars=replica.max_body)
+            prompt = check_prompt(prompt, max_chars=replica.max_prompt_chars)
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens < context:
                 raise InvalidInput(f'"max_tokens" must be an integer from 1 to {context - 1}')
             if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
@@ -325,6 +369,8 @@ def build_app() -> Any:
                 raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
             tok = replica.loaded.extra["tokenizer"]
             ids = tok.encode(prompt, add_special_tokens=False).ids
+            if not ids:  # generate() refuses the whole batch for one empty prompt: refuse it alone, here
+                raise InvalidInput('"prompt" has no tokens for this model')
             tokens = await replica.batcher.submit(list(ids), max_tokens, float(temperature), seed)
         except ConvergenceError as exc:
             return _error(exc, "language")
@@ -368,7 +414,8 @@ def build_app() -> Any:
     return Starlette(routes=[Route("/predict", predict, methods=["POST"]),
                              Route("/generate", generate, methods=["POST"]),
                              Route("/info", info, methods=["GET"]),
-                             Route("/metrics", metrics, methods=["GET"])])
+                             Route("/metrics", metrics, methods=["GET"])],
+                     exception_handlers={HTTPException: _http_error, Exception: _unforeseen})
 
 
 def render_metrics() -> str:

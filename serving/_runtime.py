@@ -100,6 +100,10 @@ class PredictionLogger(threading.Thread):
             self.failed += len(rows)
             log.warning("prediction log: %d rows not written: %s", len(rows), exc)
             return 0
+        except Exception:  # noqa: BLE001 - a row the database refuses must not end the thread (and the log)
+            self.failed += len(rows)
+            log.exception("prediction log: %d rows not written", len(rows))
+            return 0
         self.written += len(rows)
         return len(rows)
 

@@ -29,13 +29,23 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _database_url() -> str | None:
+    """The configured database URL, to scrub from a driver's message; None when the settings cannot load."""
+    from convergence.platform.settings import get_settings
+
+    try:
+        return get_settings().database_url
+    except Exception:  # noqa: BLE001 - a bad setting is reported on its own
+        return None
+
+
 def _foreign(exc: Exception) -> ConvergenceError | None:
     """Our error for a driver's (never its SQL or values) or a bad CVG_ setting's, else None: a bug."""
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is not None and isinstance(exc, sa_exc.DBAPIError):
         from convergence.platform.db import database_error
 
-        return database_error(exc, os.environ.get("CVG_DATABASE_URL"))
+        return database_error(exc, _database_url())
     pydantic_core = sys.modules.get("pydantic_core")
     if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError) and exc.title == "Settings":
         from convergence.platform.errors import InvalidInput
