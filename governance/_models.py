@@ -33,7 +33,7 @@ from sqlalchemy.types import TypeDecorator
 from convergence.governance._principal import ACCESS_ROLES, KINDS
 
 FAMILIES = ("trading", "language")
-ROLES = ("teacher", "student", "quantized")
+ROLES = ("teacher", "student", "quantized", "compiled")
 STAGES = ("candidate", "validated", "approved", "production", "retired", "rejected")
 DECISIONS = ("validated", "approved", "rejected")
 RUN_STATUSES = ("running", "succeeded", "failed", "gates_failed", "stopped")

@@ -341,7 +341,8 @@ def _check_parent(*, session: Session, parent_id: int | None, family: str, role:
         raise NotFound(f"no model version with id {parent_id} (given as --parent)")
     if parent.family != family:
         raise InvalidInput(f"parent {parent_id} is a {parent.family} model; a {family} model cannot descend from it")
-    allowed = {"student": {"teacher", "student"}, "quantized": {"student", "teacher"}, "teacher": {"teacher"}}[role]
+    allowed = {"student": {"teacher", "student"}, "quantized": {"student", "teacher"}, "teacher": {"teacher"},
+               "compiled": {"student", "teacher"}}[role]
     if parent.role not in allowed:
         raise InvalidInput(f"a {role} cannot have a {parent.role} as parent (allowed: {', '.join(sorted(allowed))})")
     return parent

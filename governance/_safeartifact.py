@@ -20,7 +20,8 @@ from typing import Any
 from convergence.platform.errors import UnsafeArtifact
 
 # Format name → the model family it belongs to. A new encoding gets a new name; old names stay readable.
-FORMATS = {"convergence.trading.mlp.v2": "trading", "convergence.language.lm.v2": "language"}
+FORMATS = {"convergence.trading.mlp.v2": "trading", "convergence.language.lm.v2": "language",
+           "convergence.trading.onnx.v1": "trading"}  # an onnxruntime graph: its bytes are one uint8 tensor
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 MAX_HEADER_BYTES = 64 << 20  # a BPE vocabulary in the header is ~1 MB; anything near this is not ours
 MAX_TENSORS = 100_000

@@ -68,7 +68,16 @@ class GateConfig(_Strict):
     max_loss_ratio: float = Field(default=1.03, gt=0, description="Student OOS loss ÷ teacher's, at most.")
     min_speedup: float = Field(default=5.0, ge=0, description="Teacher ÷ student latency at batch 1, at least.")
     max_int8_gap: float = Field(default=0.05, ge=0, description="Largest |INT8 − float| student prediction, "
-                                                                "in label standard deviations.")
+                                                                "in label standard deviations (the INT8 graph's gate).")
+    min_int8_fidelity: float = Field(default=0.99, ge=-1, le=1, description="Correlation of the INT8 graph's "
+                                     "holdout predictions with its float network's, at least.")
+    max_compiled_diff: float = Field(default=1e-5, ge=0, description="Largest |compiled − eager| holdout "
+                                     "prediction of a float graph, as a share of the eager output's s.d.")
+
+
+class CompileConfig(_Strict):
+    calibration_rows: int = Field(default=1024, ge=16, description="Training rows (the last ones) that calibrate "
+                                  "the INT8 graph's activation ranges.")
 
 
 class TradingConfig(_Strict):
@@ -78,6 +87,7 @@ class TradingConfig(_Strict):
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     gates: GateConfig = GateConfig()
+    compile: CompileConfig = CompileConfig()
     name: str = Field(default="es-trading", description="Registry name prefix for the versions.")
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Teacher: a deep, wide MLP over a window of bar features. Student: a one-hidden-layer MLP with a
 small fraction of the teacher's parameters, trained on a mix of the teacher's outputs and the true
 labels. Labels are scaled to unit variance for training; the scale travels in the artifact.
-CUDA is used when ``torch.cuda.is_available()``; INT8 dynamic quantization is a CPU path.
+CUDA is used when ``torch.cuda.is_available()``. The INT8 copy is a statically quantized onnxruntime graph
+(``_compile``); torch's deprecated dynamic quantization remains only to read first-wave artifacts. The
+helpers below (predict, latency, sizes) answer for a compiled graph as for an eager network.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _safeio as safeio
 
 ARTIFACT_FORMAT = "convergence.trading.mlp.v2"  # safetensors + JSON header
@@ -57,6 +60,8 @@ def from_arch(arch: dict[str, Any]) -> Any:
 
 
 def n_params(net: Any) -> int:
+    if compiled.is_onnx(net):
+        return net.n_params
     return sum(p.numel() for p in net.parameters())
 
 
@@ -90,6 +95,8 @@ def fit(net: Any, X: np.ndarray, target: np.ndarray, *, epochs: int, batch_size:
 def predict(net: Any, X: np.ndarray, batch: int = 4096) -> np.ndarray:
     import torch
 
+    if compiled.is_onnx(net):
+        return net.predict(X, batch)
     device = next(iter(net.parameters()), torch.empty(0)).device if not _is_quantized(net) else torch.device("cpu")
     out = []
     with torch.inference_mode():
@@ -104,6 +111,7 @@ def distill_targets(teacher_pred: np.ndarray, y: np.ndarray, alpha: float) -> np
 
 
 def quantize_int8(net: Any) -> Any:
+    """torch's dynamic INT8 (deprecated upstream): only to rebuild first-wave INT8 artifacts for conversion."""
     import torch
     from torch.ao.quantization import quantize_dynamic
 
@@ -120,6 +128,8 @@ def latency(net: Any, n_in: int, *, batch: int, repeats: int) -> float:
     """Median seconds per row on one CPU thread (the serving budget's unit)."""
     import torch
 
+    if compiled.is_onnx(net):
+        return net.latency(n_in, batch=batch, repeats=repeats)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -141,6 +151,8 @@ def latency(net: Any, n_in: int, *, batch: int, repeats: int) -> float:
 def serialized_bytes(net: Any) -> int:
     import torch
 
+    if compiled.is_onnx(net):
+        return len(net.graph)
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
     return buf.tell()
@@ -198,11 +210,13 @@ def _rebuild(tensors: dict[str, Any], header: dict[str, Any]) -> Any:
     return net
 
 
-def load_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Rebuild a network (INT8 again when it was saved INT8) and return it with its header, mean and std. The
-    file is a safe artifact (``safeio``): tensors and JSON, never code."""
+def load_artifact(path: Path, *, device: str = "cpu", threads: int = 1) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a network (or open a compiled graph in onnxruntime, on ``device`` with ``threads``) and return it
+    with its header, mean and std. The file is a safe artifact (``safeio``): tensors and JSON, never code."""
     from convergence.platform.errors import UnsafeArtifact
 
+    if safeio.format_of(path) == compiled.ONNX_FORMAT:
+        return compiled.load_artifact(path, threads=threads, device=device)
     tensors, header = safeio.load(path, fmt=ARTIFACT_FORMAT)
     try:
         net = _rebuild(tensors, header)

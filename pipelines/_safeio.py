@@ -48,6 +48,11 @@ def save(path: Path, *, fmt: str, header: dict[str, Any], tensors: dict[str, Any
     return path
 
 
+def format_of(path: Path) -> str:
+    """The format a safe artifact declares (its header alone is read and checked)."""
+    return artifacts.read_header(path).format
+
+
 def load(path: Path, *, fmt: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tensors on CPU, header) of a safe artifact of format ``fmt``; UnsafeArtifact for anything else."""
     from safetensors import SafetensorError

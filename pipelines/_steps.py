@@ -17,8 +17,9 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convergence.pipelines import _trading as T
+from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _nets as nets
+from convergence.pipelines import _trading as T
 from convergence.pipelines._config import LanguageConfig, TradingConfig
 from convergence.pipelines._runner import connect_ray
 from convergence.platform.db import session_scope
@@ -111,8 +112,12 @@ def _save_nets(out: Path, models: dict[str, Any], prepared: Any, cfg: TradingCon
     n_in = prepared.Xn.shape[1]
     for name, net in models.items():
         arch = nets.teacher_arch(n_in, cfg.model) if name == "teacher" else nets.student_arch(n_in, cfg.model)
-        nets.save_artifact(out / f"{name}.safetensors", net=net, arch=arch, role=name, quantized=nets._is_quantized(net),
-                           mean=prepared.mean, std=prepared.std, y_scale=prepared.y_scale, meta={})
+        common = {"arch": arch, "role": name, "mean": prepared.mean, "std": prepared.std, "y_scale": prepared.y_scale,
+                  "meta": {}}
+        if compiled.is_onnx(net):  # the INT8 graph
+            compiled.save_artifact(out / f"{name}.safetensors", model=net, **common)
+        else:
+            nets.save_artifact(out / f"{name}.safetensors", net=net, quantized=False, **common)
     (out / "nets.json").write_text(json.dumps({"names": list(models), **meta}, default=str))
 
 
@@ -227,6 +232,7 @@ def _evaluate_register(cfg: TradingConfig, inputs: list[Path], out: Path, state:
     from convergence.pipelines._trading_pipeline import _register, assess, build_evidence
 
     f, (models, m) = _load_features(inputs[0]), _load_nets(inputs[1])
+    models.update(T.compile_models(models))  # the compile step, beside evaluation in this pod
     folds = json.loads((inputs[2] / "folds.json").read_text())
     fs, test = f["fs"], f["test"]
     assessed = assess(models, fs, f["prepared"], test, cfg)

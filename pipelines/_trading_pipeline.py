@@ -1,8 +1,9 @@
 """``cvg pipelines run trading``: the whole trading pipeline on Ray, from ticks to registered candidates.
 
-Registration is one transaction at the end: teacher, student and INT8 versions with their lineage
-(dataset → teacher → student → INT8), the evidence file, the gate results and the run's closing
-event commit together or not at all, so a killed run leaves nothing half-registered.
+Registration is one transaction at the end: teacher, student, their compiled onnxruntime graphs and the
+INT8 graph with their lineage (dataset → teacher → student → compiled / INT8), the evidence file, the gate
+results and the run's closing event commit together or not at all, so a killed run leaves nothing
+half-registered. A compiled graph that fails its own gate is left out, and the summary says why.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _nets as nets
 from convergence.pipelines import _trading as T
 from convergence.pipelines._config import TradingConfig
@@ -24,7 +26,9 @@ from convergence.platform.db import session_scope
 if TYPE_CHECKING:
     from convergence.governance import Principal
 
-MODEL_KEYS = ("teacher", "student", "int8", "label_only")
+MODEL_KEYS = ("teacher", "student", "int8", "label_only", "student_onnx", "teacher_onnx")
+NAMES = {"teacher": "-teacher", "student": "-student", "int8": "-student-int8", "student_onnx": "-student-onnx",
+         "teacher_onnx": "-teacher-onnx"}
 
 
 def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -63,8 +67,7 @@ def measure(models: dict[str, Any], n_in: int, repeats: int) -> tuple[dict[str, 
     for key, net in models.items():
         latencies[key] = {"batch1_s": nets.latency(net, n_in, batch=1, repeats=repeats),
                           "batch64_row_s": nets.latency(net, n_in, batch=64, repeats=max(10, repeats // 4))}
-        sizes[key] = {"params": nets.n_params(net) if key != "int8" else nets.n_params(models["student"]),
-                      "bytes": nets.serialized_bytes(net)}
+        sizes[key] = {"params": nets.n_params(net), "bytes": nets.serialized_bytes(net)}
     return latencies, sizes
 
 
@@ -85,7 +88,9 @@ def assess(models: dict[str, Any], fs: FeatureSet, p: T.Prepared, test: range,
     """Holdout scores, latency and size of every model, and the gates' verdict on them."""
     holdout = T.score(models, fs, p, test, cfg)
     latencies, sizes = measure(models, fs.X.shape[1], cfg.eval.latency_repeats)
-    return {"holdout": holdout, "latency": latencies, "size": sizes, "gates": T.gate(holdout, latencies, cfg)}
+    label_sd = float(fs.y[test.start:test.stop].std()) or 1.0
+    return {"holdout": holdout, "latency": latencies, "size": sizes, "gates": T.gate(holdout, latencies, cfg),
+            "compiled": T.compile_evidence(models, p, test, cfg, label_sd)}
 
 
 def run_trading(cfg: TradingConfig, *, principal: Principal, ray_address: str | None = None, progress: Progress | None = None,
@@ -119,6 +124,8 @@ def run_trading(cfg: TradingConfig, *, principal: Principal, ray_address: str | 
                 models = {"teacher": teacher, **T.fit_students(teacher, p, train, cfg)}
             with ctx.step("walk_forward", f"{cfg.eval.folds} folds as Ray tasks"):
                 folds = walk_forward(fs, cfg)
+            with ctx.step("compile", "onnxruntime graphs of the student and the teacher"):
+                models.update(T.compile_models(models))
         finally:
             if started_ray:
                 import ray
@@ -136,6 +143,7 @@ def run_trading(cfg: TradingConfig, *, principal: Principal, ray_address: str | 
         energy = gov.run_usage(session=s, run_id=ctx.run_id)
     return {"run_id": ctx.run_id, "status": "succeeded" if verdict["passed"] else "gates_failed", "usage": energy,
             "dataset": dataset, "versions": versions, "gates": verdict, "holdout": holdout,
+            "compiled": assessed["compiled"], "not_registered": _not_registered(assessed["compiled"]),
             "walk_forward_mean": evidence["walk_forward"]["mean"], "latency": latencies, "size": sizes,
             "evidence": str(ctx.workdir / "evidence.json"), "timings": ctx.timings,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -189,6 +197,38 @@ def _reference(net: Any, p: T.Prepared, fs: FeatureSet, train: list[int]) -> tup
     return data, [*fs.feature_names, "output"], [*positions, -1]
 
 
+def _not_registered(compiled: dict[str, Any]) -> dict[str, list[str]]:
+    """Compiled graphs whose gate failed (left out of the registry), each with what failed."""
+    return {key: c["gate"]["failed"] for key, c in compiled.items() if not c["gate"]["passed"]}
+
+
+def _save(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepared, n_in: int,
+          meta: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Every model to register as a safe artifact: eager networks as weights, compiled ones as graphs."""
+    archs = {"teacher": nets.teacher_arch(n_in, cfg.model), "student": nets.student_arch(n_in, cfg.model)}
+    files = {}
+    for key in keys:
+        parent, role = T.COMPILED.get(key, (key, key))
+        path = ctx.workdir / f"{key.replace('_', '-')}.safetensors"
+        common = {"arch": archs[parent], "role": role, "mean": p.mean, "std": p.std, "y_scale": p.y_scale, "meta": meta}
+        files[key] = (compiled.save_artifact(path, model=models[key], **common) if key in T.COMPILED else
+                      nets.save_artifact(path, net=models[key], quantized=False, **common))
+    return files
+
+
+def _metrics(evidence: dict[str, Any], key: str) -> dict[str, float]:
+    """What a version carries in the registry: holdout scores, latency (which serving compares), size and, for
+    a compiled graph, how closely it reproduces its eager network."""
+    metrics = {k: v for k, v in evidence["holdout"][key].items() if isinstance(v, float)}
+    metrics.update(latency_batch1_s=evidence["latency"][key]["batch1_s"],
+                   latency_batch64_row_s=evidence["latency"][key]["batch64_row_s"],
+                   params=float(evidence["size"][key]["params"]))
+    if key in evidence["compiled"]:
+        eq = evidence["compiled"][key]["equivalence"]
+        metrics.update({f"compiled_{k}": float(eq[k]) for k in ("max_abs_diff", "mean_abs_diff", "fidelity")})
+    return metrics
+
+
 def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepared, fs: FeatureSet,
               evidence: dict[str, Any], dataset: dict[str, Any], project: str) -> dict[str, int]:
     """Write artifacts, then register every version and close the run in one transaction."""
@@ -198,34 +238,27 @@ def _register(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepare
     evidence_path.write_text(json.dumps(evidence, indent=2, default=str))
     meta = {"feature_names": fs.feature_names, "window": fs.window, "horizon": fs.horizon,
             "bar": cfg.features.bar, "bar_size": cfg.features.bar_size, "run_id": ctx.run_id}
-    n_in = fs.X.shape[1]
-    student_arch = nets.student_arch(n_in, cfg.model)
-    layout = {"teacher": ("teacher.safetensors", "teacher", nets.teacher_arch(n_in, cfg.model), False),
-              "student": ("student.safetensors", "student", student_arch, False),
-              "int8": ("student-int8.safetensors", "quantized", student_arch, True)}
-    files = {key: nets.save_artifact(ctx.workdir / file, net=models[key], role=role, arch=arch, quantized=quantized,
-                                     mean=p.mean, std=p.std, y_scale=p.y_scale, meta=meta)
-             for key, (file, role, arch, quantized) in layout.items()}
-    verdict, holdout = evidence["gates"], evidence["holdout"]
+    keys = ["teacher", "student", *(k for k in T.COMPILED if k in evidence["compiled"]
+                                     and evidence["compiled"][k]["gate"]["passed"])]
+    files = _save(ctx, cfg, models, p, fs.X.shape[1], meta, keys)
+    verdict = evidence["gates"]
     stored = gov.get_artifact_store().put(evidence_path)
     versions: dict[str, int] = {}
     with session_scope() as s:
         if verdict["passed"]:
-            parent = None
-            for key, role in (("teacher", "teacher"), ("student", "student"), ("int8", "quantized")):
-                metrics = {k: v for k, v in holdout[key].items() if isinstance(v, float)}
-                metrics.update(latency_batch1_s=evidence["latency"][key]["batch1_s"],
-                               latency_batch64_row_s=evidence["latency"][key]["batch64_row_s"],
-                               params=float(evidence["size"][key]["params"]))
-                name = cfg.name + {"teacher": "-teacher", "student": "-student", "int8": "-student-int8"}[key]
-                mv = gov.register_model(session=s, principal=ctx.principal, name=name, artifact=files[key], family="trading",
-                                        role=role, dataset=dataset["id"], metrics=metrics, parent_id=parent,
-                                        run_id=ctx.run_id, project=project,
-                                        params={"config": cfg.to_dict(), "evidence_sha256": stored.sha256,
-                                                "evidence_uri": stored.uri, "gates_passed": True},
+            for key in keys:  # parents first: teacher, student, then the graphs compiled from them
+                parent, role = T.COMPILED.get(key, (key, key))
+                parent_id = versions.get(parent) if key in T.COMPILED else versions.get("teacher")
+                compiled_from = ({"compiled_from": versions[parent], "runtime": compiled.runtime_versions(),
+                                  "compile_gate": evidence["compiled"][key]["gate"]} if key in T.COMPILED else {})
+                mv = gov.register_model(session=s, principal=ctx.principal, name=cfg.name + NAMES[key],
+                                        artifact=files[key], family="trading", role=role, dataset=dataset["id"],
+                                        metrics=_metrics(evidence, key), parent_id=parent_id, run_id=ctx.run_id,
+                                        project=project, params={"config": cfg.to_dict(), "evidence_sha256": stored.sha256,
+                                                                 "evidence_uri": stored.uri, "gates_passed": True,
+                                                                 **compiled_from},
                                         description=f"trading pipeline run {ctx.run_id}")
                 versions[key] = mv.id
-                parent = mv.id
                 data, columns, positions = _reference(models[key], p, fs, evidence["split"]["train"])
                 gov.save_profile(session=s, model_version_id=mv.id, data=data, columns=columns, positions=positions)
         ctx.close(s, verdict=verdict, versions=versions, evidence_sha256=stored.sha256)

@@ -55,7 +55,7 @@ When = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValid
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Family = Literal["trading", "language"]
 Stage = Literal["candidate", "validated", "approved", "production", "retired", "rejected"]
-ModelRole = Literal["teacher", "student", "quantized"]
+ModelRole = Literal["teacher", "student", "quantized", "compiled"]
 Role = Literal["registrant", "validator", "approver", "operator", "risk", "finance", "auditor", "admin"]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_visible_json)]

@@ -75,7 +75,7 @@ def register(
     name: Annotated[str, typer.Argument(help="Model name; versions are numbered per name.")],
     artifact: Annotated[Path, typer.Option("--artifact", help="The model file (stored by SHA-256).")],
     family: Annotated[str, typer.Option("--family", help="trading or language.")],
-    role: Annotated[str, typer.Option("--role", help="teacher, student or quantized.")],
+    role: Annotated[str, typer.Option("--role", help="teacher, student, quantized or compiled.")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="Training data: a file (hashed), "
                                                 "a dataset id, or a SHA-256.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help='JSON object or @file, e.g. \'{"sharpe": 1.3}\'.')] = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _nets as nets
 from convergence.pipelines import _trading as T
 from convergence.pipelines._data import load_ticks
@@ -48,7 +49,16 @@ def test_int8_student_agrees_with_the_float_student_on_held_out_data(trained) ->
     # the float student's. Predictions here are in units of the training labels' sd.
     assert np.max(np.abs(float_pred - int8_pred)) <= 0.05
     assert np.corrcoef(float_pred, int8_pred)[0, 1] > 0.99
-    assert any("quantized" in type(m).__module__ for m in models["int8"].modules())
+    assert compiled.is_onnx(models["int8"]) and models["int8"].quantized  # onnxruntime's static INT8, not torch.ao
+
+
+def _save(models, key, path, cfg, fs, p, meta=None):  # type: ignore[no-untyped-def]
+    n_in = fs.X.shape[1]
+    arch = nets.teacher_arch(n_in, cfg.model) if key == "teacher" else nets.student_arch(n_in, cfg.model)
+    common = {"arch": arch, "role": key, "mean": p.mean, "std": p.std, "y_scale": p.y_scale, "meta": meta or {}}
+    if compiled.is_onnx(models[key]):
+        return compiled.save_artifact(path, model=models[key], **common)
+    return nets.save_artifact(path, net=models[key], quantized=False, **common)
 
 
 def test_distillation_target_mixes_teacher_and_label() -> None:
@@ -59,10 +69,7 @@ def test_distillation_target_mixes_teacher_and_label() -> None:
 @pytest.mark.parametrize("key,quantized", [("teacher", False), ("student", False), ("int8", True)])
 def test_artifacts_round_trip(trained, tmp_path: Path, key: str, quantized: bool) -> None:
     cfg, fs, p, train, test, models = trained
-    n_in = fs.X.shape[1]
-    arch = nets.teacher_arch(n_in, cfg.model) if key == "teacher" else nets.student_arch(n_in, cfg.model)
-    path = nets.save_artifact(tmp_path / f"{key}.safetensors", net=models[key], arch=arch, role=key, quantized=quantized,
-                              mean=p.mean, std=p.std, y_scale=p.y_scale, meta={"window": fs.window})
+    path = _save(models, key, tmp_path / f"{key}.safetensors", cfg, fs, p, {"window": fs.window})
     net, blob = nets.load_artifact(path)
     x = p.Xn[test.start:test.start + 50]
     np.testing.assert_array_equal(nets.predict(net, x), nets.predict(models[key], x))
@@ -70,18 +77,21 @@ def test_artifacts_round_trip(trained, tmp_path: Path, key: str, quantized: bool
     np.testing.assert_array_equal(blob["mean"], p.mean)  # numpy again, exactly, for serving
 
 
-def test_an_int8_artifact_holds_int8_weights_and_answers_exactly_as_saved(trained, tmp_path: Path) -> None:
+def test_an_int8_artifact_holds_an_int8_graph_and_answers_exactly_as_saved(trained, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
     from convergence.governance import artifacts
 
     cfg, fs, p, train, test, models = trained
-    arch = nets.student_arch(fs.X.shape[1], cfg.model)
-    path = nets.save_artifact(tmp_path / "int8.safetensors", net=models["int8"], arch=arch, role="quantized",
-                              quantized=True, mean=p.mean, std=p.std, y_scale=p.y_scale, meta={})
+    path = _save(models, "int8", tmp_path / "int8.safetensors", cfg, fs, p)
     declared = artifacts.read_header(path)
-    assert {dtype for name, (dtype, _) in declared.tensors.items() if name.endswith(".weight")} == {"I8"}
-    float_path = nets.save_artifact(tmp_path / "f.safetensors", net=models["student"], arch=arch, role="student",
-                                    quantized=False, mean=p.mean, std=p.std, y_scale=p.y_scale, meta={})
-    assert path.stat().st_size < float_path.stat().st_size / 2  # INT8 weights, not float ones re-quantized
+    assert declared.format == compiled.ONNX_FORMAT and declared.tensors["graph"][0] == "U8"
+    graph = onnx.load_from_string(compiled.load_artifact(path)[0].graph)
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    assert any(w.dtype == np.int8 and w.ndim == 2 for w in weights.values())  # INT8 weights, stored as such
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
+    assert declared.header["runtime"]["onnxruntime"] and declared.header["runtime"]["opset"] == str(compiled.OPSET)
 
 
 def test_a_first_wave_artifact_is_read_only_by_the_converter(trained, tmp_path: Path) -> None:

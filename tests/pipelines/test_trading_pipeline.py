@@ -25,32 +25,75 @@ from tests.pipelines.conftest import LENIENT_GATES, SMALL
 pytestmark = pytest.mark.ray
 
 
-def test_full_run_registers_lineage_and_evidence(db_url: str, ray_session, small_config) -> None:
-    summary = run_trading(small_config, principal=person("quant"))
-    assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student", "int8"}
+def _break_teacher_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compile step as it is, except one weight of the teacher's graph is changed after export."""
+    import copy
+
+    from convergence.pipelines import _trading as T
+
+    real = T.compile_models
+
+    def compile_with_one_weight_changed(models):  # type: ignore[no-untyped-def]
+        broken = copy.deepcopy(models["teacher"])
+        with __import__("torch").no_grad():
+            broken[0].weight[0, 0] += 1.0
+        out = real(models)
+        out["teacher_onnx"] = real({**models, "teacher": broken})["teacher_onnx"]
+        return out
+
+    monkeypatch.setattr(T, "compile_models", compile_with_one_weight_changed)
+
+
+def test_full_run_registers_lineage_compiled_graphs_and_evidence(db_url: str, ray_session, small_config,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _break_teacher_graph(monkeypatch)
+    summary = run_trading(small_config, principal=person("solo"))
+    assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student", "int8",
+                                                                             "student_onnx"}
+    # the broken graph failed its own gate and was left out, saying why; the rest of the run stands
+    assert list(summary["not_registered"]) == ["teacher_onnx"]
+    assert "compiled vs eager max |difference|" in summary["not_registered"]["teacher_onnx"][0]
     v = summary["versions"]
     with session_scope(write=False) as s:
-        teacher, student, int8 = (gov.get_model(session=s, version_id=v[k]) for k in ("teacher", "student", "int8"))
-        assert (teacher.role, student.role, int8.role) == ("teacher", "student", "quantized")
-        assert student.parent_id == teacher.id and int8.parent_id == student.id
-        assert {m.stage for m in (teacher, student, int8)} == {"candidate"}  # never promoted automatically
+        teacher, student, int8, onnx = (gov.get_model(session=s, version_id=v[k])
+                                        for k in ("teacher", "student", "int8", "student_onnx"))
+        assert (teacher.role, student.role, int8.role, onnx.role) == ("teacher", "student", "quantized", "compiled")
+        assert student.parent_id == teacher.id and int8.parent_id == student.id and onnx.parent_id == student.id
+        assert {m.stage for m in (teacher, student, int8, onnx)} == {"candidate"}  # never promoted automatically
         assert teacher.dataset.sha256 == summary["dataset"]["sha256"] and teacher.dataset.rows == 60_000
         run = gov.get_run(session=s, run_id=summary["run_id"])
         assert run.status == "succeeded" and teacher.run_id == run.id and run.code_version
-        lineage = gov.lineage(session=s, version_id=int8.id)
+        lineage = gov.lineage(session=s, version_id=onnx.id)
         assert lineage["parent"]["parent"]["id"] == teacher.id and lineage["run"]["id"] == run.id
         actions = [e.action for e in gov.query_events(session=s, subject=gov.Subject("pipeline_run", str(run.id)))]
         assert actions == ["run.started", "run.succeeded"]
-        assert len(gov.query_events(session=s, action="model.registered")) == 3
+        assert len(gov.query_events(session=s, action="model.registered")) == 4
         assert gov.verify(session=s).ok
         evidence_path = gov.get_artifact_store().fetch(student.params["evidence_uri"],
                                                        sha256=student.params["evidence_sha256"])
-        net, blob = nets.load_artifact(gov.load_artifact(session=s, version_id=int8.id))
-        assert blob["quantized"] and blob["meta"]["run_id"] == run.id
+        graph, blob = nets.load_artifact(gov.load_artifact(session=s, version_id=int8.id))
+        assert blob["quantized"] and blob["meta"]["run_id"] == run.id and blob["runtime"]["name"] == "onnxruntime"
+        # the equivalence and speed evidence travel with the version, and its params say where it came from
+        assert onnx.metrics["compiled_fidelity"] > 0.9999 and int8.metrics["compiled_fidelity"] > 0.99
+        assert onnx.metrics["latency_batch1_s"] > 0 and onnx.params["compiled_from"] == student.id
+        assert onnx.params["runtime"]["onnxruntime"] and onnx.params["compile_gate"]["passed"]
     evidence = json.loads(evidence_path.read_text())
     assert len(evidence["walk_forward"]["folds"]) == 2 and evidence["gates"]["passed"]
-    assert {"teacher", "student", "int8", "label_only"} <= set(evidence["holdout"])
+    assert {"teacher", "student", "int8", "label_only", "student_onnx", "teacher_onnx"} <= set(evidence["holdout"])
+    assert evidence["compiled"]["student_onnx"]["gate"]["passed"]
+    assert not evidence["compiled"]["teacher_onnx"]["gate"]["passed"]
     assert evidence["split"]["train_label_end"] < evidence["split"]["holdout_start"]
+    # a compiled child needs its own four eyes, like any version: its registrant, holding every role, may
+    # not approve it; a validator and a different approver may
+    from convergence.platform.errors import Forbidden
+
+    with session_scope() as s:
+        gov.validate(session=s, principal=person("carol"), version_id=onnx.id, evidence=evidence_path,
+                     reason="equivalence evidence reviewed")
+    with pytest.raises(Forbidden, match="registrant"), session_scope() as s:
+        gov.approve(session=s, principal=person("solo"), version_id=onnx.id, reason="mine")
+    with session_scope() as s:
+        assert gov.approve(session=s, principal=person("alice"), version_id=onnx.id, reason="ok").stage == "approved"
 
 
 def test_failed_gates_register_nothing_and_say_why(db_url: str, ray_session) -> None:
