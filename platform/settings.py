@@ -77,6 +77,10 @@ class Settings(BaseSettings):
                                           "concurrent prompts before it starts.")
     serve_max_rows: int = Field(default=1024, ge=1, description="Most rows in one /predict request.")
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body (413 above).")
+    serve_onnx_threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads per "
+                                    "replica for a compiled trading graph (batching, not threads, gives throughput).")
+    serve_why: str | None = Field(default=None, max_length=2000, description="Why `cvg serve` chose the version it "
+                                  "pins (shown by /info); set by `cvg serve`.")
     serve_max_prompt_chars: int = Field(default=32_768, ge=1, description="Longest /generate prompt in characters "
                                         "(422 above); tokenized on the event loop, and only its end fits the context.")
     serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches.")

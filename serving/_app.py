@@ -75,7 +75,7 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     from convergence.serving._models import load
 
     s = get_settings()
-    loaded = load(family=family, name=name, version_id=version_id)
+    loaded = load(family=family, name=name, version_id=version_id, why=s.serve_why if version_id else None)
     batcher: TradingBatcher | LanguageBatcher = (TradingBatcher(loaded, max_rows=s.serve_max_batch_rows)
                                                  if family == "trading"
                                                  else LanguageBatcher(loaded, max_batch=s.serve_max_generate_batch,
@@ -278,7 +278,11 @@ def _internal(family: str, exc: BaseException) -> Any:
 
 
 def _killed(replica: Replica) -> dict[str, Any] | None:
-    return replica.watcher.state(replica.loaded.name)
+    """The kill switch that stops this replica: its own name's, or (a compiled or INT8 copy) its network's."""
+    for name in replica.loaded.extra.get("kill_names", (replica.loaded.name,)):
+        if (state := replica.watcher.state(name)) is not None:
+            return state
+    return None
 
 
 async def _caller(replica: Replica, request: Any, *, required: bool) -> Any:
@@ -403,7 +407,9 @@ def build_app() -> Any:
             except ConvergenceError:
                 detailed = False
             out[family] = public if not detailed else {
-                **public, "stage": r.loaded.stage, "device": r.loaded.device, "kill": _killed(r),
+                **public, "stage": r.loaded.stage, "role": r.loaded.extra.get("role"),
+                "runtime": r.loaded.extra.get("runtime"), "why": r.loaded.extra.get("why"),
+                "device": r.loaded.device, "kill": _killed(r),
                 "safe_output": r.loaded.safe_output, "queue_depth": r.batcher.depth, "logged": r.logger.written,
                 "log_failed": r.logger.failed}
         return JSONResponse(out)

@@ -16,20 +16,22 @@ SERVICES = {"trading": "Trading", "language": "Language"}
 
 def check_servable(*, family: str, name: str | None = None, version_id: int | None = None,
                    prefer_int8: bool | None = None) -> dict[str, Any]:
-    """Resolve the version and verify its artifact's SHA-256; raise PolicyViolation, NotFound or IntegrityError."""
+    """Resolve the version (by default the fastest measured of the production version and its approved compiled
+    and INT8 copies; on a GPU the production version itself) and verify its artifact's SHA-256; say which and
+    why. Raise PolicyViolation, NotFound or IntegrityError."""
     from convergence import governance as gov
     from convergence.platform.db import session_scope
-    from convergence.serving._models import resolve
+    from convergence.serving._models import choose
 
-    if prefer_int8 is None:  # INT8 is the CPU path; on a GPU the float model serves
+    if prefer_int8 is None:
         import torch
 
-        prefer_int8 = not torch.cuda.is_available()
+        prefer_int8 = False if torch.cuda.is_available() else None  # the CPU figures say nothing of a GPU
     with session_scope(write=False) as s:
-        mv = resolve(session=s, family=family, name=name, version_id=version_id, prefer_int8=prefer_int8)
+        mv, why = choose(session=s, family=family, name=name, version_id=version_id, prefer_int8=prefer_int8)
         path = gov.load_artifact(session=s, version_id=mv.id)  # raises IntegrityError if the bytes changed
         return {"version_id": mv.id, "name": mv.name, "version": mv.version, "stage": mv.stage, "role": mv.role,
-                "artifact": str(path), "artifact_sha256": mv.artifact_sha256}
+                "artifact": str(path), "artifact_sha256": mv.artifact_sha256, "why": why}
 
 
 def serve_command(family: str, *, port: int, host: str) -> list[str]:

@@ -35,10 +35,17 @@ class Loaded:
 
 
 def resolve(*, session: Any, family: str, name: str | None = None, version_id: int | None = None,
-            prefer_int8: bool = False) -> Any:
-    """The version to serve: ``version_id`` if approved or in production, else NAME's production version
-    (on CPU with ``prefer_int8``, its approved INT8 child when the registry has one); each as the ledger
-    recorded it (IntegrityError when the table says otherwise)."""
+            prefer_int8: bool | None = False) -> Any:
+    """The version to serve (see ``choose``), as the ledger recorded it."""
+    return choose(session=session, family=family, name=name, version_id=version_id, prefer_int8=prefer_int8)[0]
+
+
+def choose(*, session: Any, family: str, name: str | None = None, version_id: int | None = None,
+           prefer_int8: bool | None = None) -> tuple[Any, str]:
+    """The version to serve and why: ``version_id`` if approved or in production; else NAME's production version
+    or, on a CPU by default (``prefer_int8`` None), whichever of it and its approved compiled and INT8 children
+    the registry's own measurements show fastest at batch 1; ``prefer_int8`` True takes the INT8 child, False
+    the production version itself. Each as the ledger recorded it (IntegrityError when the table disagrees)."""
     from sqlalchemy import select
 
     from convergence import governance as gov
@@ -54,7 +61,7 @@ def resolve(*, session: Any, family: str, name: str | None = None, version_id: i
                                   "production versions may serve",
                                   hint="validate and approve it (two different people) first")
         gov.check_recorded(session=session, version=mv)  # the stage and SHA-256 the ledger recorded, not the table's
-        return mv
+        return mv, f"version {version_id} was asked for"
     name = name or DEFAULT_NAMES[family]
     versions = list(session.execute(select(gov.ModelVersion).where(gov.ModelVersion.name == name)).scalars())
     if not versions:
@@ -68,44 +75,78 @@ def resolve(*, session: Any, family: str, name: str | None = None, version_id: i
     if mv.family != family:
         raise InvalidInput(f"{name!r} is a {mv.family} model, not {family}")
     gov.check_recorded(session=session, version=mv)
+    if prefer_int8 is False:
+        return mv, f"the production version of {name} (--float)"
+    children = list(session.execute(select(gov.ModelVersion).where(
+        gov.ModelVersion.parent_id == mv.id, gov.ModelVersion.role.in_(("compiled", "quantized")),
+        gov.ModelVersion.stage.in_(SERVABLE)).order_by(gov.ModelVersion.id.desc())).scalars())
     if prefer_int8:
-        child = session.execute(select(gov.ModelVersion).where(
-            gov.ModelVersion.parent_id == mv.id, gov.ModelVersion.role == "quantized",
-            gov.ModelVersion.stage.in_(SERVABLE)).order_by(gov.ModelVersion.id.desc())).scalars().first()
-        if child is not None:
-            gov.check_recorded(session=session, version=child)
-        mv = child or mv
-    return mv
+        child = next((c for c in children if c.role == "quantized"), None)
+        if child is None:
+            return mv, f"the production version of {name}: it has no approved INT8 copy"
+        gov.check_recorded(session=session, version=child)
+        return child, f"the approved INT8 copy of {name}'s production version (--int8)"
+    return _fastest(session, mv, children)
+
+
+def _fastest(session: Any, mv: Any, children: list[Any]) -> tuple[Any, str]:
+    """The production version or one of its approved compiled/INT8 children, whichever was measured fastest at
+    batch 1 when it was registered (a child whose compile gate did not pass, or without a figure, never)."""
+    from convergence import governance as gov
+
+    def batch1(v: Any) -> float:
+        return float((v.metrics or {}).get("latency_batch1_s") or float("inf"))
+
+    eligible = [c for c in children if (c.params or {}).get("compile_gate", {}).get("passed", True)
+                and batch1(c) < float("inf")]
+    if not eligible:
+        return mv, f"the production version of {mv.name}: it has no approved compiled or INT8 copy"
+    ranked = sorted([mv, *eligible], key=batch1)
+    best = ranked[0]
+    if best is not mv:
+        gov.check_recorded(session=session, version=best)
+    figures = ", ".join(f"{v.name} v{v.version} {batch1(v) * 1e6:.1f} µs" if batch1(v) < float("inf") else
+                        f"{v.name} v{v.version} unmeasured" for v in ranked)
+    return best, f"fastest at batch 1 as measured at registration ({figures})"
 
 
 def load(*, family: str, name: str | None = None, version_id: int | None = None,
-         prefer_int8: bool | None = None) -> Loaded:
-    """Resolve, fetch (SHA-256 checked) and load the model; CUDA when available, CPU otherwise."""
+         prefer_int8: bool | None = None, why: str | None = None) -> Loaded:
+    """Resolve, fetch (SHA-256 checked) and load the model; CUDA when available, CPU otherwise. A compiled
+    graph runs in onnxruntime (CUDA's provider when present) with the replica's thread setting."""
     import torch
 
     from convergence import governance as gov
     from convergence.pipelines import load_language_artifact, load_trading_artifact
     from convergence.platform.db import session_scope
+    from convergence.platform.settings import get_settings
 
     cuda = torch.cuda.is_available()
     with session_scope(write=False) as s:
-        mv = resolve(session=s, family=family, name=name, version_id=version_id,
-                     prefer_int8=(not cuda) if prefer_int8 is None else prefer_int8)
+        mv, chosen = choose(session=s, family=family, name=name, version_id=version_id,
+                            prefer_int8=False if cuda and prefer_int8 is None else prefer_int8)
         path = gov.load_artifact(session=s, version_id=mv.id)
         info = (mv.id, mv.name, mv.version, mv.family, mv.stage)
-        safe_output = mv.safe_output
+        safe_output, role = mv.safe_output, mv.role
+        # a compiled or INT8 copy is its eager network in another form: that network's kill switch stops it too
+        kill_names = (mv.name, mv.parent.name) if role in ("compiled", "quantized") and mv.parent else (mv.name,)
     torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
     if family == "trading":
-        net, blob = load_trading_artifact(path)
-        device = "cuda" if cuda and not blob.get("quantized") else "cpu"
+        net, blob = load_trading_artifact(path, device="cuda" if cuda else "cpu",
+                                          threads=get_settings().serve_onnx_threads)
+        runtime = "onnxruntime" if "runtime" in blob else "torch"
+        device = net.device if runtime == "onnxruntime" else "cuda" if cuda and not blob.get("quantized") else "cpu"
         extra = {"mean": blob["mean"].astype(np.float32), "std": blob["std"].astype(np.float32),
                  "y_scale": float(blob["y_scale"]), "n_features": int(blob["arch"]["n_in"]),
-                 "quantized": bool(blob.get("quantized")), "meta": blob.get("meta", {})}
+                 "quantized": bool(blob.get("quantized")), "meta": blob.get("meta", {}), "runtime": runtime}
+        model = net if runtime == "onnxruntime" else net.to(device).eval()
     else:
         net, tokenizer, blob = load_language_artifact(path)
         device = "cuda" if cuda else "cpu"
-        extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"])}
-    return Loaded(*info, net.to(device).eval(), extra, device, safe_output)
+        extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"]), "runtime": "torch"}
+        model = net.to(device).eval()
+    extra.update(role=role, why=why or chosen, kill_names=kill_names)
+    return Loaded(*info, model, extra, device, safe_output)
 
 
 class TradingBatcher:
@@ -121,6 +162,8 @@ class TradingBatcher:
         import torch
 
         e = self.loaded.extra
+        if e["runtime"] == "onnxruntime":  # the session copies to the GPU itself when it runs on one
+            return self.loaded.model(((X - e["mean"]) / e["std"]).astype(np.float32)) * e["y_scale"]
         Xn = torch.from_numpy(((X - e["mean"]) / e["std"]).astype(np.float32))
         with torch.inference_mode():
             if self.loaded.device == "cuda":  # pinned host memory, async copy; .cpu() is the one sync needed

@@ -16,8 +16,10 @@ VersionOpt = Annotated[int | None, typer.Option("--version", help="Serve this ap
                                                 "model's production version.")]
 PortOpt = Annotated[int, typer.Option("--port", help="HTTP port.")]
 HostOpt = Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0 in a container).")]
-Int8Opt = Annotated[bool | None, typer.Option("--int8/--float", help="Serve the approved INT8 copy (default on "
-                                              "CPU when the registry has one) or the float model.")]
+Int8Opt = Annotated[bool | None, typer.Option("--int8/--float", help="Serve the approved INT8 copy, or exactly the "
+                                              "production version. Default: on a CPU, whichever of the production "
+                                              "version and its approved compiled and INT8 copies was measured "
+                                              "fastest at batch 1 at registration; on a GPU, the production version.")]
 
 
 def _serve(family: str, model: str | None, version: int | None, port: int, host: str, int8: bool | None,
@@ -28,13 +30,13 @@ def _serve(family: str, model: str | None, version: int | None, port: int, host:
     info = check_servable(family=family, name=model, version_id=version, prefer_int8=int8)
     command = serve_command(family, port=port, host=host)
     env = {**os.environ, "CVG_SERVE_VERSION": str(info["version_id"]), "BENTOML_DO_NOT_TRACK": "true",
-           "CVG_HOME": str(get_settings().home)}
+           "CVG_HOME": str(get_settings().home), "CVG_SERVE_WHY": info["why"]}
     if dry_run:
         print_json({**info, "command": command, "env": {k: env[k] for k in ("CVG_SERVE_VERSION", "CVG_HOME")}})
         return
     err = console(stderr=True)
-    err.print(f"serving {info['name']} v{info['version']} (version {info['version_id']}, "
-              f"{info['stage']}, sha256 {info['artifact_sha256'][:12]}…) on http://{host}:{port}")
+    err.print(f"serving {info['name']} v{info['version']} (version {info['version_id']}, {info['role']}, "
+              f"{info['stage']}, sha256 {info['artifact_sha256'][:12]}…) on http://{host}:{port}: {info['why']}")
     if get_settings().serve_auth != "required" and host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning[/yellow]: {host} is not loopback and CVG_SERVE_AUTH is off: anyone who reaches "
                   "this port can call the model (set CVG_SERVE_AUTH=required)")
@@ -60,7 +62,7 @@ def language(
 ) -> None:
     """Serve the language student: POST /generate with {"prompt", "max_tokens", "temperature", "seed"};
     concurrent requests share KV-cached forward passes."""
-    _serve("language", model, version, port, host, False, dry_run)
+    _serve("language", model, version, port, host, None, dry_run)
 
 
 @app.command()
