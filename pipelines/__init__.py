@@ -5,6 +5,7 @@ Importing this package is cheap: torch, ray and kfp load inside the functions th
 """
 
 from convergence.pipelines._config import LanguageConfig, TradingConfig, load_config, parse_config
+from convergence.pipelines._compile_model import compile_model
 from convergence.pipelines._convert import convert_legacy
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
 from convergence.pipelines._language_pipeline import run_language
@@ -22,6 +23,7 @@ __all__ = [
     "STEP_DEPENDENCIES",
     "TradingConfig",
     "build_pipeline",
+    "compile_model",
     "compile_pipeline",
     "convert_legacy",
     "generate",

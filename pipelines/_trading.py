@@ -75,10 +75,11 @@ def fit_students(teacher: Any, p: Prepared, train: range, cfg: TradingConfig) ->
     return out
 
 
-def compile_models(models: dict[str, Any]) -> dict[str, Any]:
-    """The float student and teacher as onnxruntime graphs (the INT8 graph comes with the students)."""
+def compile_models(models: dict[str, Any], only: str | None = None) -> dict[str, Any]:
+    """The float student and teacher (or ``only`` one of them) as onnxruntime graphs; the INT8 graph comes with
+    the students."""
     return {key: compiled.compile_net(models[parent], n_params=nets.n_params(models[parent]))
-            for key, (parent, role) in COMPILED.items() if role == "compiled"}
+            for key, (parent, role) in COMPILED.items() if role == "compiled" and (only is None or parent == only)}
 
 
 def compile_evidence(models: dict[str, Any], p: Prepared, test: range, cfg: TradingConfig,

@@ -109,6 +109,15 @@ class RegistryOps(OperationsBase):
 
         return plain(convert_legacy(principal=self.principal, version_id=version_id))
 
+    @op("POST", "/models/{version_id}/compile", tag="models", status=201)
+    def compile_model(self, version_id: Id) -> dict[str, Any]:
+        """Compile an eager trading version to onnxruntime graphs (float, and static INT8 for a student), checked
+        against it on its holdout and timed; those whose gate passes are registered as its children (candidates
+        that need validation and approval; you become their registrant), the rest are named with why."""
+        from convergence.pipelines import compile_model
+
+        return plain(compile_model(principal=self.principal, version_id=version_id))
+
     @op("POST", "/models/{version_id}/reject", tag="models")
     def reject_model(self, version_id: Id, reason: Text) -> dict[str, Any]:
         """Reject a version before production (final)."""
