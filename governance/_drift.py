@@ -191,10 +191,19 @@ def production_params(*, session: Session, name: str) -> dict[str, Any]:
     return dict(mv.params or {})
 
 
+def served_as(session: Session, mv: ModelVersion) -> list[int]:
+    """The versions whose answers are ``mv``'s: it and its compiled and INT8 copies (serving may pick one)."""
+    copies = session.execute(select(ModelVersion.id).where(ModelVersion.parent_id == mv.id,
+                                                           ModelVersion.role.in_(("compiled", "quantized")))).scalars()
+    return [mv.id, *copies]
+
+
 def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime,
-                  until: dt.datetime) -> np.ndarray:
+                  until: dt.datetime, versions: list[int] | None = None) -> np.ndarray:
+    """The logged features and outputs of ``versions`` (default: the profile's own) in the window."""
+    versions = versions or [profile.model_version_id]
     found = session.execute(select(PredictionLog.features, PredictionLog.features_f32, PredictionLog.output).where(
-        PredictionLog.model_version_id == profile.model_version_id, PredictionLog.ts >= since,
+        PredictionLog.model_version_id.in_(versions), PredictionLog.ts >= since,
         PredictionLog.ts < until, PredictionLog.killed.is_(False))).all()  # a kill's safe outputs are not the model
     rows = [(np.frombuffer(raw, dtype="<f4") if raw is not None else features, out) for features, raw, out in found]
     if not rows:
@@ -225,7 +234,7 @@ def check_drift(*, session: Session, principal: Principal, name: str, since: dt.
     if profile is None:
         raise NotFound(f"version {mv.id} of {name} has no reference profile",
                        hint="versions registered by the pipelines carry one")
-    current = window_matrix(session, profile, since, until)
+    current = window_matrix(session, profile, since, until, served_as(session, mv))
     sample = reference_sample(profile) if evidently or profile.rows <= 1000 else None
     results = fast_drift(profile.stats, profile.columns, current, sample)
     html_uri = json_uri = None

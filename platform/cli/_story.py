@@ -95,15 +95,16 @@ def _trading(story: Story) -> dict[str, Any]:
     story.say(f"fin set this month's energy budget: 1 kWh hard, 0.1 Wh soft (budget {budget['budget_id']}); "
               "every step is metered")
     story.say("quinn asked the API to run the trading pipeline (local Ray on the server): E-mini ticks → features → "
-              "teacher (Ray Train) → distilled student → INT8 → walk-forward → gates"
+              "teacher (Ray Train) → distilled student → walk-forward → onnxruntime graphs (float, static INT8) → gates"
               + (" [quick settings]" if story.quick else ""))
     job = story["quinn"].run_pipeline(family="trading", overrides=QUICK if story.quick else {})
     summary = _follow(story, story["quinn"], job)
     if summary["status"] != "succeeded":
         raise PolicyViolation(f"trading gates failed, nothing registered: {'; '.join(summary['gates']['failed'])}")
     v, h = summary["versions"], summary["holdout"]
-    story.say(f"quinn's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']} → INT8 "
-              f"{v['int8']}: student fidelity {h['student']['fidelity']:.3f}, "
+    story.say(f"quinn's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']} → "
+              f"compiled {v.get('student_onnx', '—')} and INT8 {v.get('int8', '—')}: student fidelity "
+              f"{h['student']['fidelity']:.3f}, "
               f"{summary['latency']['teacher']['batch1_s'] / summary['latency']['student']['batch1_s']:.1f}x faster "
               f"than the teacher at batch 1; evidence {summary['evidence']}")
     return summary
@@ -114,10 +115,12 @@ def _four_eyes(story: Story, summary: dict[str, Any]) -> None:
 
     v = summary["versions"]
     evidence = story["carol"].upload_artifact(source=Path(summary["evidence"]))["sha256"]
-    for key in ("student", "int8"):
+    copies = [k for k in ("int8", "student_onnx") if k in v]  # a copy whose compile gate failed is not there
+    for key in ("student", *copies):
         story["carol"].validate_model(version_id=v[key], evidence_sha256=evidence,
-                                      reason="walk-forward and holdout evidence reviewed")
-    story.say(f"carol (validator) uploaded the run's evidence and validated versions {v['student']} and {v['int8']}")
+                                      reason="walk-forward, holdout and equivalence evidence reviewed")
+    story.say(f"carol (validator) uploaded the run's evidence and validated the student {v['student']} and its "
+              f"onnxruntime copies ({', '.join(f'{k} {v[k]}' for k in copies)})")
     refusals = []
     try:
         story["quinn"].approve_model(version_id=v["student"], reason="my model looks good")
@@ -132,11 +135,13 @@ def _four_eyes(story: Story, summary: dict[str, Any]) -> None:
     story["ada"].revoke_role(principal="sa:quinn", role="approver", reason="demo over")
     story.say(f"quinn tried to approve her own model: refused {' and then '.join(refusals)}; both refusals are "
               "on the audit trail, and ada took the role back")
-    for key in ("student", "int8"):
+    for key in ("student", *copies):
         story["alice"].approve_model(version_id=v[key], reason="meets model risk policy", safe_output=0.0)
-        story["ops"].promote_model(version_id=v[key], reason="release")
-    story.say(f"alice approved the student ({v['student']}) and its INT8 copy ({v['int8']}), fixing 0.0 (flat) as "
-              "what they answer if killed; ops promoted both to production")
+    for key in ("student", "int8"):
+        if key in v:
+            story["ops"].promote_model(version_id=v[key], reason="release")
+    story.say(f"alice approved the student ({v['student']}) and its copies, fixing 0.0 (flat) as what they answer "
+              "if killed; ops promoted both to production (the student and its INT8 copy)")
 
 
 def _serving(story: Story, summary: dict[str, Any]) -> dt.datetime:
@@ -149,11 +154,14 @@ def _serving(story: Story, summary: dict[str, Any]) -> dt.datetime:
     X = holdout_features(version_id=summary["versions"]["student"])
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
     desk = {"authorization": story["desk"].http.headers["authorization"]}  # the desk's own key
-    # --float: the float student is faster than its INT8 copy at this size (measured; see the README)
-    with ServerProcess("trading", "--float", log=story.work / "serve-trading.log",
+    # no --float/--int8: serving takes whichever approved form of the student was measured fastest at batch 1
+    with ServerProcess("trading", log=story.work / "serve-trading.log",
                        env={"CVG_SERVE_AUTH": "required"}) as server:
-        story.say(f"ops started `cvg serve trading` ({server.url}) with authentication required: BentoML serving the "
-                  f"production student, approved and SHA-256 checked; output in {server.log}")
+        info = httpx.get(server.url + "/info", headers={"authorization": story["ops"].http.headers["authorization"]},
+                         timeout=30).json()["trading"]
+        story.say(f"ops started `cvg serve trading` ({server.url}) with authentication required: BentoML serving "
+                  f"{info['model']} ({info.get('role')}, {info.get('runtime')}), approved and SHA-256 checked, picked "
+                  f"as {info.get('why')}; output in {server.log}")
         with httpx.Client(base_url=server.url, timeout=30, headers=desk) as client:
             answers = [client.post("/predict", json={"rows": [x.tolist()]}).json() for x in X]
             anonymous = httpx.post(server.url + "/predict", json={"rows": [X[0].tolist()]}).status_code
@@ -324,12 +332,12 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               f"checkpoint in {audit['note']}\n"
               f"took         {elapsed:.1f} s\n\n"
               f"evidence     {summary['evidence']}\n"
-              f"models       trading: teacher {v['teacher']}, student {v['student']} (production), INT8 {v['int8']} "
-              "(production)\n"
+              f"models       trading: teacher {v['teacher']}, student {v['student']} (production), INT8 "
+              f"{v.get('int8', '—')} (production), compiled {v.get('student_onnx', '—')} (approved)\n"
               + (f"             language: teacher {lm_versions['teacher']}, student {lm_versions['student']} "
                  "(production)\n" if lm_versions else "") + "\n"
               "look further (as your OS account, an auditor here):\n"
-              f"  cvg models lineage {v['int8']}\n"
+              f"  cvg models lineage {v.get('student_onnx', v['student'])}\n"
               + (f"  cvg models lineage {lm_versions['student']}\n" if lm_versions else "") +
               f"  cvg models history {TRADING_MODEL}\n"
               f"  cvg audit query --subject model_version:{v['student']}\n"

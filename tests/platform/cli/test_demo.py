@@ -17,6 +17,7 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     for fragment in ("migrated", "a sandbox", "installed the first admins", "`cvg api` is up", "sam approved each grant",
                      "energy budget", "train_teacher", "registered teacher", "validated",
                      "refused by role (role-required:model.approve) and then by identity (approver-not-registrant)",
+                     "(compiled, onnxruntime)", "picked as fastest at batch 1",
                      "without a key: 401", "ops' kill was refused", "flagged killed=True",
                      "drift check", "signed webhook", "budgets:", "language pipeline", "nina's run",
                      "lineage: corpus", "the language run", "promoted both to production", "audit chain verified",
