@@ -131,6 +131,63 @@ def serving_bench(student: Any, p: Any, cfg: Any, fs: Any, seconds: int) -> dict
     return results
 
 
+def _median_us(fn: Any, repeats: int = 200) -> float:
+    import time
+
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def language_probe(prefix: int = 64) -> dict[str, Any]:
+    """Why generation stays on PyTorch: the default student's shape (2 × 96, context 128, vocab 4,096,
+    SYNTHETIC weights), one new token after a prefix of ``prefix``: PyTorch's KV-cached step against a full
+    forward over the prefix, in PyTorch and as an ONNX graph in onnxruntime (exported without a cache)."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from convergence.pipelines import _lm as lm
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = lm.build(lm.arch(vocab=4096, context=128, d_model=96, layers=2, heads=2)).eval()
+    idx = torch.randint(0, 4096, (1, prefix))
+    with torch.inference_mode():
+        cache: list[Any] = []
+        model(idx[:, :-1], cache=cache)
+        step_pos = torch.tensor([prefix - 1])
+
+        def cached_step() -> None:  # a fresh copy of the cache each time: the step must not grow it
+            model(idx[:, -1:], positions=step_pos, cache=list(cache))
+
+        out: dict[str, Any] = {"prefix": prefix, "torch_cached_step_us": _median_us(cached_step),
+                               "torch_full_forward_us": _median_us(lambda: model(idx))}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lm.onnx"
+        try:
+            torch.onnx.export(model, (idx,), str(path), dynamo=False, input_names=["idx"], output_names=["logits"],
+                              dynamic_axes={"idx": {1: "t"}}, opset_version=17)
+        except Exception as exc:  # noqa: BLE001 - the probe reports what the exporter said
+            out["onnx_export"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            return out
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+        opts.log_severity_level = 3
+        sess = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {"idx": idx.numpy().astype(np.int64)}
+        with torch.inference_mode():
+            diff = float(np.max(np.abs(sess.run(None, feed)[0] - model(idx).numpy())))
+        out.update(onnx_export="ok", onnx_full_forward_us=_median_us(lambda: sess.run(None, feed)),
+                   onnx_max_abs_diff=diff)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=6)
@@ -154,6 +211,9 @@ def main() -> None:
         / m["teacher onnxruntime INT8"]["batch64_row_us"]}
     for name, ratio in result["ratios"].items():
         print(f"{name}: {ratio:.2f}x")
+    result["language"] = language_probe()
+    print("language student, one token after 64:", {k: round(v, 1) if isinstance(v, float) else v
+                                                    for k, v in result["language"].items()})
     if not args.no_serving:
         result["serving"] = serving_bench(student, p, cfg, fs, args.seconds)
         for name, r in result["serving"].items():
