@@ -19,7 +19,16 @@ from sqlalchemy.orm import Session
 from convergence.governance._access import distinct, require
 from convergence.governance._alerts import raise_alert
 from convergence.governance._ledger import Subject, append, serialize_writes
-from convergence.governance._models import FAMILIES, METRICS, Budget, BudgetChange, PipelineRun, Project, Usage
+from convergence.governance._models import (
+    FAMILIES,
+    METRICS,
+    Budget,
+    BudgetChange,
+    ModelVersion,
+    PipelineRun,
+    Project,
+    Usage,
+)
 from convergence.governance._principal import Principal, check_text
 from convergence.governance._registry import DEFAULT_PROJECT, ensure_project
 from convergence.governance._replay import state_entries
@@ -264,16 +273,33 @@ def usage_report(*, session: Session, project: str | None = None, since: dt.date
     if until:
         q = q.where(Usage.created_at < until)
     out = []
-    for key, *sums, preds, all_measured, n in session.execute(q).all():
+    found = session.execute(q).all()
+    names = _version_names(session, [key for key, *_ in found]) if by == "model" else {}
+    for key, *sums, preds, all_measured, n in found:
         wall, cpu, gpu, kwh, co2, peak = (float(x or 0.0) for x in sums)  # PostgreSQL sums may be Decimal
         preds = int(preds or 0)
-        row = {by: key, "wall_s": wall, "cpu_hours": cpu / 3600, "gpu_hours": gpu / 3600, "kwh": kwh, "gco2e": co2,
+        row = {by: key, "label": _label(by, key, names, preds), "wall_s": wall, "cpu_hours": cpu / 3600, "gpu_hours": gpu / 3600, "kwh": kwh, "gco2e": co2,
                "peak_mem_mb": peak, "measured": bool(all_measured), "rows": n}
         if preds:
             row.update(predictions=int(preds), kwh_per_1k_predictions=kwh / preds * 1000,
                        cpu_s_per_1k_predictions=cpu / preds * 1000)
         out.append(row)
     return out
+
+
+def _version_names(session: Session, ids: list[Any]) -> dict[int, str]:
+    wanted = [i for i in ids if i is not None]
+    rows = session.execute(select(ModelVersion.id, ModelVersion.name, ModelVersion.version)
+                           .where(ModelVersion.id.in_(wanted))).all() if wanted else []
+    return {i: f"{name} v{version} (#{i})" for i, name, version in rows}
+
+
+def _label(by: str, key: Any, names: dict[int, str], predictions: int) -> str:
+    """What a person reads in a report's first column: a model's name and version, never a blank."""
+    if key is None:
+        return {"model": "(pipeline work, no model)", "run": "(serving, no run)", "family": "(no family)",
+                "step": "(serving)" if predictions else "(whole run)"}[by]
+    return names.get(key, f"#{key}") if by == "model" else (f"run {key}" if by == "run" else str(key))
 
 
 def run_usage(*, session: Session, run_id: int) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The HTTP surface of a serving replica: ``/predict`` (trading) and ``/generate`` (language).
 
 A plain ASGI app mounted inside the BentoML service: BentoML's per-endpoint machinery (schema
-generation, its dispatcher) was the cost measured in DESIGN.md, so requests are parsed and batched
-here. Every error is a 4xx/503 with one JSON line ``{"error", "message"}``; nothing reaches a 500.
-With ``CVG_SERVE_AUTH=required`` the model routes need an API key or an OIDC token (checked against a
-short cache, not the database, per request); ``/info`` tells anonymous callers only what is served.
+generation, its dispatcher) was the cost measured by bench/serving_bench.py (plain BentoML batching
+against this, in the README), so requests are parsed and batched here. Every error is a 4xx/503 with
+one JSON line ``{"error", "message"}``; nothing reaches a 500. With ``CVG_SERVE_AUTH=required`` the model
+routes need an API key or an OIDC token (checked against a short cache, not the database, per request); ``/info`` tells anonymous callers only what is served.
 """
 
 from __future__ import annotations

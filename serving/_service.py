@@ -4,7 +4,8 @@ Each service loads its model when BentoML starts the worker (which version: ``CV
 ``CVG_SERVE_VERSION``, set by ``cvg serve``), mounts the replica's ASGI app at ``/``, reports
 readiness through ``__is_ready__`` (BentoML's ``/readyz``; ``/livez`` is BentoML's) and serves its own
 Prometheus ``/metrics``. BentoML's tracing is excluded for the model routes and its access log and
-traffic metrics are off: measured, they cost more than the model (see DESIGN.md and the serving bench).
+traffic metrics are off: measured, they cost more than the model (bench/serving_bench.py: plain BentoML
+batching against ours, in the README).
 """
 
 from __future__ import annotations

@@ -136,6 +136,23 @@ def _register() -> None:
     app.command("demo")(demo.demo)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"cvg (convergence) {version('convergence')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("cvg (convergence) not installed: run `bash .ci/bootstrap`")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the installed version and exit.",
+                                       callback=_version, is_eager=True)) -> None:
+    """convergence: govern, train, serve and audit trading and language models."""
+
+
 _register()
 
 

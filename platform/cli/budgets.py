@@ -105,8 +105,11 @@ def report(
     if json_out:
         print_json(rows)
         return
-    print_table(f"usage by {by}", (by, "wall s", "CPU-h", "GPU-h", "Wh", "gCO2e", "peak MB", "kWh / 1k pred", "figures"),
-                ((r[by], f"{r['wall_s']:.1f}", f"{r['cpu_hours']:.4f}", f"{r['gpu_hours']:.4f}",
+    print_table(f"usage by {by}", (by, "wall s", "CPU-h", "GPU-h", "Wh", "gCO2e", "peak MB", "predictions",
+                                   "CPU-s / 1k pred", "kWh / 1k pred", "figures"),
+                ((r.get("label", r[by]), f"{r['wall_s']:.1f}", f"{r['cpu_hours']:.4f}", f"{r['gpu_hours']:.4f}",
                   f"{r['kwh'] * 1000:.3f}", f"{r['gco2e']:.3f}", f"{r['peak_mem_mb'] or 0:.0f}",
-                  f"{r['kwh_per_1k_predictions']:.3g}" if "kwh_per_1k_predictions" in r else "",
+                  f"{r['predictions']:,}" if r.get("predictions") else "—",
+                  f"{r['cpu_s_per_1k_predictions']:.3g}" if "cpu_s_per_1k_predictions" in r else "—",
+                  f"{r['kwh_per_1k_predictions']:.3g}" if "kwh_per_1k_predictions" in r else "—",
                   "measured" if r["measured"] else "estimated") for r in rows))

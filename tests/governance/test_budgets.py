@@ -148,6 +148,11 @@ def test_serving_usage_per_thousand_predictions_and_lineage(project: str, model_
         rows = {r["model"]: r for r in gov.usage_report(session=s, project=project, by="model")}
         assert rows[mv.id]["kwh_per_1k_predictions"] == pytest.approx(0.002)
         assert rows[mv.id]["cpu_s_per_1k_predictions"] == pytest.approx(4.0)
+        # every row has a label a person reads: the model's name and version, and what a blank key means
+        assert rows[mv.id]["label"] == f"m v{mv.version} (#{mv.id})"
+        assert rows[None]["label"] == "(pipeline work, no model)"
+        steps = {r["step"]: r["label"] for r in gov.usage_report(session=s, project=project, by="step")}
+        assert steps[None] == "(serving)" and all(label for label in steps.values())
         assert gov.lineage(session=s, version_id=mv.id)["usage"]["kwh"] == pytest.approx(0.5)
         with pytest.raises(InvalidInput, match="--by"):
             gov.usage_report(session=s, by="colour")

@@ -146,3 +146,15 @@ def test_nothing_loads_an_artifact_as_code() -> None:
             if needle in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert not offenders
+
+
+def test_no_file_names_a_design_document_outside_the_repository() -> None:
+    """A reader can open whatever the README, a docstring or the chart names (DESIGN.md lives beside the
+    project for its developers, not in it)."""
+    import re
+
+    sources = [p for folder in ("platform", "governance", "pipelines", "serving", "migrations", "helm", "bench")
+               for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".md", ".yaml", ".tpl", ".txt"}]
+    offenders = [str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *sources]
+                 if re.search(r"\bDESIGN\.md\b|\bSTYLE\.md\b|\.\./shared/", p.read_text(errors="replace"))]
+    assert not offenders
