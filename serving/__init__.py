@@ -5,7 +5,7 @@ Finds models only through the governance registry (approved or production versio
 reads their artifacts with the pipelines' format readers. BentoML and torch load only when serving.
 """
 
-from convergence.serving._check import check_servable, serve_command
+from convergence.serving._check import check_servable, known_servers, record_server, serve_command
 from convergence.serving._process import ServerProcess, free_port
 
-__all__ = ["ServerProcess", "check_servable", "free_port", "serve_command"]
+__all__ = ["ServerProcess", "check_servable", "free_port", "known_servers", "record_server", "serve_command"]

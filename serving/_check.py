@@ -40,3 +40,67 @@ def serve_command(family: str, *, port: int, host: str) -> list[str]:
     base = [str(exe)] if exe.exists() else ([found] if (found := shutil.which("bentoml")) else
                                             [sys.executable, "-m", "bentoml"])
     return [*base, "serve", f"convergence.serving._service:{SERVICES[family]}", "--host", host, "--port", str(port)]
+
+
+def _records() -> Path:
+    from convergence.platform.settings import get_settings
+
+    return get_settings().home / "serving"
+
+
+def record_server(*, family: str, host: str, port: int, info: dict[str, Any]) -> Path:
+    """Note a server ``cvg serve`` is about to become (its pid survives the exec), so ``serve status`` can find
+    and check it later; one small JSON file per port under CVG_HOME/serving."""
+    import json
+    import os
+
+    folder = _records()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{int(port)}.json"
+    path.write_text(json.dumps({"family": family, "host": host, "port": int(port), "pid": os.getpid(),
+                                "version_id": info["version_id"], "name": info["name"], "version": info["version"]}))
+    return path
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def known_servers() -> list[dict[str, Any]]:
+    """Every server ``cvg serve`` started with this CVG_HOME, checked now: its process, and what its ``/info``
+    says it serves; the record of one whose process is gone is removed."""
+    import json
+
+    import httpx
+
+    out = []
+    folder = _records()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+            pid, port = int(rec["pid"]), int(rec["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # not a record this code wrote
+            continue
+        if not _alive(pid):
+            path.unlink(missing_ok=True)
+            out.append({**rec, "state": "stopped", "detail": "its process is gone (record removed)"})
+            continue
+        host = "127.0.0.1" if rec.get("host") in ("0.0.0.0", "::", "") else rec["host"]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/info"
+        try:
+            served = httpx.get(url, timeout=2.0).json().get(rec["family"], {})
+            state = "killed" if served.get("killed") else "serving"
+            detail = f"{served.get('model')} v{served.get('version')} (version {served.get('version_id')})"
+        except (httpx.HTTPError, ValueError, AttributeError):
+            state, detail = "not answering", f"process {pid} runs, but {url} does not answer (starting, or stuck)"
+        out.append({**rec, "state": state, "detail": detail})
+    return out

@@ -25,7 +25,7 @@ Int8Opt = Annotated[bool | None, typer.Option("--int8/--float", help="Serve the 
 def _serve(family: str, model: str | None, version: int | None, port: int, host: str, int8: bool | None,
            dry_run: bool) -> None:
     from convergence.platform.settings import get_settings
-    from convergence.serving import check_servable, serve_command
+    from convergence.serving import check_servable, record_server, serve_command
 
     info = check_servable(family=family, name=model, version_id=version, prefer_int8=int8)
     command = serve_command(family, port=port, host=host)
@@ -40,6 +40,7 @@ def _serve(family: str, model: str | None, version: int | None, port: int, host:
     if get_settings().serve_auth != "required" and host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning[/yellow]: {host} is not loopback and CVG_SERVE_AUTH is off: anyone who reaches "
                   "this port can call the model (set CVG_SERVE_AUTH=required)")
+    record_server(family=family, host=host, port=port, info=info)  # for `cvg serve status`
     os.execvpe(command[0], command, env)  # BentoML takes over this process (signals reach it directly)
 
 
@@ -92,11 +93,20 @@ def resume(name: Annotated[str, typer.Argument(help="Model name.")],
 
 @app.command()
 def status(actor: ActorOpt = None, json_out: JsonOpt = False) -> None:
-    """Every kill switch ever set: which models are stopped, why, by whom."""
-    rows = operations(actor).kill_switches()
+    """The servers `cvg serve` started with this CVG_HOME, each checked now (its process and its /info), and
+    every kill switch ever set: which models are stopped, why, by whom."""
+    from convergence.serving import known_servers
+
+    switches, servers = operations(actor).kill_switches(), known_servers()
     if json_out:
-        print_json(rows)
+        print_json({"servers": servers, "kill_switches": switches})
         return
+    if servers:
+        print_table("servers started here", ("port", "family", "state", "what", "pid"),
+                    ((s["port"], s["family"], s["state"].upper() if s["state"] != "serving" else s["state"],
+                      s["detail"], s["pid"]) for s in servers))
+    else:
+        console().print("no server started by `cvg serve` with this CVG_HOME is running")
     print_table("kill switches", ("model", "state", "reason", "safe output", "by", "at (UTC)"),
                 ((r["model"], "KILLED" if r["killed"] else "not killed", r["reason"],
-                  "-" if r["safe_output"] is None else r["safe_output"], r["actor"], r["at"][:19]) for r in rows))
+                  "-" if r["safe_output"] is None else r["safe_output"], r["actor"], r["at"][:19]) for r in switches))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,23 @@ def test_generate_bad_input(language_server, body, status, fragment) -> None:
     r = language_server.client.post("/generate", json=body)
     assert r.status_code == status and fragment in r.json()["message"], r.text
     assert language_server.client.post("/generate", json={"prompt": "We", "max_tokens": 2}).status_code == 200
+
+
+def test_serve_status_finds_the_running_server_and_forgets_a_dead_one(trading_server, serving_db) -> None:
+    """`cvg serve status` checks what it knows about, not what the database says: the real server answers its
+    /info; a record whose process is gone reads 'stopped' once and is removed."""
+    import json
+    import subprocess
+
+    from convergence.serving import known_servers
+
+    found = {s["port"]: s for s in known_servers()}
+    ours = found[int(trading_server.url.rsplit(":", 1)[1])]
+    assert ours["state"] == "serving" and f"(version {trading_server.version_id})" in ours["detail"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    record = Path(serving_db["env"]["CVG_HOME"]) / "serving" / "1.json"
+    record.write_text(json.dumps({**ours, "port": 1, "pid": dead.pid}))
+    gone = {s["port"]: s for s in known_servers()}[1]
+    assert gone["state"] == "stopped" and not record.exists()
+    assert 1 not in {s["port"] for s in known_servers()}

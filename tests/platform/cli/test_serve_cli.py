@@ -47,9 +47,9 @@ def test_kill_resume_status(db_url: str, sandbox: str, cvg, tmp_path: Path, evid
                  "--as", "risk", "--json")
     assert killed.code == 0 and {k: killed.json[k] for k in ("model", "killed", "reason", "safe_output")} == {
         "model": "es-trading-student", "killed": True, "reason": "fat finger", "safe_output": 0.0}
-    status = cvg("serve", "status", "--json").json
+    status = cvg("serve", "status", "--json").json["kill_switches"]
     assert status[0]["killed"] and status[0]["actor"] == "risk"
     assert cvg("serve", "resume", "es-trading-student", "--as", "risk2").code == 0
-    assert not cvg("serve", "status", "--json").json[0]["killed"]
+    assert not cvg("serve", "status", "--json").json["kill_switches"][0]["killed"]
     events = cvg("audit", "query", "--subject", "model:es-trading-student", "--json").json
     assert [e["action"] for e in events][-2:] == ["serving.killed", "serving.resumed"]
