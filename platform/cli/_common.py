@@ -149,5 +149,34 @@ def parse_json_option(value: str | None, option: str) -> Any:
         raise InvalidInput(f"{option} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
 
 
+def invocation(program: str = "cvg") -> str:
+    """How to run ``program`` (cvg, python) from the user's shell as it is now: the bare name when that name
+    on PATH is this installation's, else its path (relative to here when shorter), with CVG_HOME in front
+    when this process uses a home the shell's default would not find."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from convergence.platform.settings import _default_home, get_settings
+
+    mine = Path(sys.executable).parent / (program if program != "python" else Path(sys.executable).name)
+    found = shutil.which(program)
+    if found and Path(found).resolve() == mine.resolve():
+        command = program
+    else:
+        relative = os.path.relpath(mine, Path.cwd())
+        command = relative if len(relative) < len(str(mine)) and not relative.startswith("../..") else str(mine)
+    home = get_settings().home
+    if home.resolve() != _default_home().resolve():
+        command = f"CVG_HOME={shlex_quote(str(home))} {command}"
+    return command
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
 def short(digest: str | None, n: int = 12) -> str:
     return f"{digest[:n]}…" if digest else ""

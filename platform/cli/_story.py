@@ -180,7 +180,8 @@ def _serving(story: Story, summary: dict[str, Any]) -> dt.datetime:
                   f"with version {answers[0]['version_id']} and a prediction id, logged in batches; without a key: "
                   f"{anonymous}); ops' kill was {ops_kill}; risk killed it → answers {stopped['predictions']} flagged "
                   f"killed={stopped.get('killed')} (the approved safe output, logged and flagged); resumed → "
-                  f"{back.status_code}")
+                  f"{back.status_code}: {len(answers) + (back.status_code == 200):,} answers of the model and 1 "
+                  "killed one in the log")
     return since
 
 
@@ -195,8 +196,8 @@ def _drift(story: Story, since: dt.datetime) -> None:
         report = story["monitor"].check_drift(name=TRADING_MODEL, since=since.isoformat(), until=until)
         story["ada"].unsubscribe(subscription_id=sub["id"])  # the receiver goes away with the demo
         drifted = [c for c, r in report["columns"].items() if r["drifted"]]
-        story.say(f"monitor's drift check (report {report['id']}, {report['rows']:,} predictions, the killed answers "
-                  f"left out): {len(drifted)} of {len(report['columns'])} columns drifted"
+        story.say(f"monitor's drift check (report {report['id']}, {report['rows']:,} predictions of the model, the "
+                  f"killed one left out): {len(drifted)} of {len(report['columns'])} columns drifted"
                   + (f" ({', '.join(drifted[:5])}{'…' if len(drifted) > 5 else ''})" if drifted else "")
                   + f"; {len(report['new_alerts'])} new alerts; the receiver verified and accepted "
                     f"{len(receiver.events)} signed webhook(s) ({report['webhooks']['delivered']} delivered, "
@@ -322,7 +323,10 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
     from convergence.platform.db import redact_url
     from convergence.platform.settings import get_settings
 
+    from convergence.platform.cli._common import invocation
+
     settings, v, result = get_settings(), summary["versions"], audit["result"]
+    cvg, python = invocation("cvg"), invocation("python").split(" ")[-1]  # how this shell reaches them
     out = story.out
     out.rule("summary")
     out.print(f"database     {redact_url(settings.resolved_database_url)} (a sandbox: --as works here, and says so)\n"
@@ -336,17 +340,19 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               f"{v.get('int8', '—')} (production), compiled {v.get('student_onnx', '—')} (approved)\n"
               + (f"             language: teacher {lm_versions['teacher']}, student {lm_versions['student']} "
                  "(production)\n" if lm_versions else "") + "\n"
-              "look further (as your OS account, an auditor here):\n"
-              f"  cvg models lineage {v.get('student_onnx', v['student'])}\n"
-              + (f"  cvg models lineage {lm_versions['student']}\n" if lm_versions else "") +
-              f"  cvg models history {TRADING_MODEL}\n"
-              f"  cvg audit query --subject model_version:{v['student']}\n"
-              "  cvg audit query --action '*_refused'\n"
-              "  cvg principals list\n"
-              "  cvg pipelines runs\n"
-              "  cvg budgets show\n"
-              f"  cvg drift history {TRADING_MODEL}\n"
-              "  cvg audit verify            # chain, Merkle tree, tables vs ledger, published checkpoints\n"
-              f"  python {audit['script']} inclusion {audit['proof']} --key {audit['key']}\n"
-              f"  python {audit['script']} export {audit['export']} --checkpoint {audit['note']} --key …\n"
-              "  cvg api   # then, with a service account's key: CVG_API_URL=http://127.0.0.1:8000 CVG_API_KEY=… cvg whoami")
+              "look further (as your OS account, an auditor here"
+              + ("" if cvg == "cvg" else "; `source .venv/bin/activate` lets you type plain `cvg`") + "):\n"
+              f"  {cvg} models lineage {v.get('student_onnx', v['student'])}\n"
+              + (f"  {cvg} models lineage {lm_versions['student']}\n" if lm_versions else "") +
+              f"  {cvg} models history {TRADING_MODEL}\n"
+              f"  {cvg} audit query --subject model_version:{v['student']}\n"
+              f"  {cvg} audit query --action '*_refused'\n"
+              f"  {cvg} principals list\n"
+              f"  {cvg} pipelines runs\n"
+              f"  {cvg} budgets show\n"
+              f"  {cvg} drift history {TRADING_MODEL}\n"
+              f"  {cvg} audit verify            # chain, Merkle tree, tables vs ledger, published checkpoints\n"
+              f"  {python} {audit['script']} inclusion {audit['proof']} --key {audit['key']}\n"
+              f"  {python} {audit['script']} export {audit['export']} --checkpoint {audit['note']} --key …\n"
+              f"  {cvg} api   # then, with a service account's key: CVG_API_URL=http://127.0.0.1:8000 CVG_API_KEY=… "
+              f"{cvg} whoami")
