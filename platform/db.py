@@ -186,10 +186,26 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist yet (connecting would create it), else None."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported where the engine is made
+        return None
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return database if database and database != ":memory:" and not Path(database).exists() else None
+
+
 def _check_schema(engine: Engine) -> None:
     key = str(engine.url)
     if key in _schema_checked or not get_settings().check_schema:
         return
+    if (missing := missing_sqlite_file(key)) is not None:  # connecting would create it, empty
+        raise SchemaOutdated(f"there is no database at {missing}: nothing was created",
+                             hint="run `cvg db upgrade` to create one there, `cvg demo` to fill one with the whole "
+                                  "story, or point CVG_HOME (or CVG_DATABASE_URL) at yours")
     current, head = current_revision(engine), head_revision()
     if current != head:
         where = "an empty database" if current is None else f"revision {current}"

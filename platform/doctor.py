@@ -35,7 +35,11 @@ class Check:
 
 def _database() -> Check:
     from convergence.platform import migrate
+    from convergence.platform.db import missing_sqlite_file
 
+    if (missing := missing_sqlite_file(get_settings().resolved_database_url)) is not None:
+        return Check("database", False, f"no database at {missing} (nothing was created; `cvg demo` makes a "
+                     "sandbox with the whole story)", "run `cvg db upgrade`", True)
     try:
         st = migrate.status()
     except ConvergenceError as exc:

@@ -128,3 +128,20 @@ def test_doctor_reports_the_language_corpora(db_url: str, sandbox: str, cvg, tmp
     gone = cvg("doctor", "--json", env={"CVG_CORPUS_DIR": str(tmp_path)})
     missing = next(c for c in gone.json if c["name"] == "language data")
     assert not missing["ok"] and "State of the Union" in missing["detail"] and "bootstrap" in missing["fix"]
+
+
+def test_a_home_without_a_database_is_said_not_silently_filled(cvg, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new shell whose CVG_HOME holds nothing: every command says where it looked and how to start, and
+    creates nothing; `cvg db upgrade` (or the demo) is what creates the database."""
+    monkeypatch.delenv("CVG_DATABASE_URL", raising=False)
+    env = {"CVG_HOME": str(tmp_path / "new"), "CVG_DATABASE_URL": ""}
+    db = tmp_path / "new" / "convergence.db"
+    for args in (("models", "list"), ("audit", "verify"), ("whoami",)):
+        assert_one_line_error(cvg(*args, env=env), 6, f"there is no database at {db}: nothing was created")
+    doctor = cvg("doctor", "--json", env=env)
+    assert doctor.code == 6 and next(c for c in doctor.json if c["name"] == "database")["detail"].startswith(
+        f"no database at {db}")
+    assert not db.exists()
+    assert cvg("db", "upgrade", env=env).code == 0 and db.exists()
+    assert cvg("db", "check", "--json", env=env).json["at_head"]
