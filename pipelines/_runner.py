@@ -26,7 +26,24 @@ from convergence.platform.settings import get_settings
 if TYPE_CHECKING:
     from convergence.governance import Principal
 
-Progress = Callable[[str, str, str], None]  # (step, "start" | "done" | "failed", detail)
+Progress = Callable[[str, str, str], None]  # (step, "start" | "running" | "done" | "failed", detail)
+
+
+class _Ticker(threading.Thread):
+    """While a step runs, says every ``interval_s`` how long it has been running: a Ray Train teacher or a
+    language model's training is minutes of silence otherwise."""
+
+    def __init__(self, step: str, progress: Progress, interval_s: float) -> None:
+        super().__init__(name=f"cvg-progress-{step}", daemon=True)
+        self.step, self.progress, self.interval_s = step, progress, interval_s
+        self.stopped, self.t0 = threading.Event(), time.perf_counter()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.progress(self.step, "running", f"{time.perf_counter() - self.t0:.0f} s so far")
+            except Exception:  # noqa: BLE001 - a progress display must never fail the step
+                return
 
 
 def _quiet(step: str, state: str, detail: str) -> None:
@@ -50,16 +67,22 @@ class RunContext:
         """Run a step inside the boundary; meter it, record its usage, then enforce budgets."""
         from convergence.platform.energy import Meter
 
+        from convergence.platform.settings import get_settings
+
         self.progress(name, "start", detail)
         t0 = time.perf_counter()
         meter = Meter().start() if self.metering else None
+        ticker = _Ticker(name, self.progress, get_settings().progress_interval_s)
+        ticker.start()
         try:
             with step_boundary(name):
                 yield
         except BaseException as exc:
+            ticker.stopped.set()
             self._record(name, meter)  # a failed step still used what it used
             self.progress(name, "failed", str(exc))
             raise
+        ticker.stopped.set()
         self.timings[name] = round(time.perf_counter() - t0, 3)
         exceeded = self._record(name, meter)
         self.progress(name, "done", f"{self.timings[name]:.1f} s")

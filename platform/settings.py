@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     check_schema: bool = Field(default=True, description="Refuse to work against a database not at head.")
     ray_address: str | None = Field(default=None, description="ray://host:10001 for a cluster; default: local Ray.")
     heartbeat_interval_s: float = Field(default=10.0, gt=0, description="How often a running pipeline says it is alive.")
+    progress_interval_s: float = Field(default=15.0, gt=0, description="How often a long pipeline step says how "
+                                       "long it has been running (on the terminal, and in an API job's progress).")
     stale_after_s: float = Field(default=120.0, gt=0, description="A running pipeline silent this long is dead.")
     corpus_dir: Path | None = Field(default=None, description="Where the language corpora are unpacked "
                                     "(sotu/, reuters/); default: share/convergence-data in the Python prefix.")

@@ -60,7 +60,7 @@ def _follow(story: Story, client: Any, job: dict[str, Any]) -> dict[str, Any]:
     while True:
         for item in job["progress"][seen:]:
             if item["state"] != "start":
-                mark = "✓" if item["state"] == "done" else "✗"
+                mark = {"done": "✓", "running": "⋯"}.get(item["state"], "✗")
                 story.out.print(f"      {mark} {item['step']}" + (f"  [dim]{item['detail']}[/dim]" if item["detail"] else ""))
         seen = len(job["progress"])
         if job["status"] not in ("queued", "running"):

@@ -45,7 +45,8 @@ def _progress() -> Any:
     err = console(stderr=True)
 
     def show(step: str, state: str, detail: str) -> None:
-        mark = {"start": "[cyan]…[/cyan]", "done": "[green]✓[/green]", "failed": "[red]✗[/red]"}[state]
+        mark = {"start": "[cyan]…[/cyan]", "running": "[dim]⋯[/dim]", "done": "[green]✓[/green]",
+                "failed": "[red]✗[/red]"}.get(state, "·")
         err.print(f"{mark} {step}" + (f"  [dim]{detail}[/dim]" if detail else ""))
 
     return show

@@ -64,3 +64,28 @@ def test_a_failing_step_is_recorded_and_closes_the_run_as_failed(project: str) -
         run = s.execute(select(gov.PipelineRun)).scalars().one()
         assert run.status == "failed" and run.error == "no columns"
         assert s.execute(select(func.count()).select_from(gov.Usage)).scalar() == 1
+
+
+def test_a_long_step_says_how_long_it_has_been_running_and_stops_saying_it(project: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.setenv("CVG_PROGRESS_INTERVAL_S", "0.05")
+    get_settings.cache_clear()
+    said: list[tuple[str, str, str]] = []
+    with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant"), project=project,
+                      progress=lambda *item: said.append(item)) as ctx:
+        with ctx.step("slow"):
+            time.sleep(0.3)
+        with ctx.step("quick"):
+            pass
+        time.sleep(0.2)  # nothing more may come from a step that ended
+    states = [(step, state) for step, state, _ in said if step in ("slow", "quick")]
+    running = [detail for step, state, detail in said if state == "running"]
+    assert states[0] == ("slow", "start") and ("slow", "running") in states and len(running) >= 2
+    assert all(d.endswith(" s so far") for d in running)
+    assert states.index(("slow", "done")) > max(i for i, s in enumerate(states) if s == ("slow", "running"))
+    assert ("quick", "running") not in states
+    get_settings.cache_clear()
