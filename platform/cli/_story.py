@@ -223,6 +223,11 @@ def _language(story: Story) -> tuple[dict[str, int], dict[str, Any]]:
               f"{speed['student']['tokens_per_s_batch1'] / speed['teacher']['tokens_per_s_batch1']:.1f}x the tokens/s, "
               f"held-out perplexity {ppl['student']['sotu_holdout']:.0f} vs teacher {ppl['teacher']['sotu_holdout']:.0f} "
               f"(label-only {ppl['label_only']['sotu_holdout']:.0f}); sample: {sample['prompt']}{sample['text'][:60]!r}…")
+    steps = (LM_QUICK if story.quick else LM_DEMO)["train"]
+    story.say(f"what to expect of it: {steps['teacher_steps']} teacher and {steps['student_steps']} student steps "
+              "on 2 CPU cores (the README's language table uses 200 and 300, hence its lower perplexities) teach a "
+              "model the addresses' words and rhythm, not sense: its sample is fluent-looking word salad; it is "
+              "judged by held-out perplexity against its teacher and the label-only control, not by its prose")
     evidence = story["carol"].upload_artifact(source=Path(summary["evidence"]))["sha256"]
     story["carol"].validate_model(version_id=v["student"], evidence_sha256=evidence,
                                   reason="held-out perplexity, speed and samples reviewed")
