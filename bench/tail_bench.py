@@ -5,7 +5,8 @@ in turn, against the raw floor, in one run.
 
 Same set-up as bench/serving_bench.py (the student's shape, SYNTHETIC weights, server on CPU 0, wrk on
 CPU 1, one JSON row). Variants change one setting each: the prediction log off (CVG_SERVE_LOG_SAMPLE=0),
-the kill-switch poll at its slowest (1 s), both. p99 by wrk and by the client's own timing of sequential
+the kill-switch poll at its slowest (1 s), both, and the GIL's switch interval at Python's default 5 ms
+instead of the replica's 0.5 ms. p99 by wrk and by the client's own timing of sequential
 requests. Prints a table and writes bench/results/tail.json. Not a test.
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = {
     "ours, as shipped": {},
+    "ours, GIL switch 5 ms (Python's)": {"CVG_SERVE_GIL_SWITCH_MS": "5"},
     "ours, prediction log off": {"CVG_SERVE_LOG_SAMPLE": "0"},
     "ours, kill poll every 1 s": {"CVG_SERVE_KILL_POLL_S": "1.0"},
     "ours, log off + poll 1 s": {"CVG_SERVE_LOG_SAMPLE": "0", "CVG_SERVE_KILL_POLL_S": "1.0"},

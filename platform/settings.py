@@ -79,6 +79,9 @@ class Settings(BaseSettings):
                                           "concurrent prompts before it starts.")
     serve_max_rows: int = Field(default=1024, ge=1, description="Most rows in one /predict request.")
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body (413 above).")
+    serve_gil_switch_ms: float = Field(default=0.5, gt=0, le=100, description="How often a serving replica's "
+                                       "background threads must hand the GIL to a waiting request (Python's "
+                                       "default is 5 ms; shorter cuts the tail they cause).")
     serve_onnx_threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads per "
                                     "replica for a compiled trading graph (batching, not threads, gives throughput).")
     serve_why: str | None = Field(default=None, max_length=2000, description="Why `cvg serve` chose the version it "

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import struct
+import sys
 import time
 from typing import Any
 
@@ -99,6 +100,9 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     # collector from walking it on every full collection, which stalled requests for ~100 ms (p99).
     gc.collect()
     gc.freeze()
+    # The replica's own threads (prediction log, kill-switch poll, usage) run Python while a request waits for
+    # the GIL; Python hands it over only every 5 ms by default, which was the 1-connection tail (tail_bench).
+    sys.setswitchinterval(s.serve_gil_switch_ms / 1000)
     return replica
 
 

@@ -124,6 +124,8 @@ def test_alerts_raised_while_the_receiver_is_down_arrive_once_when_it_returns(db
     assert total["delivered"] == 3 and receiver.bad_signatures == 0
     assert sorted(receiver.processed) == sorted(d.event_id for d in _deliveries())
     assert all(v == 1 for v in receiver.requests.values()) and {d.status for d in _deliveries()} == {"delivered"}
+    shown = [gov.delivery_to_dict(d) for d in _deliveries()]  # what `cvg webhooks list` shows
+    assert all(d["next_attempt_at"] is None and d["delivered_at"] for d in shown)  # delivered: nothing is next
 
 
 _DELIVERER = "from convergence import governance as gov\ngov.deliver_due()\n"

@@ -145,3 +145,10 @@ def test_a_home_without_a_database_is_said_not_silently_filled(cvg, tmp_path: Pa
     assert not db.exists()
     assert cvg("db", "upgrade", env=env).code == 0 and db.exists()
     assert cvg("db", "check", "--json", env=env).json["at_head"]
+
+
+def test_version_says_what_is_installed(cvg) -> None:
+    from importlib.metadata import version
+
+    done = cvg("--version")
+    assert done.code == 0 and done.out.strip() == f"cvg (convergence) {version('convergence')}"

@@ -25,6 +25,12 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
                      "match the signed checkpoint", "is included in the signed tree", "revoked the", "summary"):
         assert fragment in result.out, fragment
     assert (tmp_path / "home" / "convergence.db").exists()
+    import re
+
+    served = int(re.search(r"([\d,]+) answers of the model and 1 killed one", result.out).group(1).replace(",", ""))
+    checked = int(re.search(r"drift check \(report \d+, ([\d,]+) predictions of the model", result.out)
+                  .group(1).replace(",", ""))
+    assert served == checked  # the demo's count and the drift report's agree
     verify = cvg("audit", "verify", "--json", env=env)  # as the OS account, an auditor on the demo's sandbox
     assert verify.json["ok"] and verify.json["checked"] >= 14
     assert [p["signed"] for p in verify.json["published"]] == [True]  # the demo's checkpoint, outside the database
