@@ -106,7 +106,8 @@ def serving_bench(student: Any, p: Any, cfg: Any, fs: Any, seconds: int) -> dict
                                    family="trading", role="student", metrics={"latency_batch1_s": 1.0})
         child = gov.register_model(session=s, principal=people["bench"], name="es-trading-student-onnx",
                                    artifact=graph_path, family="trading", role="compiled", parent_id=eager.id,
-                                   metrics={"latency_batch1_s": 0.5}, params={"compile_gate": {"passed": True}})
+                                   metrics={"latency_batch1_s": 0.5},
+                                   params={"compile_gate": {"passed": True}, "compiled_from": eager.id})
         for mv in (eager, child):
             gov.validate(session=s, version_id=mv.id, principal=people["val"], evidence=evidence)
             gov.approve(session=s, version_id=mv.id, principal=people["boss"], reason="bench", safe_output=0.0)

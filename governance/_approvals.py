@@ -65,11 +65,21 @@ def _requester_id(mv: ModelVersion) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _registrants(mv: ModelVersion) -> list[tuple[int | None, str]]:
+    """Who stands behind ``mv``: its registrant and requester, and for a compiled or INT8 copy those of the
+    network it reproduces (compiling someone's model must not let them approve it in another form)."""
+    out = [(mv.registrant_id, f"model version {mv.id}"), (_requester_id(mv), f"model version {mv.id}")]
+    if mv.role in ("compiled", "quantized") and mv.parent is not None:
+        what = f"model version {mv.parent.id}, which version {mv.id} is a copy of,"
+        out += [(mv.parent.registrant_id, what), (_requester_id(mv.parent), what)]
+    return out
+
+
 def _not_registrant(session: Session, mv: ModelVersion, principal: Principal, *, permission: str, verb: str,
                     rule: str) -> None:
-    for registrant in (mv.registrant_id, _requester_id(mv)):
+    for registrant, what in _registrants(mv):
         distinct(session=session, principal=principal, other_id=registrant, permission=permission, rule=rule,
-                 message=f"{principal.name} registered model version {mv.id} and cannot {verb} it",
+                 message=f"{principal.name} registered {what} and cannot {verb} it",
                  subject=_subject(mv), payload={"registrant_id": mv.registrant_id, "requested_by": _requester_id(mv)})
 
 

@@ -40,13 +40,47 @@ def _providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+OPS = frozenset({"Gemm", "Div", "Erf", "Add", "Mul", "Identity", "QuantizeLinear", "DequantizeLinear"})
+
+
+def check_graph(graph: bytes) -> None:
+    """Refuse a graph that is not one this module writes, before onnxruntime sees it: tensors stored outside the
+    graph (a path onnxruntime would read), operators of another domain or outside what an MLP needs (custom
+    kernels, control flow, subgraphs), or inputs and outputs other than ``x [batch, n]`` → ``y [batch, 1]``."""
+    import onnx
+    from onnx import TensorProto
+
+    from convergence.platform.errors import UnsafeArtifact
+
+    try:
+        model = onnx.load_from_string(graph)
+    except Exception:  # noqa: BLE001 - protobuf raises its own types for bytes that are not a model
+        raise UnsafeArtifact("the compiled graph is not an ONNX model") from None
+    g = model.graph
+    tensors = [*g.initializer, *(a.t for n in g.node for a in n.attribute if a.HasField("t"))]
+    problems = [f"tensor {t.name[:40]!r} is stored outside the graph" for t in tensors
+                if t.data_location == TensorProto.EXTERNAL or t.external_data]
+    problems += [f"operator {n.op_type[:40]!r} ({n.domain or 'onnx'})" for n in g.node
+                 if n.domain not in ("", "ai.onnx") or n.op_type not in OPS
+                 or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
+    if model.functions or any(o.domain not in ("", "ai.onnx") for o in model.opset_import):
+        problems.append("functions or operator sets of another domain")
+    if [i.name for i in g.input if i.name not in {t.name for t in g.initializer}] != [INPUT] or \
+            [o.name for o in g.output] != [OUTPUT]:
+        problems.append(f"inputs/outputs other than {INPUT} → {OUTPUT}")
+    if problems:
+        raise UnsafeArtifact(f"the compiled graph is not a trading MLP graph: {'; '.join(problems[:3])}",
+                             hint="compiled graphs are written by the compile step, never taken as they come")
+
+
 class OnnxModel:
-    """An onnxruntime session over a serialized graph; callable on standardized float32 rows."""
+    """An onnxruntime session over a serialized graph (checked first); callable on standardized float32 rows."""
 
     def __init__(self, graph: bytes, *, quantized: bool, threads: int = 1, device: str = "cpu",
                  n_params: int = 0) -> None:
         import onnxruntime
 
+        check_graph(graph)
         opts = onnxruntime.SessionOptions()
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads, opts.inter_op_num_threads = max(1, threads), 1
@@ -56,7 +90,12 @@ class OnnxModel:
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {INPUT: np.ascontiguousarray(X, dtype=np.float32)})[0].ravel()
+        out = self.session.run(None, {INPUT: np.ascontiguousarray(X, dtype=np.float32)})[0].ravel()
+        if len(out) != len(X):  # one answer per row, in order, or none at all: never another row's
+            from convergence.platform.errors import UnsafeArtifact
+
+            raise UnsafeArtifact(f"the compiled graph answered {len(out)} values for {len(X)} rows")
+        return out
 
     def predict(self, X: np.ndarray, batch: int = 4096) -> np.ndarray:
         out = [self(X[start:start + batch]) for start in range(0, len(X), batch)]
@@ -221,6 +260,8 @@ def load_artifact(path: Path, *, threads: int = 1, device: str = "cpu") -> tuple
         model = OnnxModel(graph, quantized=bool(header.get("quantized")), threads=threads, device=device,
                           n_params=int(header.get("n_params", 0)))
         mean, std = tensors["mean"].numpy(), tensors["std"].numpy()
+    except UnsafeArtifact:
+        raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a graph it cannot load
         raise UnsafeArtifact(f"{Path(path).name} does not hold a graph onnxruntime can run: "
                              f"{type(exc).__name__}") from None

@@ -16,8 +16,9 @@ from convergence.platform.db import session_scope
 from convergence.platform.errors import InvalidInput
 
 
-def _inputs(mv: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """(config, features, prepared split, holdout range) for the version's own pipeline config."""
+def _inputs(mv: dict[str, Any], *, local_files: bool) -> tuple[Any, Any, Any, Any]:
+    """(config, features, prepared split, holdout range) for the version's own pipeline config; a file path in
+    it is read only where the caller works on its own machine (``local_files``), never for an API request."""
     from convergence.pipelines import _trading as T
     from convergence.pipelines._config import parse_config
     from convergence.pipelines._data import load_ticks
@@ -30,13 +31,20 @@ def _inputs(mv: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
                            "it was trained on to calibrate and check the graph",
                            hint="compile versions registered by `cvg pipelines run trading`")
     cfg = parse_config(config)
+    if not local_files and (cfg.data.source == "csv" or cfg.data.path):
+        from convergence.platform.errors import PolicyViolation
+
+        raise PolicyViolation(f"version {mv['id']} was trained on a file (data.source=csv / data.path): the API "
+                              "server reads only the data shipped with it",
+                              hint="compile it where the file is: `cvg models compile` without CVG_API_URL")
     fs = features_for(cfg, load_ticks(source=cfg.data.source, path=cfg.data.path, max_ticks=cfg.data.max_ticks))
     _, (train, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
     return cfg, fs, T.prepare(fs, train), (train, test)
 
 
-def compile_model(*, principal: Any, version_id: int) -> dict[str, Any]:
-    """Compile a registered eager trading version; return what was registered and what failed its gate, why."""
+def compile_model(*, principal: Any, version_id: int, local_files: bool = True) -> dict[str, Any]:
+    """Compile a registered eager trading version; return what was registered and what failed its gate, why.
+    ``local_files`` False (the API) refuses a version whose config names a file on this machine."""
     from convergence import governance as gov
     from convergence.pipelines import _compile as compiled
     from convergence.pipelines import _nets as nets
@@ -52,12 +60,17 @@ def compile_model(*, principal: Any, version_id: int) -> dict[str, Any]:
     if mv["family"] != "trading" or mv["role"] not in ("teacher", "student"):
         raise InvalidInput(f"version {version_id} is a {mv['family']} {mv['role']}: only eager trading teachers and "
                            "students compile (language generation stays on PyTorch; see the README)")
+    from convergence.pipelines import _safeio as safeio
+
+    if safeio.format_of(path) != nets.ARTIFACT_FORMAT:  # a graph already, or another family's file
+        raise InvalidInput(f"version {version_id} is not an eager trading network ({safeio.format_of(path)})")
+    cfg, fs, p, (train, test) = _inputs(mv, local_files=local_files)
     net, blob = nets.load_artifact(path)
-    cfg, fs, p, (train, test) = _inputs(mv)
     key = mv["role"]
     models = {key: net, **T.compile_models({key: net}, only=key)}
     if key == "student":
-        models["int8"] = compiled.quantize_net(net, p.Xn[train.stop - cfg.compile.calibration_rows:train.stop],
+        models["int8"] = compiled.quantize_net(net, p.Xn[max(train.start, train.stop - cfg.compile.calibration_rows):
+                                                         train.stop],
                                                n_params=nets.n_params(net))
     evidence = T.compile_evidence(models, p, test, cfg, float(fs.y[test.start:test.stop].std()) or 1.0)
     latency, _ = measure(models, fs.X.shape[1], cfg.eval.latency_repeats)

@@ -302,8 +302,9 @@ async def _caller(replica: Replica, request: Any, *, required: bool) -> Any:
 
 
 def _safe_answer(replica: Replica, kill: dict[str, Any]) -> float:
-    """What a killed trading model answers: its own version's approved safe output, or 503."""
-    safe = replica.loaded.safe_output if kill.get("safe_output") is not None else None
+    """What a killed trading model answers: the safe output the kill recorded (the value approved for the
+    production version of the name that was killed, also when a compiled copy serves), or 503."""
+    safe = kill.get("safe_output")
     if safe is None:
         raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
     return safe

@@ -74,6 +74,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _loopback_or_ip(host: Any) -> str:
+    """The address to check a recorded server at: an IP literal (a wildcard means this machine) or localhost;
+    anything else (a name, a path, a URL) is not something ``cvg serve`` recorded."""
+    import ipaddress
+
+    if host == "localhost":
+        return "127.0.0.1"
+    address = ipaddress.ip_address(str(host))
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return str(address)
+
+
 def known_servers() -> list[dict[str, Any]]:
     """Every server ``cvg serve`` started with this CVG_HOME, checked now: its process, and what its ``/info``
     says it serves; the record of one whose process is gone is removed."""
@@ -86,21 +99,22 @@ def known_servers() -> list[dict[str, Any]]:
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             rec = json.loads(path.read_text())
-            pid, port = int(rec["pid"]), int(rec["port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            path.unlink(missing_ok=True)  # not a record this code wrote
+            pid, port, host = int(rec["pid"]), int(rec["port"]), _loopback_or_ip(rec["host"])
+            if rec["family"] not in SERVICES or not 0 < port < 65536 or pid <= 0:
+                raise ValueError("not a record cvg serve writes")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            path.unlink(missing_ok=True)  # not a record this code wrote: never a URL to call
             continue
         if not _alive(pid):
             path.unlink(missing_ok=True)
             out.append({**rec, "state": "stopped", "detail": "its process is gone (record removed)"})
             continue
-        host = "127.0.0.1" if rec.get("host") in ("0.0.0.0", "::", "") else rec["host"]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/info"
         try:
             served = httpx.get(url, timeout=2.0).json().get(rec["family"], {})
             state = "killed" if served.get("killed") else "serving"
             detail = f"{served.get('model')} v{served.get('version')} (version {served.get('version_id')})"
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
             state, detail = "not answering", f"process {pid} runs, but {url} does not answer (starting, or stuck)"
         out.append({**rec, "state": state, "detail": detail})
     return out

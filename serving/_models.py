@@ -76,7 +76,7 @@ def choose(*, session: Any, family: str, name: str | None = None, version_id: in
         raise InvalidInput(f"{name!r} is a {mv.family} model, not {family}")
     gov.check_recorded(session=session, version=mv)
     if prefer_int8 is False:
-        return mv, f"the production version of {name} (--float)"
+        return mv, (f"the production version of {name}" + (" (--float)" if family == "trading" else ""))
     children = list(session.execute(select(gov.ModelVersion).where(
         gov.ModelVersion.parent_id == mv.id, gov.ModelVersion.role.in_(("compiled", "quantized")),
         gov.ModelVersion.stage.in_(SERVABLE)).order_by(gov.ModelVersion.id.desc())).scalars())
@@ -95,10 +95,17 @@ def _fastest(session: Any, mv: Any, children: list[Any]) -> tuple[Any, str]:
     from convergence import governance as gov
 
     def batch1(v: Any) -> float:
-        return float((v.metrics or {}).get("latency_batch1_s") or float("inf"))
+        value = (v.metrics or {}).get("latency_batch1_s")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+        return float(value) if ok else float("inf")
 
-    eligible = [c for c in children if (c.params or {}).get("compile_gate", {}).get("passed", True)
-                and batch1(c) < float("inf")]
+    def compiled_here(c: Any) -> bool:  # by the compile step, from this very version, its gate passed
+        params = c.params or {}
+        gate = params.get("compile_gate")
+        return (c.family == "trading" and params.get("compiled_from") == mv.id and isinstance(gate, dict)
+                and gate.get("passed") is True)
+
+    eligible = [c for c in children if compiled_here(c) and batch1(c) < float("inf")]
     if not eligible:
         return mv, f"the production version of {mv.name}: it has no approved compiled or INT8 copy"
     ranked = sorted([mv, *eligible], key=batch1)
@@ -106,8 +113,9 @@ def _fastest(session: Any, mv: Any, children: list[Any]) -> tuple[Any, str]:
     if best is not mv:
         gov.check_recorded(session=session, version=best)
     figures = ", ".join(f"{v.name} v{v.version} {batch1(v) * 1e6:.1f} µs" if batch1(v) < float("inf") else
-                        f"{v.name} v{v.version} unmeasured" for v in ranked)
-    return best, f"fastest at batch 1 as measured at registration ({figures})"
+                        f"{v.name} v{v.version} unmeasured" for v in ranked[:4])
+    more = f" and {len(ranked) - 4} more" if len(ranked) > 4 else ""
+    return best, f"fastest at batch 1 as measured at registration ({figures}{more})"
 
 
 def load(*, family: str, name: str | None = None, version_id: int | None = None,

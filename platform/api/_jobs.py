@@ -30,6 +30,8 @@ def _run(family: str, cfg: Any, principal: Any, project: str, trigger: dict[str,
 class InlineJobs:
     """Runs now, in this process; ``progress(step, state, detail)`` sees each step."""
 
+    local = True  # the caller's own machine: files it names are its own
+
     def __init__(self, progress: Callable[[str, str, str], None] | None = None, kube: dict[str, Any] | None = None,
                  ray_address: str | None = None):
         self.progress, self.kube, self.ray_address = progress, kube or {}, ray_address
@@ -74,6 +76,8 @@ class _Job:
 
 class BackgroundJobs(InlineJobs):
     """Pipeline runs on threads of the API server, at most ``max_active`` at once."""
+
+    local = False  # the API server: a path in a request names the server's files, never read
 
     def __init__(self, max_active: int, kube: dict[str, Any] | None = None) -> None:
         super().__init__(None, kube)

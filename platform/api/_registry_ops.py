@@ -116,7 +116,8 @@ class RegistryOps(OperationsBase):
         that need validation and approval; you become their registrant), the rest are named with why."""
         from convergence.pipelines import compile_model
 
-        return plain(compile_model(principal=self.principal, version_id=version_id))
+        return plain(compile_model(principal=self.principal, version_id=version_id,
+                                   local_files=self.jobs.local))
 
     @op("POST", "/models/{version_id}/reject", tag="models")
     def reject_model(self, version_id: Id, reason: Text) -> dict[str, Any]:

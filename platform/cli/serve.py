@@ -63,7 +63,7 @@ def language(
 ) -> None:
     """Serve the language student: POST /generate with {"prompt", "max_tokens", "temperature", "seed"};
     concurrent requests share KV-cached forward passes."""
-    _serve("language", model, version, port, host, None, dry_run)
+    _serve("language", model, version, port, host, False, dry_run)  # no compiled language copies to choose from
 
 
 @app.command()

@@ -24,11 +24,19 @@ def _register(path: Path, *, name: str, role: str, parent_id: int | None, batch1
     from convergence import governance as gov
     from convergence.platform.db import session_scope
 
-    params = {"compile_gate": {"passed": gate_passed}} if parent_id else {}
+    params = {"compile_gate": {"passed": gate_passed}, "compiled_from": parent_id} if parent_id else {}
     with session_scope() as s:
         return gov.register_model(session=s, principal=person("quant"), name=name, artifact=path, family="trading",
                                   role=role, parent_id=parent_id, metrics={"latency_batch1_s": batch1_s},
                                   params=params).id
+
+
+def _set_params(version_id: int, params: dict[str, Any]) -> None:
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+
+    with session_scope() as s:
+        gov.get_model(session=s, version_id=version_id).params = params
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +64,13 @@ def family(serving_db: dict[str, Any]) -> dict[str, Any]:
     ids = {"eager": eager}
     for key, model, role, batch1_s, gate, approve in (
             ("onnx", graph, "compiled", 13e-6, True, True), ("int8", int8, "quantized", 22e-6, True, True),
-            ("failed_gate", graph, "compiled", 1e-6, False, True), ("unapproved", graph, "compiled", 1e-6, True, False)):
+            ("failed_gate", graph, "compiled", 1e-6, False, True), ("unapproved", graph, "compiled", 1e-6, True, False),
+            ("by_hand", graph, "compiled", 1e-9, None, True)):  # registered by hand: no compile step vouches
         path = compiled.save_artifact(tmp / f"{key}.safetensors", model=model, role=role, **common)
         ids[key] = _register(path, name=f"{NAME}-{key}", role=role, parent_id=eager, batch1_s=batch1_s,
                              gate_passed=gate)
+        if gate is None:  # what a hand registration carries: a figure, but no gate and no compiled_from
+            _set_params(ids[key], {})
         if approve:
             _approve(ids[key], evidence, promote=False, safe_output=0.0)
     return ids
@@ -73,7 +84,7 @@ def test_the_default_is_the_fastest_approved_copy_whose_gate_passed(family: dict
         picked, why = choose(session=s, family="trading", name=NAME)
         assert picked.id == family["onnx"] and picked.role == "compiled"
         assert why.startswith("fastest at batch 1") and "13.0 µs" in why and "40.0 µs" in why
-        assert f"{NAME}-failed_gate" not in why and f"{NAME}-unapproved" not in why
+        assert not any(f"{NAME}-{k}" in why for k in ("failed_gate", "unapproved", "by_hand"))
         assert choose(session=s, family="trading", name=NAME, prefer_int8=False)[0].id == family["eager"]
         assert choose(session=s, family="trading", name=NAME, prefer_int8=True)[0].id == family["int8"]
 
@@ -143,3 +154,22 @@ def test_the_eager_networks_kill_switch_stops_its_compiled_copy(family: dict[str
     REPLICAS["trading"].watcher.poll()
     time.sleep(0)
     assert "killed" not in client.post("/predict", json={"rows": [[0.5] * N_FEATURES]}).json()
+
+
+def test_whoever_registered_the_network_cannot_approve_its_compiled_copy(family: dict[str, int],
+                                                                          serving_db: dict[str, Any]) -> None:
+    """quant registered the eager student; a copy someone else compiled is still quant's network."""
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+    from convergence.platform.errors import Forbidden
+
+    with session_scope(write=False) as s:
+        source = gov.load_artifact(session=s, version_id=family["onnx"])
+    with session_scope() as s:
+        copy = gov.register_model(session=s, principal=person("bob"), name=f"{NAME}-bobs-copy", artifact=source,
+                                  family="trading", role="compiled", parent_id=family["eager"]).id
+        gov.validate(session=s, principal=person("val"), version_id=copy, evidence=serving_db["evidence"])
+    solo_like = person("quant", "registrant", "approver")
+    with pytest.raises(Forbidden, match=f"registered model version {family['eager']}, which version {copy} is a copy"):
+        with session_scope() as s:
+            gov.approve(session=s, principal=solo_like, version_id=copy, reason="my network, compiled by bob")

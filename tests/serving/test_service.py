@@ -220,3 +220,6 @@ def test_serve_status_finds_the_running_server_and_forgets_a_dead_one(trading_se
     gone = {s["port"]: s for s in known_servers()}[1]
     assert gone["state"] == "stopped" and not record.exists()
     assert 1 not in {s["port"] for s in known_servers()}
+    for planted in ({**ours, "host": "evil.example/x?"}, {**ours, "family": ["trading"]}, {**ours, "host": 7}):
+        record.write_text(json.dumps({**planted, "port": 1}))  # never a URL to call, never a crash
+        assert 1 not in {s["port"] for s in known_servers()} and not record.exists()

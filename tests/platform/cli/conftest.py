@@ -28,11 +28,13 @@ class Result:
 
 @pytest.fixture
 def cvg():  # type: ignore[no-untyped-def]
-    """``cvg(*args, env={...})`` → Result; the environment is the test's (CVG_DATABASE_URL, CVG_HOME)."""
+    """``cvg(*args, env={...})`` → Result; the environment is the test's (CVG_DATABASE_URL, CVG_HOME). The demo
+    gets more time than a command: it trains two families of models."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> Result:
         full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-        proc = subprocess.run([CVG, *args], capture_output=True, text=True, env=full_env, timeout=120)
+        proc = subprocess.run([CVG, *args], capture_output=True, text=True, env=full_env,
+                              timeout=600 if args[:1] == ("demo",) else 120)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
