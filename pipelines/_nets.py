@@ -195,6 +195,16 @@ def save_artifact(path: Path, *, net: Any, arch: dict[str, Any], role: str, quan
     return safeio.save(path, fmt=ARTIFACT_FORMAT, header=header, tensors=tensors)
 
 
+def save_model(path: Path, *, model: Any, arch: dict[str, Any], role: str, mean: np.ndarray, std: np.ndarray,
+               y_scale: float, meta: dict[str, Any]) -> Path:
+    """Any trading model as its safe artifact: an eager network as weights, a compiled graph as a graph (the
+    counterpart of ``load_artifact``, which reads either)."""
+    common = {"arch": arch, "role": role, "mean": mean, "std": std, "y_scale": y_scale, "meta": meta}
+    if compiled.is_onnx(model):
+        return compiled.save_artifact(path, model=model, **common)
+    return save_artifact(path, net=model, quantized=False, **common)
+
+
 def _rebuild(tensors: dict[str, Any], header: dict[str, Any]) -> Any:
     import torch
 

@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _nets as nets
 from convergence.pipelines import _trading as T
 from convergence.pipelines._config import LanguageConfig, TradingConfig
@@ -112,12 +111,8 @@ def _save_nets(out: Path, models: dict[str, Any], prepared: Any, cfg: TradingCon
     n_in = prepared.Xn.shape[1]
     for name, net in models.items():
         arch = nets.teacher_arch(n_in, cfg.model) if name == "teacher" else nets.student_arch(n_in, cfg.model)
-        common = {"arch": arch, "role": name, "mean": prepared.mean, "std": prepared.std, "y_scale": prepared.y_scale,
-                  "meta": {}}
-        if compiled.is_onnx(net):  # the INT8 graph
-            compiled.save_artifact(out / f"{name}.safetensors", model=net, **common)
-        else:
-            nets.save_artifact(out / f"{name}.safetensors", net=net, quantized=False, **common)
+        nets.save_model(out / f"{name}.safetensors", model=net, arch=arch, role=name, mean=prepared.mean,
+                        std=prepared.std, y_scale=prepared.y_scale, meta={})
     (out / "nets.json").write_text(json.dumps({"names": list(models), **meta}, default=str))
 
 

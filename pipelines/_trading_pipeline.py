@@ -211,8 +211,7 @@ def _save(ctx: Any, cfg: TradingConfig, models: dict[str, Any], p: T.Prepared, n
         parent, role = T.COMPILED.get(key, (key, key))
         path = ctx.workdir / f"{key.replace('_', '-')}.safetensors"
         common = {"arch": archs[parent], "role": role, "mean": p.mean, "std": p.std, "y_scale": p.y_scale, "meta": meta}
-        files[key] = (compiled.save_artifact(path, model=models[key], **common) if key in T.COMPILED else
-                      nets.save_artifact(path, net=models[key], quantized=False, **common))
+        files[key] = nets.save_model(path, model=models[key], **common)
     return files
 
 

@@ -55,10 +55,8 @@ def test_int8_student_agrees_with_the_float_student_on_held_out_data(trained) ->
 def _save(models, key, path, cfg, fs, p, meta=None):  # type: ignore[no-untyped-def]
     n_in = fs.X.shape[1]
     arch = nets.teacher_arch(n_in, cfg.model) if key == "teacher" else nets.student_arch(n_in, cfg.model)
-    common = {"arch": arch, "role": key, "mean": p.mean, "std": p.std, "y_scale": p.y_scale, "meta": meta or {}}
-    if compiled.is_onnx(models[key]):
-        return compiled.save_artifact(path, model=models[key], **common)
-    return nets.save_artifact(path, net=models[key], quantized=False, **common)
+    return nets.save_model(path, model=models[key], arch=arch, role=key, mean=p.mean, std=p.std, y_scale=p.y_scale,
+                           meta=meta or {})
 
 
 def test_distillation_target_mixes_teacher_and_label() -> None:
