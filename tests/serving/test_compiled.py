@@ -72,7 +72,7 @@ def family(serving_db: dict[str, Any]) -> dict[str, Any]:
         if gate is None:  # what a hand registration carries: a figure, but no gate and no compiled_from
             _set_params(ids[key], {})
         if approve:
-            _approve(ids[key], evidence, promote=False, safe_output=0.0)
+            _approve(ids[key], evidence, promote=False, safe_output=0.25)  # not the network's 0.0: see the kill
     return ids
 
 
@@ -147,7 +147,7 @@ def test_the_eager_networks_kill_switch_stops_its_compiled_copy(family: dict[str
     try:
         REPLICAS["trading"].watcher.poll()
         answer = client.post("/predict", json={"rows": [[0.5] * N_FEATURES]}).json()
-        assert answer["killed"] is True and answer["predictions"] == [0.0]  # the copy's approved safe output
+        assert answer["killed"] is True and answer["predictions"] == [0.0]  # what the kill recorded, not 0.25
     finally:
         with session_scope() as s:
             gov.resume(session=s, principal=person("risk"), name=NAME, reason="checks done")
