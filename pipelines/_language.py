@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from convergence.pipelines import _lm as lm
+from convergence.pipelines import _progress as progress
 from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import LanguageConfig
 from convergence.pipelines._corpus import Corpus
@@ -75,6 +76,7 @@ def _teacher_loop(config: dict[str, Any]) -> None:
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
     amp = config["amp"] and device.type == "cuda"
     steps, every = config["steps"], max(1, config["steps"] // 4)
+    tell_every = max(1, steps // 20)
     running = 0.0
     for step in range(steps):
         model.train()
@@ -89,18 +91,21 @@ def _teacher_loop(config: dict[str, Any]) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         running = float(loss.detach()) if step == 0 else 0.9 * running + 0.1 * float(loss.detach())
+        if rank == 0 and ((step + 1) % tell_every == 0 or step + 1 == steps):
+            progress.tell(config.get("board"), "train_teacher", f"step {step + 1}/{steps}, loss {running:.3f}")
         if (step + 1) % every == 0 or step + 1 == steps:
             report_checkpoint({"step": step + 1, "loss": running}, model, rank)
 
 
 def train_teacher_ray(tokens: np.ndarray, spec: dict[str, Any], cfg: LanguageConfig, storage: Path,
-                      run_name: str) -> tuple[Any, dict[str, Any]]:
-    """Train the teacher with Ray Train's TorchTrainer; return it (CPU, eval mode) and its last metrics."""
+                      run_name: str, *, board: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Train the teacher with Ray Train's TorchTrainer; return it (CPU, eval mode) and its last metrics. Rank 0
+    tells ``board`` its step and loss."""
     t = cfg.train
     state, metrics = fit_on_ray_train(
         _teacher_loop, {"tokens": tokens, "arch": spec, "steps": t.teacher_steps, "batch": t.batch_size,
                         "context": t.context, "lr": t.lr, "warmup": t.warmup_steps, "seed": cfg.seed, "amp": t.amp,
-                        "threads": 1},
+                        "threads": 1, "board": board},
         workers=t.workers, storage=storage, run_name=run_name)
     model = lm.build(spec)
     model.load_state_dict(state)
@@ -110,7 +115,7 @@ def train_teacher_ray(tokens: np.ndarray, spec: dict[str, Any], cfg: LanguageCon
 # --- students: distilled and label-only, as parallel Ray tasks ---------------------------------------
 
 def train_student(tokens: np.ndarray, spec: dict[str, Any], teacher: dict[str, Any] | None,
-                  cfg: LanguageConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+                  cfg: LanguageConfig, board: Any = None, who: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the student; with ``teacher`` ({"arch", "state"}) by distillation (KL to its softened logits plus
     cross-entropy), without it on the next token only. Returns the state dict and the final loss."""
     import torch
@@ -148,6 +153,8 @@ def train_student(tokens: np.ndarray, spec: dict[str, Any], teacher: dict[str, A
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         running = float(loss.detach()) if step == 0 else 0.9 * running + 0.1 * float(loss.detach())
+        if (step + 1) % max(1, t.student_steps // 20) == 0 or step + 1 == t.student_steps:
+            progress.tell(board, "distill_student", f"step {step + 1}/{t.student_steps}, loss {running:.3f}", who)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, {"loss": running, "steps": t.student_steps, "distilled": teacher is not None}
 
@@ -156,7 +163,7 @@ bounded_student = bounded("distill_student")(train_student)
 
 
 def train_students(tokens: np.ndarray, teacher: Any, spec_map: dict[str, dict[str, Any]], cfg: LanguageConfig,
-                   *, parallel: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                   *, parallel: bool = True, board: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The distilled student and its label-only control, side by side on Ray (or in a loop)."""
     teacher_blob = {"arch": spec_map["teacher"], "state": {k: v.cpu() for k, v in teacher.state_dict().items()}}
     jobs = {"student": teacher_blob, "label_only": None}
@@ -164,10 +171,10 @@ def train_students(tokens: np.ndarray, teacher: Any, spec_map: dict[str, dict[st
         import ray
         remote = ray.remote(num_cpus=1)(bounded_student)
         tokens_ref = ray.put(tokens)
-        refs = [remote.remote(tokens_ref, spec_map[k], blob, cfg) for k, blob in jobs.items()]
+        refs = [remote.remote(tokens_ref, spec_map[k], blob, cfg, board, k) for k, blob in jobs.items()]
         results = dict(zip(jobs, ray_get_all(refs, "distill_student"), strict=True))
     else:
-        results = {k: bounded_student(tokens, spec_map[k], blob, cfg) for k, blob in jobs.items()}
+        results = {k: bounded_student(tokens, spec_map[k], blob, cfg, board, k) for k, blob in jobs.items()}
     models, metrics = {}, {}
     for key, (state, m) in results.items():
         net = lm.build(spec_map[key])

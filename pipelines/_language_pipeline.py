@@ -133,19 +133,13 @@ def run_language(cfg: LanguageConfig, *, principal: Principal, ray_address: str 
             tokens = L.tokenize(corpus, cfg)
             tok_ds = register_tokenizer(tokens, dataset, cfg, ctx.workdir, principal=principal, project=project)
             spec_map = L.specs(cfg, tok_ds["vocab_size"])
-        with ctx.step("connect_ray"):
-            started_ray = connect_ray(ray_address)
-        try:
+        with ctx.on_ray(ray_address):
             with ctx.step("train_teacher", f"Ray Train, {cfg.train.workers} workers, {cfg.train.teacher_steps} steps"):
                 teacher, teacher_metrics = L.train_teacher_ray(tokens.train, spec_map["teacher"], cfg,
-                                                               ctx.workdir / "ray", f"lm-teacher-{ctx.run_id}")
+                                                               ctx.workdir / "ray", f"lm-teacher-{ctx.run_id}",
+                                                               board=ctx.board)
             with ctx.step("distill_student", "distilled + label-only control as Ray tasks"):
-                students, student_metrics = L.train_students(tokens.train, teacher, spec_map, cfg)
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
+                students, student_metrics = L.train_students(tokens.train, teacher, spec_map, cfg, board=ctx.board)
         models = {"teacher": teacher, **students}
         with ctx.step("evaluate"):
             assessed = L.evaluate(models, spec_map, tokens, cfg)

@@ -15,6 +15,7 @@ import io
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,10 @@ def n_params(net: Any) -> int:
 
 
 def fit(net: Any, X: np.ndarray, target: np.ndarray, *, epochs: int, batch_size: int, lr: float,
-        weight_decay: float, seed: int, device: Any = None) -> list[float]:
-    """Plain minibatch Adam on MSE; deterministic for a seed on CPU. Returns the loss per epoch."""
+        weight_decay: float, seed: int, device: Any = None,
+        on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Plain minibatch Adam on MSE; deterministic for a seed on CPU. Returns the loss per epoch (and hands each
+    to ``on_epoch(index, loss)``, the progress line's source)."""
     import torch
 
     device = device or torch.device("cpu")
@@ -88,6 +91,8 @@ def fit(net: Any, X: np.ndarray, target: np.ndarray, *, epochs: int, batch_size:
             opt.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(xs))
+        if on_epoch is not None:
+            on_epoch(len(losses) - 1, losses[-1])
     net.eval()
     return losses
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convergence.pipelines import _progress
 from convergence.pipelines._boundary import step_boundary, unwrap_ray_error
 from convergence.platform.db import session_scope
 from convergence.platform.errors import BudgetExceeded, ConvergenceError, Unavailable
@@ -30,18 +31,22 @@ Progress = Callable[[str, str, str], None]  # (step, "start" | "running" | "done
 
 
 class _Ticker(threading.Thread):
-    """While a step runs, says every ``interval_s`` how long it has been running: a Ray Train teacher or a
-    language model's training is minutes of silence otherwise."""
+    """While a step runs, says every ``interval_s`` how long it has been running and what its workers last
+    told the progress board (epoch, step, loss): a Ray Train teacher is minutes of silence otherwise."""
 
-    def __init__(self, step: str, progress: Progress, interval_s: float) -> None:
+    def __init__(self, step: str, progress: Progress, interval_s: float, board: Callable[[], Any]) -> None:
         super().__init__(name=f"cvg-progress-{step}", daemon=True)
-        self.step, self.progress, self.interval_s = step, progress, interval_s
+        self.step, self.progress, self.interval_s, self.board = step, progress, interval_s, board
         self.stopped, self.t0 = threading.Event(), time.perf_counter()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
-                self.progress(self.step, "running", f"{time.perf_counter() - self.t0:.0f} s so far")
+                told = _progress.read(self.board(), self.step)
+                if self.stopped.is_set():
+                    return
+                self.progress(self.step, "running",
+                              f"{time.perf_counter() - self.t0:.0f} s so far" + (f" · {told}" if told else ""))
             except Exception:  # noqa: BLE001 - a progress display must never fail the step
                 return
 
@@ -59,6 +64,7 @@ class RunContext:
     project: str = "default"
     family: str | None = None
     metering: bool = False
+    board: Any = None  # where workers tell their epoch/step/loss (pipelines._progress); set once Ray is up
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     finished: bool = False
 
@@ -72,7 +78,7 @@ class RunContext:
         self.progress(name, "start", detail)
         t0 = time.perf_counter()
         meter = Meter().start() if self.metering else None
-        ticker = _Ticker(name, self.progress, get_settings().progress_interval_s)
+        ticker = _Ticker(name, self.progress, get_settings().progress_interval_s, lambda: self.board)
         ticker.start()
         try:
             with step_boundary(name):
@@ -85,10 +91,28 @@ class RunContext:
         ticker.stopped.set()
         self.timings[name] = round(time.perf_counter() - t0, 3)
         exceeded = self._record(name, meter)
-        self.progress(name, "done", f"{self.timings[name]:.1f} s")
+        told = _progress.read(self.board, name)  # the last epoch/step and loss its workers told
+        self.progress(name, "done", f"{self.timings[name]:.1f} s" + (f" · {told}" if told else ""))
         if exceeded:
             raise BudgetExceeded(f"stopped after step {name}: " + "; ".join(exceeded),
                                  hint="completed steps and their usage are kept; raise the budget to run again")
+
+    @contextlib.contextmanager
+    def on_ray(self, address: str | None) -> Iterator[None]:
+        """The ``connect_ray`` step, then the steps inside on Ray with a progress board their workers can
+        reach; the board goes, and a Ray this run started is shut down, when they end."""
+        with self.step("connect_ray"):
+            started_ray = connect_ray(address)
+            self.board = _progress.open_board()
+        try:
+            yield
+        finally:
+            _progress.close(self.board)
+            self.board = None
+            if started_ray:
+                import ray
+
+                ray.shutdown()
 
     def close(self, session: Any, *, verdict: dict[str, Any], versions: dict[str, int], evidence_sha256: str) -> None:
         """Close the run in the registration transaction: succeeded with its versions, or gates_failed with why."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _nets as nets
+from convergence.pipelines import _progress as progress
 from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import TradingConfig
 from convergence.pipelines._features import FeatureSet, standardize
@@ -44,20 +45,22 @@ def prepare(fs: FeatureSet, train: range) -> Prepared:
     return Prepared(((fs.X - mean) / std).astype(np.float32), (fs.y / y_scale).astype(np.float32), mean, std, y_scale)
 
 
-def fit_teacher_local(p: Prepared, train: range, cfg: TradingConfig) -> Any:
+def fit_teacher_local(p: Prepared, train: range, cfg: TradingConfig, *, on_epoch: Any = None) -> Any:
     import torch
 
     torch.manual_seed(cfg.seed)
     teacher = nets.from_arch(nets.teacher_arch(p.Xn.shape[1], cfg.model))
     m = cfg.model
     nets.fit(teacher, p.Xn[train.start:train.stop], p.yt[train.start:train.stop], epochs=m.epochs,
-             batch_size=m.batch_size, lr=m.lr, weight_decay=m.weight_decay, seed=cfg.seed, device=nets.pick_device())
+             batch_size=m.batch_size, lr=m.lr, weight_decay=m.weight_decay, seed=cfg.seed, device=nets.pick_device(),
+             on_epoch=on_epoch)
     return teacher.cpu().eval()
 
 
-def fit_students(teacher: Any, p: Prepared, train: range, cfg: TradingConfig) -> dict[str, Any]:
+def fit_students(teacher: Any, p: Prepared, train: range, cfg: TradingConfig, *, board: Any = None,
+                 step: str = "distill_student", who: str = "") -> dict[str, Any]:
     """The distilled student, the same network on labels only (the control), and the INT8 copy (an onnxruntime
-    graph, calibrated on the last training rows)."""
+    graph, calibrated on the last training rows). Each epoch's loss goes to ``board`` (progress)."""
     import torch
 
     m, n_in = cfg.model, p.Xn.shape[1]
@@ -68,7 +71,9 @@ def fit_students(teacher: Any, p: Prepared, train: range, cfg: TradingConfig) ->
         torch.manual_seed(cfg.seed + 1)  # both students start from the same weights: only the target differs
         net = nets.from_arch(nets.student_arch(n_in, m))
         nets.fit(net, X, target, epochs=m.student_epochs, batch_size=m.batch_size, lr=m.student_lr,
-                 weight_decay=1e-4, seed=cfg.seed + 1)
+                 weight_decay=1e-4, seed=cfg.seed + 1,
+                 on_epoch=progress.per_epoch(board, step, total=m.student_epochs, who=who or name,
+                                             unit=f"{name} epoch" if who else "epoch"))
         out[name] = net.cpu().eval()
     out["int8"] = compiled.quantize_net(out["student"], X[-cfg.compile.calibration_rows:],
                                         n_params=nets.n_params(out["student"]))
@@ -114,15 +119,20 @@ def score(models: dict[str, Any], fs: FeatureSet, p: Prepared, test: range, cfg:
     return result
 
 
-def fold_task(fs: FeatureSet, train: range, test: range, cfg: TradingConfig, fold: int) -> dict[str, Any]:
-    """One walk-forward fold, end to end on one thread (a Ray task, or a loop iteration)."""
+def fold_task(fs: FeatureSet, train: range, test: range, cfg: TradingConfig, fold: int,
+              board: Any = None) -> dict[str, Any]:
+    """One walk-forward fold, end to end on one thread (a Ray task, or a loop iteration); tells ``board`` its
+    epochs and when it is done."""
     import torch
 
     torch.set_num_threads(1)
+    who = f"fold {fold}"
     p = prepare(fs, train)
-    teacher = fit_teacher_local(p, train, cfg)
-    models = {"teacher": teacher, **fit_students(teacher, p, train, cfg)}
+    teacher = fit_teacher_local(p, train, cfg, on_epoch=progress.per_epoch(
+        board, "walk_forward", total=cfg.model.epochs, who=who, unit="teacher epoch"))
+    models = {"teacher": teacher, **fit_students(teacher, p, train, cfg, board=board, step="walk_forward", who=who)}
     out = score(models, fs, p, test, cfg)
+    progress.tell(board, "walk_forward", "done", who)
     out.update(fold=fold, train=[train.start, train.stop], test=[test.start, test.stop],
                train_end=str(fs.label_end[train.stop - 1]), test_start=str(fs.times[test.start]))
     return out
@@ -162,17 +172,22 @@ def _teacher_loop(config: dict[str, Any]) -> None:
             loss.backward()
             opt.step()
             total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
+        if rank == 0:
+            progress.tell(config.get("board"), "train_teacher", f"epoch {epoch + 1}/{config['epochs']}, "
+                          f"loss {total / max(seen, 1):.4g}")
         report_checkpoint({"epoch": epoch, "loss": total / max(seen, 1)}, net, rank)
 
 
-def train_teacher_ray(p: Prepared, train: range, cfg: TradingConfig, storage: Path, run_name: str) -> tuple[Any, dict[str, Any]]:
-    """Train the teacher with Ray Train's TorchTrainer; return it (CPU) and the last reported metrics."""
+def train_teacher_ray(p: Prepared, train: range, cfg: TradingConfig, storage: Path, run_name: str, *,
+                      board: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Train the teacher with Ray Train's TorchTrainer; return it (CPU) and the last reported metrics. Rank 0
+    tells ``board`` each epoch's loss."""
     arch = nets.teacher_arch(p.Xn.shape[1], cfg.model)
     m = cfg.model
     state, metrics = fit_on_ray_train(
         _teacher_loop, {"X": p.Xn[train.start:train.stop], "y": p.yt[train.start:train.stop], "arch": arch,
                         "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "weight_decay": m.weight_decay,
-                        "seed": cfg.seed, "threads": 1},
+                        "seed": cfg.seed, "threads": 1, "board": board},
         workers=m.workers, storage=storage, run_name=run_name)
     teacher = nets.from_arch(arch)
     teacher.load_state_dict(state)

@@ -20,7 +20,7 @@ from convergence.pipelines import _trading as T
 from convergence.pipelines._config import TradingConfig
 from convergence.pipelines._data import load_ticks
 from convergence.pipelines._features import FeatureSet, build_features, time_folds
-from convergence.pipelines._runner import Progress, connect_ray, pipeline_run, ray_get_all
+from convergence.pipelines._runner import Progress, pipeline_run, ray_get_all
 from convergence.platform.db import session_scope
 
 if TYPE_CHECKING:
@@ -46,19 +46,19 @@ def features_for(cfg: TradingConfig, ticks: Any) -> FeatureSet:
                           window=f.window, horizon=f.horizon)
 
 
-def walk_forward(fs: FeatureSet, cfg: TradingConfig, *, parallel: bool = True) -> list[dict[str, Any]]:
-    """The K folds as parallel Ray tasks (or a plain loop, for the benchmark's baseline)."""
+def walk_forward(fs: FeatureSet, cfg: TradingConfig, *, parallel: bool = True, board: Any = None) -> list[dict[str, Any]]:
+    """The K folds as parallel Ray tasks (or a plain loop, for the benchmark's baseline); each tells ``board``."""
     folds, _ = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
     task = T.bounded_fold_task
     if not parallel:
-        return [task(fs, train, test, cfg, k) for k, (train, test) in enumerate(folds)]
+        return [task(fs, train, test, cfg, k, board) for k, (train, test) in enumerate(folds)]
     import ray
 
     remote = ray.remote(num_cpus=1)(task)
     fs_ref = ray.put(fs)
     # Longest first: later folds train on more data, and submitting them first shortens the makespan.
     order = sorted(range(len(folds)), key=lambda k: -len(folds[k][0]))
-    results = ray_get_all([remote.remote(fs_ref, *folds[k], cfg, k) for k in order], "walk_forward")
+    results = ray_get_all([remote.remote(fs_ref, *folds[k], cfg, k, board) for k in order], "walk_forward")
     return sorted(results, key=lambda r: r["fold"])
 
 
@@ -115,22 +115,16 @@ def run_trading(cfg: TradingConfig, *, principal: Principal, ray_address: str | 
             fs = features_for(cfg, ticks)
             _, (train, test) = time_folds(len(fs), cfg.eval.folds, cfg.eval.holdout_fraction, cfg.features.horizon)
             p = T.prepare(fs, train)
-        with ctx.step("connect_ray"):
-            started_ray = connect_ray(ray_address)
-        try:
+        with ctx.on_ray(ray_address):
             with ctx.step("train_teacher", f"Ray Train, {cfg.model.workers} workers"):
-                teacher, train_metrics = T.train_teacher_ray(p, train, cfg, ctx.workdir / "ray", f"teacher-{ctx.run_id}")
+                teacher, train_metrics = T.train_teacher_ray(p, train, cfg, ctx.workdir / "ray", f"teacher-{ctx.run_id}",
+                                                             board=ctx.board)
             with ctx.step("distill_student"):
-                models = {"teacher": teacher, **T.fit_students(teacher, p, train, cfg)}
+                models = {"teacher": teacher, **T.fit_students(teacher, p, train, cfg, board=ctx.board)}
             with ctx.step("walk_forward", f"{cfg.eval.folds} folds as Ray tasks"):
-                folds = walk_forward(fs, cfg)
+                folds = walk_forward(fs, cfg, board=ctx.board)
             with ctx.step("compile", "onnxruntime graphs of the student and the teacher"):
                 models.update(T.compile_models(models))
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
         with ctx.step("evaluate"):
             assessed = assess(models, fs, p, test, cfg)
         holdout, latencies, sizes, verdict = (assessed[k] for k in ("holdout", "latency", "size", "gates"))

@@ -23,8 +23,15 @@ from tests.pipelines.conftest import LENIENT_LM_GATES, TINY_LM
 
 @pytest.mark.ray
 def test_full_run_registers_teacher_and_student_with_lineage(db_url: str, ray_session, tiny_lm_config) -> None:
-    summary = run_language(tiny_lm_config, principal=person("nlp"))
+    said: list[tuple[str, str, str]] = []
+    summary = run_language(tiny_lm_config, principal=person("nlp"), progress=lambda *item: said.append(item))
     assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student"}
+    done = {step: detail for step, state, detail in said if state == "done"}  # steps and losses from the workers
+    steps = tiny_lm_config.train.teacher_steps
+    assert f"step {steps}/{steps}, loss " in done["train_teacher"]
+    student_steps = tiny_lm_config.train.student_steps
+    assert f"label_only: step {student_steps}/{student_steps}, loss " in done["distill_student"]
+    assert f"student: step {student_steps}/{student_steps}, loss " in done["distill_student"]
     v = summary["versions"]
     with session_scope(write=False) as s:
         teacher, student = (gov.get_model(session=s, version_id=v[k]) for k in ("teacher", "student"))

@@ -89,3 +89,29 @@ def test_a_long_step_says_how_long_it_has_been_running_and_stops_saying_it(proje
     assert states.index(("slow", "done")) > max(i for i, s in enumerate(states) if s == ("slow", "running"))
     assert ("quick", "running") not in states
     get_settings.cache_clear()
+
+
+def test_a_long_step_says_what_its_workers_told_the_board(project: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from convergence.pipelines import _progress
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.setenv("CVG_PROGRESS_INTERVAL_S", "0.05")
+    get_settings.cache_clear()
+    said: list[tuple[str, str, str]] = []
+    with pipeline_run(pipeline="trading", params={}, dataset_id=None, principal=person("quant"), project=project,
+                      progress=lambda *item: said.append(item)) as ctx:
+        ctx.board = _progress.Board()
+        with ctx.step("train"):
+            on_epoch = _progress.per_epoch(ctx.board, "train", total=8, who="teacher")
+            on_epoch(2, 0.91234)
+            time.sleep(0.3)
+            _progress.tell(ctx.board, "other", "not this step's")
+    running = [detail for step, state, detail in said if step == "train" and state == "running"]
+    assert running and running[-1].endswith(" s so far · teacher: epoch 3/8, loss 0.9123")
+    assert [d for s_, state, d in said if state == "done"][0].endswith(" · teacher: epoch 3/8, loss 0.9123")
+    assert not any("not this step's" in d for _, _, d in said)
+    assert _progress.per_epoch(None, "train", total=1) is None and _progress.read(None, "train") == ""
+    get_settings.cache_clear()
+

@@ -47,7 +47,15 @@ def _break_teacher_graph(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_full_run_registers_lineage_compiled_graphs_and_evidence(db_url: str, ray_session, small_config,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     _break_teacher_graph(monkeypatch)
-    summary = run_trading(small_config, principal=person("solo"))
+    said: list[tuple[str, str, str]] = []
+    summary = run_trading(small_config, principal=person("solo"), progress=lambda *item: said.append(item))
+    # the workers' epochs and losses reach the driver's progress lines: Ray Train's rank 0, the driver's
+    # students and every walk-forward fold (a Ray task) told the run's board
+    done = {step: detail for step, state, detail in said if state == "done"}
+    epochs = small_config.model.epochs
+    assert f"epoch {epochs}/{epochs}, loss " in done["train_teacher"]
+    assert "student: epoch" in done["distill_student"] and "label_only: epoch" in done["distill_student"]
+    assert "fold 0: done" in done["walk_forward"] and "fold 1: done" in done["walk_forward"]
     assert summary["status"] == "succeeded" and set(summary["versions"]) == {"teacher", "student", "int8",
                                                                              "student_onnx"}
     # the broken graph failed its own gate and was left out, saying why; the rest of the run stands
