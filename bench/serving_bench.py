@@ -286,9 +286,10 @@ def main() -> None:
               f"{r['probe']['p99_ms']:>9.2f} {r['c64']['rps']:>15,.0f} {r['c64']['p50_ms']:>7.1f} "
               f"{r['c64']['p99_ms']:>7.1f} {r['c64']['non_2xx']:>8}")
     ratio = ours["c64"]["rps"] / floor["c64"]["rps"]
-    print(f"\nours ÷ floor at 64 connections: {ratio:.2f}x (goal ≥ 0.7, 0 non-2xx: {ours['c64']['non_2xx']}); "
-          f"p99 at 1 connection {ours['c1']['p99_ms']:.2f} ms by wrk, {ours['probe']['p99_ms']:.2f} ms timed by the "
-          f"client (goal ≤ 2)")
+    tail = ours["c1"]["p99_ms"] / floor["c1"]["p99_ms"]
+    print(f"\nours ÷ floor at 64 connections: {ratio:.2f}x (goal ≥ 0.8, 0 non-2xx: {ours['c64']['non_2xx']}); "
+          f"p99 at 1 connection by wrk {ours['c1']['p99_ms']:.2f} ms, {tail:.1f}x the floor's {floor['c1']['p99_ms']:.2f} ms "
+          f"(goal ≤ 3x; timed by the client {ours['probe']['p99_ms']:.2f} ms)")
     b, u = language["batched (16)"], language["unbatched (1)"]
     print(f"generation, 16 connections × 32 sampled tokens: batched {b['tokens_per_s']:,.0f} tokens/s, p95 "
           f"{b['p95_ms']:.0f} ms; unbatched {u['tokens_per_s']:,.0f} tokens/s, p95 {u['p95_ms']:.0f} ms → "
@@ -297,7 +298,8 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "serving.json").write_text(json.dumps({"trading": trading, "language": language,
-                                                  "ratio_ours_floor_c64": ratio}, indent=2))
+                                                  "ratio_ours_floor_c64": ratio, "p99_c1_ours_over_floor": tail},
+                                                 indent=2))
 
 
 if __name__ == "__main__":

@@ -139,3 +139,18 @@ def test_binary_and_json_logged_inputs_read_the_same(production: int) -> None:
         as_bytes = window_matrix(s, profile, t1, t1 + dt.timedelta(minutes=1))
     np.testing.assert_array_equal(as_json, as_bytes)
     np.testing.assert_array_equal(as_bytes, data)
+
+
+def test_the_binary_log_path_stores_each_instant_exactly(production: int) -> None:
+    """Serving's fast insert writes SQLite's timestamp text itself (the second's text made once per flush):
+    whole seconds, a second boundary, another timezone and microseconds all read back as the same instant."""
+    base = dt.datetime(2026, 12, 6, 23, 59, 59, 999_999, tzinfo=UTC)
+    instants = [base, base + dt.timedelta(microseconds=1), dt.datetime(2026, 12, 7, 0, 0, tzinfo=UTC),
+                base.astimezone(dt.timezone(dt.timedelta(hours=-5))) + dt.timedelta(seconds=2, microseconds=7)]
+    rows = [(f"t-{i}", at, np.full(6, i, dtype=np.float32), float(i), 0.3) for i, at in enumerate(instants)]
+    with session_scope() as s:
+        gov.log_predictions(session=s, model_version_id=production, rows=rows)
+    with session_scope(write=False) as s:
+        stored = dict(s.execute(select(gov.PredictionLog.prediction_id, gov.PredictionLog.ts)
+                                .where(gov.PredictionLog.prediction_id.like("t-%"))).all())
+    assert [stored[f"t-{i}"] for i in range(len(instants))] == [at.astimezone(UTC) for at in instants]
