@@ -14,6 +14,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -66,11 +67,16 @@ class KillWatcher(threading.Thread):
 
 class PredictionLogger(threading.Thread):
     """Queues each request's (prediction ids, time, features, outputs, latency) and writes the rows in
-    batches, one transaction per flush, off the request path. ``sample`` is the share of requests logged."""
+    batches, one transaction per flush, off the request path. ``sample`` is the share of requests logged.
 
-    def __init__(self, model_version_id: int, *, sample: float, flush_s: float, max_rows: int = 64) -> None:
+    A flush builds and binds its rows in small pieces with a short sleep between them: that work holds the
+    GIL, and a request waiting for it behind a whole batch was the 1-connection tail (bench/tail_bench.py)."""
+
+    def __init__(self, model_version_id: int, *, sample: float, flush_s: float, max_rows: int = 2048,
+                 piece_rows: int = 16, pause_s: float = 0.0002) -> None:
         super().__init__(name="cvg-prediction-log", daemon=True)
         self.model_version_id, self.sample, self.flush_s, self.max_rows = model_version_id, sample, flush_s, max_rows
+        self.piece_rows, self.pause_s = piece_rows, pause_s
         self.queue: queue.SimpleQueue[tuple[list[str], dt.datetime, Any, Any, float, bool]] = queue.SimpleQueue()
         self.stop, self.written, self.failed = threading.Event(), 0, 0
         self.pending: list[tuple[str, dt.datetime, Any, float, float, bool]] = []
@@ -81,36 +87,44 @@ class PredictionLogger(threading.Thread):
         if killed or self.sample >= 1.0 or random.random() < self.sample:
             self.queue.put((ids, dt.datetime.now(dt.timezone.utc), features, outputs, latency_ms, killed))
 
+    def _piece(self, most: int) -> list[tuple[str, dt.datetime, Any, float, float, bool]]:
+        """Up to ``most`` rows: the ones left over from the last request taken, then from the queue."""
+        rows, self.pending = self.pending, []
+        with contextlib.suppress(queue.Empty):
+            while len(rows) < most:
+                ids, ts, features, outputs, latency, killed = self.queue.get_nowait()
+                rows.extend((pid, ts, features[i], float(outputs[i]), latency, killed) for i, pid in enumerate(ids))
+        rows, self.pending = rows[:most], rows[most:]
+        return rows
+
     def flush(self) -> int:
+        """Write what is queued (at most ``max_rows``) in one transaction; returns the rows written."""
         from convergence import governance as gov
         from convergence.platform.db import session_scope
 
-        rows, self.pending = self.pending, []
-        with contextlib.suppress(queue.Empty):
-            while len(rows) < self.max_rows:
-                ids, ts, features, outputs, latency, killed = self.queue.get_nowait()
-                rows.extend((pid, ts, features[i], float(outputs[i]), latency, killed) for i, pid in enumerate(ids))
-        rows, self.pending = rows[:self.max_rows], rows[self.max_rows:]
+        rows = self._piece(min(self.piece_rows, self.max_rows))
         if not rows:
-            return 0
+            return 0  # no transaction (and no SQLite write lock) for nothing
+        taken = len(rows)  # rows taken from the queue: written with the transaction, or counted as lost
         try:
             with session_scope() as s:
-                gov.log_predictions(session=s, model_version_id=self.model_version_id, rows=rows)
+                while rows:
+                    gov.log_predictions(session=s, model_version_id=self.model_version_id, rows=rows)
+                    time.sleep(self.pause_s)  # a real sleep releases the GIL to a waiting request
+                    rows = self._piece(min(self.piece_rows, self.max_rows - taken)) if taken < self.max_rows else []
+                    taken += len(rows)
         except ConvergenceError as exc:  # keep serving; the rows are counted as lost, never half-written
-            self.failed += len(rows)
-            log.warning("prediction log: %d rows not written: %s", len(rows), exc)
+            self.failed += taken
+            log.warning("prediction log: %d rows not written: %s", taken, exc)
             return 0
         except Exception:  # noqa: BLE001 - a row the database refuses must not end the thread (and the log)
-            self.failed += len(rows)
-            log.exception("prediction log: %d rows not written", len(rows))
+            self.failed += taken
+            log.exception("prediction log: %d rows not written", taken)
             return 0
-        self.written += len(rows)
-        return len(rows)
+        self.written += taken
+        return taken
 
     def run(self) -> None:
-        # Small transactions with a pause between them: a flush holds the GIL while it builds rows, and
-        # one long flush would stall every request in flight (p99 at 1 connection showed it: 64 rows hold it
-        # for about 0.2 ms, 250 for about 1 ms).
         while not self.stop.wait(self.flush_s):
             while self.flush() == self.max_rows and not self.stop.wait(0.002):
                 pass
