@@ -87,3 +87,33 @@ def test_usage_recorder_attributes_compute_to_the_version_with_its_predictions(v
     with session_scope(write=False) as s:
         rows = s.query(gov.Usage).filter_by(model_version_id=version).order_by(gov.Usage.id).all()
     assert [r.predictions for r in rows] == [1500, 100] and rows[0].cpu_s > 0 and rows[0].family == "trading"
+
+
+def test_a_flush_is_written_in_small_pieces_inside_one_transaction(version: int, monkeypatch) -> None:
+    """Pieces keep the GIL free for requests; the transaction keeps a flush all-or-nothing: a piece the database
+    refuses takes the pieces before it with it, and every row taken is counted as lost."""
+    import numpy as np
+
+    from convergence import governance
+
+    calls: list[int] = []
+    real = governance.log_predictions
+
+    def counted(**kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(kwargs["rows"]))
+        if kwargs["rows"][0][0] == "refused":
+            raise ValueError("the database refused a row")
+        return real(**kwargs)
+
+    monkeypatch.setattr(governance, "log_predictions", counted)
+    logger = PredictionLogger(version, sample=1.0, flush_s=10, max_rows=5, piece_rows=2)
+    X = np.ones((7, 2), dtype=np.float32)
+    logger.add([f"p{i}" for i in range(7)], X, X.sum(axis=1), 0.1)
+    assert logger.flush() == 5 and calls == [2, 2, 1]  # max_rows per flush, in pieces of piece_rows
+    assert logger.flush() == 2 and logger.flush() == 0 and logger.written == 7
+    calls.clear()
+    logger.add(["ok0", "ok1", "refused"], X[:3], X[:3].sum(axis=1), 0.1)
+    assert logger.flush() == 0 and calls == [2, 1] and logger.failed == 3
+    with session_scope(write=False) as s:
+        ids = {r.prediction_id for r in s.query(gov.PredictionLog).all()}
+    assert ids == {f"p{i}" for i in range(7)}  # ok0 and ok1 went back with the refused piece
