@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import artifacts, identity, ledger
+from convergence.governance import artifacts, identity, ledger, retention
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -233,6 +233,7 @@ __all__ = [
     "report_to_dict",
     "reseal_secrets",
     "resume",
+    "retention",
     "rollback",
     "run_to_dict",
     "run_usage",

@@ -47,6 +47,9 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
     "audit.rotate_key": (frozenset({"admin"}), "rotate the key that signs the ledger's checkpoints"),
     "principal.manage": (frozenset({"admin"}), "manage principals, roles and API keys"),
     "principal.read": (frozenset({"admin", "auditor"}), "list principals, roles and API keys"),
+    "retention.read": (_ANY, "read retention policies"),
+    "retention.manage": (frozenset({"admin"}), "set retention policies"),
+    "retention.apply": (frozenset({"admin", "operator"}), "delete records whose retention has expired"),
 }
 
 # Separation-of-duties rules: name → what it says (README and `cvg principals rules` print these).

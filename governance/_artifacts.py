@@ -33,6 +33,7 @@ class ArtifactStore(Protocol):
     def put_bytes(self, data: bytes) -> StoredArtifact: ...
     def fetch(self, uri: str, *, sha256: str) -> Path: ...
     def locate(self, sha256: str) -> StoredArtifact: ...
+    def discard(self, sha256: str) -> bool: ...
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -101,6 +102,18 @@ class LocalArtifactStore:
             os.replace(tmp, final)
             os.chmod(final, 0o444)
         return StoredArtifact(final.as_uri(), digest, size)
+
+    def discard(self, sha256: str) -> bool:
+        """Remove a blob whose retention has expired (retention decides; nothing else calls this). False when
+        it was already gone."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidInput("an artifact is named by its SHA-256: 64 lowercase hex digits")
+        path = self._path(sha256)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def locate(self, sha256: str) -> StoredArtifact:
         """A blob already in the store, by its SHA-256 (an upload's answer names it)."""

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
                                          "checkpoint is also written there in compliance mode.")
     ledger_anchor_s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL "
                                                   "(default: AWS).")
+    retention_minimum_days: dict[str, int] = Field(
+        default={"prediction_log": 183, "drift_reports": 183, "usage": 183, "artifacts": 183},
+        description="The legal minimum, in days, below which no retention policy may be set, per record class "
+                    "(JSON). Six months for each by default (EU AI Act Art. 19: logs of a high-risk system at least "
+                    "six months); raise them to what your regulators require.")
     ledger_anchor_retention_days: int = Field(default=2557, ge=1, le=36_500, description="Object Lock retention "
                                               "of published checkpoints (default 7 years).")
     ledger_checkpoint_events: int = Field(default=10_000, ge=1, description="Checkpoint when this many events "

@@ -7,7 +7,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from convergence.platform.api._base import OperationsBase, plain, times
 from convergence.platform.api._spec import Id, Limit, Name, Ref, Role, Text, When, op
@@ -244,6 +246,38 @@ class TrustOps(OperationsBase):
 
         with self.reading("principal.read") as session:
             return identity.list_grants(session=session, principal=self.principal, status=status)
+
+    # --- retention ----------------------------------------------------------------------------
+
+    @op("GET", "/retention", tag="retention")
+    def retention_policies(self) -> list[dict[str, Any]]:
+        """How long each record class is kept, its legal minimum, and whether the policy was set or is a default."""
+        from convergence import governance as gov
+
+        with self.reading("retention.read") as session:
+            return gov.retention.policies(session=session, principal=self.principal)
+
+    @op("PUT", "/retention/{record_class}", tag="retention")
+    def set_retention(self, record_class: Literal["prediction_log", "drift_reports", "usage", "artifacts"],
+                      days: Annotated[int, Field(ge=1, le=36_500)], reason: Text) -> dict[str, Any]:
+        """Keep RECORD_CLASS for DAYS (the admin role); refused below its legal minimum; audited."""
+        from convergence import governance as gov
+
+        with self.writing() as session:
+            return gov.retention.set_policy(session=session, principal=self.principal, record_class=record_class,
+                                            days=days, reason=reason)
+
+    @op("POST", "/retention/apply", tag="retention")
+    def apply_retention(self, dry_run: bool = False) -> dict[str, Any]:
+        """Delete what is older than its policy (admin or operator), audited as retention.applied; ``dry_run``
+        only counts. Audit events are never a retention class."""
+        from convergence import governance as gov
+
+        if dry_run:
+            with self.reading("retention.read") as session:
+                return gov.retention.apply(session=session, principal=self.principal, dry_run=True)
+        with self.writing() as session:
+            return gov.retention.apply(session=session, principal=self.principal)
 
 
 def _chunks(path: Path, size: int = 1 << 16) -> Iterator[bytes]:

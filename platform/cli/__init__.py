@@ -115,6 +115,7 @@ def _register() -> None:
         models,
         pipelines,
         principals,
+        retention,
         serve,
         webhooks,
     )
@@ -128,6 +129,7 @@ def _register() -> None:
     app.add_typer(webhooks.app, name="webhooks")
     app.add_typer(serve.app, name="serve")
     app.add_typer(principals.app, name="principals")
+    app.add_typer(retention.app, name="retention")
     app.command("api")(access.api)
     app.command("login")(access.login)
     app.command("logout")(access.logout)
