@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import artifacts, identity, ledger, retention
+from convergence.governance import artifacts, identity, ledger, pack, retention
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -217,6 +217,7 @@ __all__ = [
     "load_artifact",
     "log_predictions",
     "model_to_dict",
+    "pack",
     "parse_period",
     "production_params",
     "promote",

@@ -7,6 +7,7 @@
     python auditor.py inclusion PROOF.json --key VKEY          # `cvg audit prove SEQ --json` output
     python auditor.py consistency PROOF.json --key VKEY        # `cvg audit consistency OLD --json` output
     python auditor.py rotation STATEMENT --key OLD_VKEY        # a key rotation, signed by the old key
+    python auditor.py pack PACK.zip --pubkey VKEY              # `cvg models pack` output, every file and proof
 
 Exit 0 = verified, 1 = the evidence does not hold, 2 = unreadable input. This file imports nothing from
 convergence: an auditor can read all of it in a few minutes, and convergence itself verifies with it.
@@ -27,6 +28,7 @@ import csv
 import hashlib
 import json
 import sys
+import zipfile
 
 GENESIS = "0" * 64
 _EM_DASH = "\u2014 "
@@ -321,6 +323,46 @@ def consistency(proof, vkey):
     return f"the tree of {size2} events extends the signed tree of {size1} (append-only)"
 
 
+def pack(path, vkey):
+    """An audit pack (`cvg models pack`): the manifest signed by ``vkey``, every file's SHA-256, nothing added,
+    the checkpoint signed, and every listed event intact and included in the signed tree."""
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        if not {"manifest.json", "manifest.sig", "ledger/checkpoint.note"} <= names:
+            raise Invalid("not an audit pack: manifest.json, manifest.sig or ledger/checkpoint.note is missing")
+        body = zf.read("manifest.json")
+        lines = verify_note(zf.read("manifest.sig").decode("utf-8"), vkey).split("\n")
+        if lines[:2] != ["convergence audit pack", hashlib.sha256(body).hexdigest()] or len(lines) != 3:
+            raise Invalid("manifest.sig does not sign this manifest.json: the manifest was changed")
+        manifest = json.loads(body)
+        files = manifest["files"]
+        extra = sorted(names - set(files) - {"manifest.json", "manifest.sig"})
+        if extra:
+            raise Invalid(f"files the manifest does not list: {', '.join(extra[:5])}")
+        for name, digest in sorted(files.items()):
+            if name not in names:
+                raise Invalid(f"{name} is missing from the pack")
+            if hashlib.sha256(zf.read(name)).hexdigest() != digest:
+                raise Invalid(f"{name} was changed after the pack was signed")
+        note = zf.read("ledger/checkpoint.note").decode("utf-8")
+        _origin, size, _root = verify_checkpoint(note, vkey)
+        if size != manifest["checkpoint_size"]:
+            raise Invalid(f"the checkpoint signs {size} events; the manifest says {manifest['checkpoint_size']}")
+        events = [json.loads(line) for line in zf.read("ledger/events.jsonl").decode("utf-8").splitlines() if line]
+        if [e["seq"] for e in events] != manifest["events"]:
+            raise Invalid("ledger/events.jsonl does not hold the events the manifest lists")
+        for ev in events:
+            if event_hash(ev) != ev["hash"]:
+                raise Invalid(f"event {ev['seq']}: its content does not match its hash")
+            proof = json.loads(zf.read(f"ledger/proofs/{ev['seq']:09d}.json"))
+            if proof["checkpoint"] != note or proof["event"] is None or proof["event"]["hash"] != ev["hash"]:
+                raise Invalid(f"event {ev['seq']}: its proof is for another checkpoint or another event")
+            inclusion(proof, vkey)
+    model = manifest["model"]
+    return (f"audit pack of {model['name']} version {model['version']} (#{model['id']}): manifest signed, "
+            f"{len(files)} files intact, {len(events)} events included in the signed tree of {size} events")
+
+
 def _option(args, flag):
     if flag in args:
         at = args.index(flag)
@@ -340,6 +382,7 @@ def _text(path):
 def run(argv):
     args = list(argv[1:])
     key, witness, cp = _option(args, "--key"), _option(args, "--witness"), _option(args, "--checkpoint")
+    key = key or _option(args, "--pubkey")
     if len(args) == 1 and not key:
         checked, problem = verify(read(args[0]))
         if problem:
@@ -355,6 +398,8 @@ def run(argv):
         return f"the key {key.split('+')[0]} handed over to {verify_rotation(_text(path), key)}"
     if command == "export" and cp:
         return export_against(path, _text(cp), key)
+    if command == "pack":
+        return pack(path, key)
     if command in ("inclusion", "consistency"):
         with open(path, encoding="utf-8") as fh:
             proof = json.load(fh)
@@ -368,7 +413,7 @@ def main(argv):
     except Invalid as exc:
         print(f"NOT VERIFIED: {exc}")
         return 1
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
         print(f"cannot read the input: {exc}", file=sys.stderr)
         return 2
     print(f"OK: {message}")

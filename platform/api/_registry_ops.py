@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from convergence.platform.api._base import OperationsBase, plain
 from convergence.platform.api._spec import (
@@ -14,6 +15,7 @@ from convergence.platform.api._spec import (
     ModelRole,
     Name,
     Number,
+    Ref,
     Sha256,
     Stage,
     Text,
@@ -172,6 +174,40 @@ class RegistryOps(OperationsBase):
         with self.reading("model.read") as session:
             mv = gov.in_production_at(session=session, name=name, at=when)
             return plain({"time": when.isoformat(), **gov.model_to_dict(mv)})
+
+    @op("PUT", "/model-names/{name}/classification", tag="models")
+    def classify_model(self, name: Name, tier: Literal["high", "medium", "low"], owner: Ref, validator: Ref,
+                       next_review: Name, reason: Text) -> dict[str, Any]:
+        """NAME's materiality tier, owner, validator and next review date (the risk or admin role; audited)."""
+        from convergence import governance as gov
+
+        with self.writing() as session:
+            return gov.pack.classify(session=session, principal=self.principal, name=name, tier=tier, owner=owner,
+                                     validator=validator, next_review=next_review, reason=reason)
+
+    @op("GET", "/models/{version_id}/pack", tag="models", kind="stream")
+    def model_pack(self, version_id: Id) -> Iterator[bytes]:
+        """The version's audit pack, a zip: model card, lineage with principals, evidence, drift, usage, every
+        ledger event with its inclusion proof, and a signed manifest. `python governance/auditor.py pack FILE
+        --pubkey KEY` verifies it offline. Takes a signed checkpoint first when the newest events need one."""
+        import os
+        import tempfile
+
+        from convergence import governance as gov
+        from convergence.platform.api._trust_ops import _chunks
+        from convergence.platform.settings import get_settings
+
+        home = get_settings().home
+        home.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=home, prefix=".pack-", suffix=".zip")
+        os.close(fd)
+        try:
+            with self.writing() as session:
+                gov.pack.build_pack(session=session, principal=self.principal, version_id=version_id, out=Path(name))
+        except BaseException:
+            os.unlink(name)
+            raise
+        return _chunks(Path(name))
 
     @op("GET", "/pipelines/runs", tag="pipelines")
     def list_runs(self, limit: Limit = 20) -> list[dict[str, Any]]:

@@ -292,3 +292,43 @@ def at(
     else:
         console().print(f"at {data['time']} {name} was served by version {data['id']} (v{data['version']}, "
                         f"artifact {short(data['artifact_sha256'], 16)}, registered by {data['created_by']})")
+
+
+@app.command()
+def classify(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    tier: Annotated[str, typer.Option("--tier", help="Materiality tier: high, medium or low.")],
+    owner: Annotated[str, typer.Option("--owner", help="The model owner: #ID, sa:NAME, os:NAME, oidc:SUBJECT.")],
+    validator: Annotated[str, typer.Option("--validator", help="Who validates it (same forms as --owner).")],
+    next_review: Annotated[str, typer.Option("--next-review", help="Next review date, YYYY-MM-DD, in the future.")],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set NAME's model-risk fields, carried by every audit pack (the risk or admin role; audited)."""
+    data = operations(actor).classify_model(name=name, tier=tier, owner=owner, validator=validator,
+                                            next_review=next_review, reason=reason)
+    print_json(data) if json_out else console().print(
+        f"{name}: tier {data['tier']}, owner {data['owner']}, validator {data['validator']}, "
+        f"next review {data['next_review']}")
+
+
+@app.command()
+def pack(
+    version_id: IdArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The zip to write.")],
+    actor: ActorOpt = None,
+) -> None:
+    """Write the version's audit pack: model card, lineage, evidence, drift, usage, every ledger event with its
+    inclusion proof, a signed manifest. `python governance/auditor.py pack FILE --pubkey KEY` verifies it."""
+    from convergence.platform.files import atomic_output, check_output
+
+    check_output(output)
+    size = 0
+    with atomic_output(output, mode=0o600) as fh:
+        for chunk in operations(actor).model_pack(version_id=version_id):
+            fh.write(chunk)
+            size += len(chunk)
+    console(stderr=True).print(f"wrote the audit pack of version {version_id} to {output} ({size:,} bytes); "
+                               "verify it with `python governance/auditor.py pack FILE --pubkey \"$(cvg audit pubkey)\"`")
+

@@ -1,0 +1,224 @@
+"""The audit pack: one signed, self-verifying zip per model version, for examiners and model-risk validators.
+
+It holds the model card (Hugging Face format, generated from the registry), the lineage with its
+authenticated principals, the run's evidence, drift reports with Evidently's HTML, compute and energy, the
+model-risk classification, and every ledger event about the version and its ancestors with an inclusion
+proof against a signed checkpoint. ``manifest.json`` lists every file's SHA-256 and ``manifest.sig`` is a
+signed note over the manifest's SHA-256 with the ledger's key: ``auditor.py pack FILE --key VKEY`` checks
+all of it offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from convergence.governance._access import require
+from convergence.governance._ledger import Event, Subject, head
+from convergence.governance._models import AuditEvent, ControlSetting, DriftReport, PrincipalRow
+from convergence.governance._principal import Principal
+from convergence.platform.db import utcnow
+
+FORMAT = "convergence.pack.v1"
+SIGNED_TEXT = "convergence audit pack"
+
+
+def build_pack(*, session: Session, principal: Principal, version_id: int, out: Path) -> dict[str, Any]:
+    """Write the pack of ``version_id`` to ``out`` (a zip); returns its manifest. Takes a signed checkpoint
+    first when the newest events about the version are not covered by one yet (as the system, audited)."""
+    from convergence.governance import _card
+    from convergence.governance._queries import lineage
+
+    require(session=session, principal=principal, permission="model.pack",
+            subject=Subject("model_version", str(version_id)))
+    tree = lineage(session=session, version_id=version_id)
+    chain = _chain(tree)
+    _name_principals(session, chain)
+    checkpoint = _covering_checkpoint(session)
+    events = _events(session, chain, checkpoint.seq)
+    files: dict[str, bytes] = {}
+    evidence = _evidence(chain)
+    if evidence is not None:
+        files["evidence/evidence.json"] = _json(evidence)
+    reports = _drift(session, chain, files)
+    risk = classification(session=session, name=chain[0]["name"])
+    files["lineage.json"] = _json(tree)
+    files["model-risk.json"] = _json(risk)
+    files["usage.json"] = _json({str(v["id"]): v.get("usage") for v in chain})
+    files["drift/reports.json"] = _json(reports)
+    files["ledger/checkpoint.note"] = checkpoint.note.encode()
+    files["ledger/events.jsonl"] = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n"
+                                           for e in events).encode()
+    for e in events:
+        files[f"ledger/proofs/{e['seq']:09d}.json"] = _json(_proof(session, e["seq"], checkpoint.seq))
+    files["README.md"] = _card.model_card(chain=chain, evidence=evidence, risk=risk, reports=reports).encode()
+    files[_card.SUMMARY_FILE[chain[0]["family"]]] = _card.summary(chain=chain, evidence=evidence).encode()
+    manifest = {"format": FORMAT, "model": {k: chain[0][k] for k in ("id", "name", "version", "family", "role",
+                                                                      "stage", "artifact_sha256")},
+                "ancestors": [v["id"] for v in chain[1:]], "created_at": utcnow().isoformat(),
+                "created_by": principal.name, "checkpoint_size": checkpoint.seq,
+                "events": [e["seq"] for e in events],
+                "files": {path: hashlib.sha256(data).hexdigest() for path, data in sorted(files.items())}}
+    _write(out, files, manifest)
+    return manifest
+
+
+TIERS = ("high", "medium", "low")
+
+
+def classify(*, session: Session, principal: Principal, name: str, tier: str, owner: str, validator: str,
+             next_review: str, reason: str) -> dict[str, Any]:
+    """Set the model-risk fields of model ``name``: materiality tier, owner and validator (principals, resolved
+    like ``#12`` or ``sa:NAME``), next review date. The risk or admin role; audited as ``model.classified``."""
+    import datetime as dt
+
+    from convergence.governance._identity import resolve_ref
+    from convergence.governance._ledger import append, serialize_writes
+    from convergence.governance._models import ModelVersion
+    from convergence.platform.errors import InvalidInput, NotFound
+
+    require(session=session, principal=principal, permission="model.classify", subject=Subject("model", name))
+    if tier not in TIERS:
+        raise InvalidInput(f"materiality tier must be one of {', '.join(TIERS)}")
+    try:
+        review = dt.date.fromisoformat(next_review)
+    except ValueError:
+        raise InvalidInput(f"next review {next_review[:40]!r} is not a date (YYYY-MM-DD)") from None
+    if review <= utcnow().date():
+        raise InvalidInput(f"next review {review} is not in the future")
+    if not reason or not reason.strip():
+        raise InvalidInput("a classification needs a reason (--reason)")
+    if session.execute(select(ModelVersion.id).where(ModelVersion.name == name)).first() is None:
+        raise NotFound(f"no model called {name!r}", hint="`cvg models list` shows the registry")
+    people = {role: resolve_ref(session=session, ref=ref) for role, ref in (("owner", owner), ("validator", validator))}
+    serialize_writes(session=session)
+    value = {"tier": tier, "owner": people["owner"].name, "owner_id": people["owner"].id,
+             "validator": people["validator"].name, "validator_id": people["validator"].id,
+             "next_review": review.isoformat(), "reason": reason.strip(), "classified_by": principal.name}
+    row = session.get(ControlSetting, f"model_risk.{name}") or ControlSetting(key=f"model_risk.{name}")
+    before = dict(row.value) if row.value else None
+    row.value, row.updated_at, row.updated_by_id = value, utcnow(), principal.id
+    session.add(row)
+    append(session=session, principal=principal, action="model.classified", subject=Subject("model", name),
+           payload={**value, "before": before})
+    return value
+
+
+def classification(*, session: Session, name: str) -> dict[str, Any]:
+    """The model-risk fields of ``name`` (materiality tier, owner, validator, next review), or unset ones."""
+    row = session.get(ControlSetting, f"model_risk.{name}")
+    return dict(row.value) if row else {"tier": None, "owner": None, "validator": None, "next_review": None}
+
+
+def _chain(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """The version, then its parent, its parent's parent … (each without the nested parent)."""
+    out, node = [], tree
+    while node is not None:
+        out.append({k: v for k, v in node.items() if k != "parent"})
+        node = node.get("parent")
+    return out
+
+
+def _name_principals(session: Session, chain: list[dict[str, Any]]) -> None:
+    """Each approval says which authenticated principal made it (issuer, subject, kind), not only a name."""
+    from convergence.governance._models import Approval
+
+    for version in chain:
+        rows = session.execute(select(Approval).where(Approval.model_version_id == version["id"])
+                               .order_by(Approval.created_at, Approval.id)).scalars().all()
+        for shown, row in zip(version.get("approvals", []), rows, strict=False):
+            who = session.get(PrincipalRow, row.principal_id) if row.principal_id else None
+            shown["principal"] = ({"id": who.id, "name": who.name, "kind": who.kind, "issuer": who.issuer,
+                                   "subject": who.subject} if who else None)
+
+
+def _covering_checkpoint(session: Session) -> Any:
+    """The latest signed checkpoint if it covers the ledger's head, else a new one made by the system."""
+    from convergence.governance import _checkpoints
+    from convergence.governance._identity import system_principal
+
+    latest = _checkpoints.latest(session=session, signed=True)
+    seq, _ = head(session=session)
+    if latest is not None and latest.seq >= seq:
+        return latest
+    return _checkpoints._make(session, system_principal(session=session, name="audit-pack"))
+
+
+def _subjects(chain: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    out = set()
+    for v in chain:
+        out |= {("model_version", str(v["id"])), ("model", v["name"])}
+        if v.get("run"):
+            out.add(("pipeline_run", str(v["run"]["id"])))
+        if v.get("dataset"):
+            out.add(("dataset", str(v["dataset"]["id"])))
+    return out
+
+
+def _events(session: Session, chain: list[dict[str, Any]], up_to: int) -> list[dict[str, Any]]:
+    """Every event about the version, its ancestors, their names, runs and datasets, up to the checkpoint."""
+    from sqlalchemy import and_, or_
+
+    wanted = _subjects(chain)
+    where = or_(*(and_(AuditEvent.subject_type == t, AuditEvent.subject_id == i) for t, i in sorted(wanted)))
+    rows = session.execute(select(AuditEvent).where(where, AuditEvent.seq <= up_to).order_by(AuditEvent.seq)).scalars()
+    return [Event.of(r).to_dict() for r in rows]
+
+
+def _proof(session: Session, seq: int, size: int) -> dict[str, Any]:
+    from convergence.governance._checkpoints import prove
+
+    return prove(session=session, seq=seq, size=size)
+
+
+def _evidence(chain: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's evidence (walk-forward, holdout, gates; or perplexities and samples), from the nearest version
+    that recorded it, fetched and SHA-checked."""
+    from convergence.governance._artifacts import get_artifact_store
+
+    for v in chain:
+        params = v.get("params") or {}
+        if params.get("evidence_uri") and params.get("evidence_sha256"):
+            path = get_artifact_store().fetch(params["evidence_uri"], sha256=params["evidence_sha256"])
+            return dict(json.loads(path.read_text()))
+    return None
+
+
+def _drift(session: Session, chain: list[dict[str, Any]], files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Drift reports of the version (with Evidently's HTML in the pack), oldest first."""
+    from convergence.governance._drift import report_html_path, report_to_dict
+
+    rows = session.execute(select(DriftReport).where(DriftReport.model_version_id == chain[0]["id"])
+                           .order_by(DriftReport.created_at, DriftReport.id)).scalars().all()
+    out = []
+    for r in rows:
+        shown = report_to_dict(r)
+        html = report_html_path(r)
+        if html is not None:
+            shown["evidently_html"] = f"drift/report-{r.id}.html"
+            files[shown["evidently_html"]] = html.read_bytes()
+        out.append(shown)
+    return out
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n").encode()
+
+
+def _write(out: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """The zip: every file, the manifest, and the manifest's signed note (the ledger's key)."""
+    from convergence.governance._checkpoints import signer
+    from convergence.governance._notes import sign_note
+
+    body = _json(manifest)
+    note = sign_note(f"{SIGNED_TEXT}\n{hashlib.sha256(body).hexdigest()}\n", signer())
+    fixed = (2026, 1, 1, 0, 0, 0)  # the same content makes the same bytes
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path, data in sorted({**files, "manifest.json": body, "manifest.sig": note.encode()}.items()):
+            zf.writestr(zipfile.ZipInfo(path, fixed), data, compress_type=zipfile.ZIP_DEFLATED)

@@ -1,0 +1,137 @@
+"""The audit pack: built from the registry and the ledger, verified offline by the standalone auditor, and any
+edit, dropped event or foreign signature detected; its model card parses as Hugging Face card metadata and
+names the authenticated validator and approver. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from convergence import governance as gov
+from convergence.platform.db import session_scope
+from convergence.platform.errors import Forbidden, InvalidInput
+from tests.people import person
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _auditor() -> Any:
+    spec = importlib.util.spec_from_file_location("auditor", ROOT / "governance" / "auditor.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+EVIDENCE = {"gates": {"passed": True, "checks": [{"check": "student fidelity to teacher", "value": 0.97, "op": ">=",
+                                                  "threshold": 0.95, "passed": True}]},
+            "holdout": {"student": {"ic": 0.031, "hit_rate": 0.51, "sharpe": 1.2, "fidelity": 0.97}},
+            "features": ["ret_1", "ret_2"], "config": {"features": {"bar": "volume", "bar_size": 300, "horizon": 5}},
+            "walk_forward": {"folds": [{"fold": 0, "test_start": "2013-09-03T04:00:00", "rows": 973,
+                                        "student": {"ic": 0.02, "hit_rate": 0.5, "fidelity": 0.98}}]}}
+
+
+@pytest.fixture
+def packed(db_url: str, model_file: Path, evidence_file: Path, tmp_path: Path) -> dict[str, Any]:
+    """A student with evidence, validated by carol, approved by alice, promoted and classified; its pack."""
+    stored = gov.get_artifact_store().put_bytes(json.dumps(EVIDENCE).encode())
+    with session_scope() as s:
+        mv = gov.register_model(session=s, principal=person("quant"), name="alpha", artifact=model_file,
+                                family="trading", role="student",
+                                params={"evidence_uri": stored.uri, "evidence_sha256": stored.sha256})
+    with session_scope() as s:
+        gov.validate(session=s, principal=person("carol"), version_id=mv.id, evidence=evidence_file, reason="reviewed")
+        gov.approve(session=s, principal=person("alice"), version_id=mv.id, reason="meets policy", safe_output=0.0)
+        gov.promote(session=s, principal=person("ops"), version_id=mv.id)
+    with session_scope() as s:
+        gov.pack.classify(session=s, principal=person("risk"), name="alpha", tier="high", owner="quant",
+                          validator="carol", next_review="2099-06-30", reason="desk signal, material")
+    out = tmp_path / "alpha.zip"
+    with session_scope() as s:
+        manifest = gov.pack.build_pack(session=s, principal=person("auditor"), version_id=mv.id, out=out)
+    return {"path": out, "manifest": manifest, "version": mv.id, "key": gov.ledger.verifier_key()}
+
+
+def test_a_pack_verifies_offline_and_carries_what_an_examiner_asks_for(packed: dict[str, Any]) -> None:
+    auditor = _auditor()
+    said = auditor.pack(str(packed["path"]), packed["key"])
+    assert said.startswith("audit pack of alpha version 1") and "events included in the signed tree" in said
+    with zipfile.ZipFile(packed["path"]) as zf:
+        names = set(zf.namelist())
+        events = [json.loads(line) for line in zf.read("ledger/events.jsonl").splitlines()]
+        card = zf.read("README.md").decode()
+        risk = json.loads(zf.read("model-risk.json"))
+        lineage = json.loads(zf.read("lineage.json"))
+    assert {"README.md", "strategy.md", "lineage.json", "evidence/evidence.json", "usage.json", "model-risk.json",
+            "manifest.json", "manifest.sig", "ledger/checkpoint.note"} <= names
+    actions = [e["action"] for e in events]
+    for action in ("model.registered", "model.validated", "model.approved", "model.promoted", "model.classified"):
+        assert action in actions, actions
+    assert len([n for n in names if n.startswith("ledger/proofs/")]) == len(events)
+    assert risk["tier"] == "high" and risk["validator"] == "carol" and risk["next_review"] == "2099-06-30"
+    assert [a["principal"]["name"] for a in lineage["approvals"]] == ["carol", "alice"]
+    # the card is Hugging Face card metadata: the Hub's own parser reads its front matter and model-index
+    from huggingface_hub import ModelCard
+
+    parsed = ModelCard(card).data
+    assert parsed.license == "apache-2.0" and parsed.model_name == "alpha v1"
+    results = {r.metric_type: r.metric_value for r in parsed.eval_results}
+    assert results["ic"] == pytest.approx(0.031) and results["fidelity"] == pytest.approx(0.97)
+    assert "validated** by carol" in card and "approved** by alice" in card and "tier: high" in card
+
+
+def _rewrite(src: Path, dest: Path, change: Any) -> Path:
+    """A copy of the pack with ``change(files)`` applied to its {name: bytes}."""
+    with zipfile.ZipFile(src) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    change(files)
+    with zipfile.ZipFile(dest, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return dest
+
+
+def test_an_edit_a_dropped_event_or_another_key_is_detected(packed: dict[str, Any], tmp_path: Path) -> None:
+    auditor, key, src = _auditor(), packed["key"], packed["path"]
+
+    def edit_card(files: dict[str, bytes]) -> None:
+        files["README.md"] = files["README.md"].replace(b"tier: high", b"tier: low")
+
+    def drop_event(files: dict[str, bytes]) -> None:  # and fix the manifest's hash, which the signature covers
+        lines = files["ledger/events.jsonl"].splitlines(keepends=True)
+        files["ledger/events.jsonl"] = b"".join(lines[:-1])
+        manifest = json.loads(files["manifest.json"])
+        manifest["files"]["ledger/events.jsonl"] = hashlib.sha256(files["ledger/events.jsonl"]).hexdigest()
+        manifest["events"] = manifest["events"][:-1]
+        files["manifest.json"] = json.dumps(manifest).encode()
+
+    def resign(files: dict[str, bytes]) -> None:  # a consistent pack, signed by a key that is not the ledger's
+        other = gov.ledger.Ed25519NoteSigner.from_key(gov.ledger.generate_key(key.split("+")[0]))  # same name
+        digest = hashlib.sha256(files["manifest.json"]).hexdigest()
+        files["manifest.sig"] = gov.ledger.sign_note(f"convergence audit pack\n{digest}\n", other).encode()
+
+    cases = {"edit": (edit_card, "README.md was changed"), "drop": (drop_event, "does not sign this manifest"),
+             "resign": (resign, "not signed by")}
+    for label, (change, fragment) in cases.items():
+        bad = _rewrite(src, tmp_path / f"{label}.zip", change)
+        with pytest.raises(auditor.Invalid, match=fragment):
+            auditor.pack(str(bad), key)
+        assert auditor.main(["auditor.py", "pack", str(bad), "--pubkey", key]) == 1
+
+
+def test_only_the_review_roles_pack_and_classification_is_checked(packed: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(Forbidden, match="model.pack"), session_scope() as s:
+        gov.pack.build_pack(session=s, principal=person("quant"), version_id=packed["version"], out=tmp_path / "x.zip")
+    with pytest.raises(Forbidden, match="model.classify"), session_scope() as s:
+        gov.pack.classify(session=s, principal=person("quant"), name="alpha", tier="low", owner="quant",
+                          validator="carol", next_review="2099-01-01", reason="mine")
+    for tier, review, fragment in (("extreme", "2099-01-01", "tier must be"), ("low", "2001-01-01", "not in the future"),
+                                   ("low", "soon", "not a date")):
+        with pytest.raises(InvalidInput, match=fragment), session_scope() as s:
+            gov.pack.classify(session=s, principal=person("risk"), name="alpha", tier=tier, owner="quant",
+                              validator="carol", next_review=review, reason="x")
