@@ -102,6 +102,7 @@ def _trading(story: Story) -> dict[str, Any]:
     if summary["status"] != "succeeded":
         raise PolicyViolation(f"trading gates failed, nothing registered: {'; '.join(summary['gates']['failed'])}")
     v, h = summary["versions"], summary["holdout"]
+    story.facts["student"] = v["student"]
     story.say(f"quinn's run {summary['run_id']} registered teacher {v['teacher']} → student {v['student']} → "
               f"compiled {v.get('student_onnx', '—')} and INT8 {v.get('int8', '—')}: student fidelity "
               f"{h['student']['fidelity']:.3f}, "
@@ -247,22 +248,31 @@ def _audit(story: Story, usage: dict[str, Any], lm_usage: dict[str, Any]) -> dic
               f"{usage['cpu_hours'] + lm_usage['cpu_hours']:.3f} CPU-h, {usage['gco2e'] + lm_usage['gco2e']:.2f} gCO2e "
               f"together); this month {status['used'] * 1000:.2f} Wh of {status['hard'] * 1000:.0f} Wh "
               f"({status['fraction']:.2%}); soft-limit alerts: {len(shown['alerts'])}")
+    student = story.facts["student"]
+    story["risk"].classify_model(name=TRADING_MODEL, tier="high", owner="quinn", validator="carol",
+                                 next_review=(dt.date.today() + dt.timedelta(days=182)).isoformat(),
+                                 reason="a desk signal that sizes orders: material")
     auditor = story["auditor"]
     cp = auditor.checkpoint_audit()
-    story.say(f"auditor signed checkpoint {cp['id']}: the Merkle tree of {cp['seq']:,} events, root "
+    story.say(f"risk classified {TRADING_MODEL} as high materiality (owner quinn, validator carol, review in six "
+              f"months); auditor signed checkpoint {cp['id']}: the Merkle tree of {cp['seq']:,} events, root "
               f"{short(cp['root_hash'], 16)}, published outside the database to {', '.join(cp['anchors'])}")
+    pack = story.work / f"audit-pack-{student}.zip"
+    with open(pack, "wb") as fh:
+        for chunk in auditor.model_pack(version_id=student):
+            fh.write(chunk)
     result = auditor.verify_audit()
     refused = auditor.query_audit(action="*_refused", limit=10_000)
     story.say(f"audit chain verified: {result['checked']:,} events, "
               f"{'intact' if result['ok'] else 'BROKEN: ' + str(result['detail'])}, every gating table matching the "
               f"ledger and the published checkpoint; every event names its principal and how it authenticated; "
               f"{len(refused)} refusal(s) recorded with the rule that refused them")
-    return {"result": result, **_offline(story, auditor, cp)}
+    return {"result": result, **_offline(story, auditor, cp, pack)}
 
 
-def _offline(story: Story, auditor: Any, cp: dict[str, Any]) -> dict[str, Any]:
-    """What an outsider checks with the public key alone: the export against the signed checkpoint, and the
-    inclusion of the student's approval."""
+def _offline(story: Story, auditor: Any, cp: dict[str, Any], pack: Path) -> dict[str, Any]:
+    """What an outsider checks with the public key alone: the export against the signed checkpoint, the
+    inclusion of the student's approval, and the student's audit pack."""
     from convergence import governance as gov
 
     export = story.work / f"audit-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
@@ -276,12 +286,16 @@ def _offline(story: Story, auditor: Any, cp: dict[str, Any]) -> dict[str, Any]:
     proof.write_text(json.dumps(auditor.prove_inclusion(seq=approval["seq"])), encoding="utf-8")
     script = Path(gov.__file__).with_name("auditor.py")
     runs = [subprocess.run([sys.executable, str(script), *args, "--key", key], capture_output=True, text=True)
-            for args in (["export", str(export), "--checkpoint", str(note)], ["inclusion", str(proof)])]
+            for args in (["export", str(export), "--checkpoint", str(note)], ["inclusion", str(proof)],
+                         ["pack", str(pack)])]
     story.say(f"auditor exported the trail to {export}; with only the public key ({key.split('+')[0]}) the "
               f"standalone auditor says: {runs[0].stdout.strip()}; and for the approval of model version "
               f"{approval['subject_id']} (seq {approval['seq']}): {runs[1].stdout.strip()}")
+    story.say(f"auditor packed the production student for an examiner ({pack}: Hugging Face model card, strategy "
+              f"summary, lineage, evidence, drift, usage, every ledger event with its proof, a signed manifest); "
+              f"offline: {runs[2].stdout.strip()}")
     return {"export": export, "offline_ok": all(r.returncode == 0 for r in runs), "script": script, "key": key,
-            "note": note, "proof": proof}
+            "note": note, "proof": proof, "pack": pack}
 
 
 def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, Any]:
@@ -336,7 +350,7 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
     out.rule("summary")
     out.print(f"database     {redact_url(settings.resolved_database_url)} (a sandbox: --as works here, and says so)\n"
               f"artifacts    {settings.resolved_artifact_store}\n"
-              f"demo files   {story.work} (api.log, serve-trading.log, the audit export)\n"
+              f"demo files   {story.work} (api.log, serve-trading.log, the audit export, the student's audit pack)\n"
               f"audit trail  {result['head_seq']:,} events, chain {'intact' if result['ok'] else 'BROKEN'}; signed "
               f"checkpoint in {audit['note']}\n"
               f"took         {elapsed:.1f} s\n\n"
@@ -358,6 +372,7 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               f"  {cvg} drift history {TRADING_MODEL}\n"
               f"  {cvg} audit verify            # chain, Merkle tree, tables vs ledger, published checkpoints\n"
               f"  {python} {audit['script']} inclusion {audit['proof']} --key {audit['key']}\n"
+              f"  {python} {audit['script']} pack {audit['pack']} --pubkey {audit['key']}   # the examiner's zip\n"
               f"  {python} {audit['script']} export {audit['export']} --checkpoint {audit['note']} --key …\n"
               f"  {cvg} api   # then, with a service account's key: CVG_API_URL=http://127.0.0.1:8000 CVG_API_KEY=… "
               f"{cvg} whoami")

@@ -22,7 +22,8 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
                      "drift check", "signed webhook", "budgets:", "language pipeline", "nina's run",
                      "lineage: corpus", "the language run", "promoted both to production", "audit chain verified",
                      "auditor signed checkpoint", "published outside the database",
-                     "match the signed checkpoint", "is included in the signed tree", "revoked the", "summary"):
+                     "match the signed checkpoint", "is included in the signed tree", "classified",
+                     "auditor packed the production student", "OK: audit pack of", "revoked the", "summary"):
         assert fragment in result.out, fragment
     assert (tmp_path / "home" / "convergence.db").exists()
     import re
@@ -47,5 +48,18 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     refusals = {(e["actor"], e["payload"]["rule"]) for e in events if e["action"].endswith("_refused")}
     assert refusals == {("quinn", "role-required:model.approve"), ("quinn", "approver-not-registrant"),
                         ("ops", "role-required:serving.kill")}
+    # the examiner's zip verifies offline with the public key alone, and names who validated and approved
+    import subprocess
+    import sys
+    import zipfile
+
+    pack = next((tmp_path / "home" / "demo").glob("audit-pack-*.zip"))
+    key = cvg("audit", "pubkey", env=env).out.strip()
+    auditor = Path(__file__).resolve().parents[3] / "governance" / "auditor.py"
+    checked = subprocess.run([sys.executable, str(auditor), "pack", str(pack), "--pubkey", key], capture_output=True,
+                             text=True)
+    assert checked.returncode == 0 and checked.stdout.startswith("OK: audit pack of es-trading-student"), checked
+    card = zipfile.ZipFile(pack).read("README.md").decode()
+    assert "validated** by carol" in card and "approved** by alice" in card and "tier: high" in card
     keys = cvg("principals", "keys", "--json", env=env).json
     assert keys and all(k["state"] != "active" for k in keys)  # the demo revoked what it issued
