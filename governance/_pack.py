@@ -32,7 +32,7 @@ SIGNED_TEXT = "convergence audit pack"
 def build_pack(*, session: Session, principal: Principal, version_id: int, out: Path) -> dict[str, Any]:
     """Write the pack of ``version_id`` to ``out`` (a zip); returns its manifest. Takes a signed checkpoint
     first when the newest events about the version are not covered by one yet (as the system, audited)."""
-    from convergence.governance import _card
+    from convergence.governance import _card, _cardpage
     from convergence.governance._queries import lineage
 
     require(session=session, principal=principal, permission="model.pack",
@@ -50,7 +50,8 @@ def build_pack(*, session: Session, principal: Principal, version_id: int, out: 
     risk = classification(session=session, name=chain[0]["name"])
     files["lineage.json"] = _json(tree)
     files["model-risk.json"] = _json(risk)
-    files["usage.json"] = _json({str(v["id"]): v.get("usage") for v in chain})
+    usage = {str(v["id"]): v.get("usage") for v in chain}
+    files["usage.json"] = _json({"runs": usage, "serving": _serving_usage(session, chain[0]["id"])})
     files["drift/reports.json"] = _json(reports)
     files["ledger/checkpoint.note"] = checkpoint.note.encode()
     files["ledger/events.jsonl"] = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n"
@@ -59,6 +60,8 @@ def build_pack(*, session: Session, principal: Principal, version_id: int, out: 
         files[f"ledger/proofs/{e['seq']:09d}.json"] = _json(_proof(session, e["seq"], checkpoint.seq))
     files["README.md"] = _card.model_card(chain=chain, evidence=evidence, risk=risk, reports=reports).encode()
     files[_card.SUMMARY_FILE[chain[0]["family"]]] = _card.summary(chain=chain, evidence=evidence).encode()
+    files["card.html"] = _cardpage.card_html(chain=chain, evidence=evidence, reports=reports, risk=risk,
+                                             usage=usage).encode()
     manifest = {"format": FORMAT, "model": {k: chain[0][k] for k in ("id", "name", "version", "family", "role",
                                                                       "stage", "artifact_sha256")},
                 "ancestors": [v["id"] for v in chain[1:]], "created_at": utcnow().isoformat(),
@@ -204,6 +207,29 @@ def _drift(session: Session, chain: list[dict[str, Any]], files: dict[str, bytes
             shown["evidently_html"] = f"drift/report-{r.id}.html"
             files[shown["evidently_html"]] = html.read_bytes()
         out.append(shown)
+    return out
+
+
+def _serving_usage(session: Session, version_id: int) -> dict[str, Any]:
+    """What serving the version and its compiled or quantized copies cost: predictions, CPU-seconds and energy,
+    and both per 1,000 predictions, per version."""
+    from sqlalchemy import func, or_
+
+    from convergence.governance._models import ModelVersion, Usage
+
+    version_ids = list(session.execute(select(ModelVersion.id).where(
+        or_(ModelVersion.id == version_id, ModelVersion.parent_id == version_id))).scalars())
+
+    rows = session.execute(select(Usage.model_version_id, func.sum(Usage.predictions), func.sum(Usage.cpu_s),
+                                  func.sum(Usage.kwh))
+                           .where(Usage.model_version_id.in_(version_ids), Usage.run_id.is_(None))
+                           .group_by(Usage.model_version_id)).all()
+    out = {}
+    for version_id, predictions, cpu_s, kwh in rows:
+        n = int(predictions or 0)
+        out[str(version_id)] = {"predictions": n, "cpu_s": float(cpu_s or 0), "kwh": float(kwh or 0),
+                                "cpu_s_per_1k": float(cpu_s or 0) * 1000 / n if n else None,
+                                "wh_per_1k": float(kwh or 0) * 1e6 / n if n else None}
     return out
 
 

@@ -21,11 +21,25 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def long_short(pred: np.ndarray, next_ret: np.ndarray, *, cost_bps: float, periods_per_year: float) -> dict[str, float]:
-    """Hold sign(prediction) for one bar; pay cost_bps per unit of position change."""
+def _pnl(pred: np.ndarray, next_ret: np.ndarray, cost_bps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hold sign(prediction) for one bar; pay cost_bps per unit of position change → (net pnl, turnover)."""
     position = np.sign(pred)
     turnover = np.abs(np.diff(position, prepend=0.0))
-    pnl = position * next_ret - turnover * cost_bps * 1e-4
+    return position * next_ret - turnover * cost_bps * 1e-4, turnover
+
+
+def equity_curve(pred: np.ndarray, next_ret: np.ndarray, *, cost_bps: float, points: int = 60) -> list[float]:
+    """The long-short strategy's cumulative net return at ``points`` evenly spaced bars (the model card's plot)."""
+    equity = np.cumsum(_pnl(pred, next_ret, cost_bps)[0])
+    if not len(equity):
+        return []
+    at = np.unique(np.linspace(0, len(equity) - 1, min(points, len(equity))).round().astype(int))
+    return [round(float(equity[i]), 8) for i in at]
+
+
+def long_short(pred: np.ndarray, next_ret: np.ndarray, *, cost_bps: float, periods_per_year: float) -> dict[str, float]:
+    """Hold sign(prediction) for one bar; pay cost_bps per unit of position change."""
+    pnl, turnover = _pnl(pred, next_ret, cost_bps)
     sd = pnl.std()
     sharpe = float(pnl.mean() / sd * math.sqrt(periods_per_year)) if sd > 0 else 0.0
     equity = np.cumsum(pnl)

@@ -19,7 +19,7 @@ from convergence.pipelines import _progress as progress
 from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import TradingConfig
 from convergence.pipelines._features import FeatureSet, standardize
-from convergence.pipelines._metrics import evaluate, pearson, periods_per_year
+from convergence.pipelines._metrics import equity_curve, evaluate, pearson, periods_per_year
 from convergence.pipelines._runner import fit_on_ray_train, report_checkpoint
 
 STEPS = ("load_data", "build_features", "train_teacher", "distill_student", "walk_forward", "compile", "evaluate",
@@ -132,6 +132,9 @@ def fold_task(fs: FeatureSet, train: range, test: range, cfg: TradingConfig, fol
         board, "walk_forward", total=cfg.model.epochs, who=who, unit="teacher epoch"))
     models = {"teacher": teacher, **fit_students(teacher, p, train, cfg, board=board, step="walk_forward", who=who)}
     out = score(models, fs, p, test, cfg)
+    sl = slice(test.start, test.stop)  # the student's equity over the fold, for the model card's plot
+    out["equity"] = equity_curve(nets.predict(models["student"], p.Xn[sl]) * p.y_scale, fs.next_ret[sl],
+                                 cost_bps=cfg.eval.cost_bps)
     progress.tell(board, "walk_forward", "done", who)
     out.update(fold=fold, train=[train.start, train.stop], test=[test.start, test.stop],
                train_end=str(fs.label_end[train.stop - 1]), test_start=str(fs.times[test.start]))

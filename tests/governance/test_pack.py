@@ -32,8 +32,9 @@ EVIDENCE = {"gates": {"passed": True, "checks": [{"check": "student fidelity to 
                                                   "threshold": 0.95, "passed": True}]},
             "holdout": {"student": {"ic": 0.031, "hit_rate": 0.51, "sharpe": 1.2, "fidelity": 0.97}},
             "features": ["ret_1", "ret_2"], "config": {"features": {"bar": "volume", "bar_size": 300, "horizon": 5}},
-            "walk_forward": {"folds": [{"fold": 0, "test_start": "2013-09-03T04:00:00", "rows": 973,
-                                        "student": {"ic": 0.02, "hit_rate": 0.5, "fidelity": 0.98}}]}}
+            "walk_forward": {"folds": [{"fold": k, "test_start": "2013-09-03T04:00:00", "rows": 973,
+                                        "student": {"ic": ic, "hit_rate": 0.5, "fidelity": 0.98},
+                                        "equity": [0.0, 0.001 * k, -0.002, 0.003]} for k, ic in ((0, 0.02), (1, -0.01))]}}
 
 
 @pytest.fixture
@@ -51,6 +52,14 @@ def packed(db_url: str, model_file: Path, evidence_file: Path, tmp_path: Path) -
     with session_scope() as s:
         gov.pack.classify(session=s, principal=person("risk"), name="alpha", tier="high", owner="quant",
                           validator="carol", next_review="2099-06-30", reason="desk signal, material")
+    import datetime as dt
+
+    at = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    with session_scope() as s:  # a drift report of the version (what `cvg drift check` stores)
+        s.add(gov.DriftReport(model_version_id=mv.id, window_start=at - dt.timedelta(hours=1), window_end=at, rows=500,
+                              columns={"ret_1": {"statistic": 0.3, "drifted": True},
+                                       "ret_2": {"statistic": 0.02, "drifted": False}},
+                              drift_share=0.5, drifted=True, created_at=at, created_by="monitor"))
     out = tmp_path / "alpha.zip"
     with session_scope() as s:
         manifest = gov.pack.build_pack(session=s, principal=person("auditor"), version_id=mv.id, out=out)
@@ -135,3 +144,44 @@ def test_only_the_review_roles_pack_and_classification_is_checked(packed: dict[s
         with pytest.raises(InvalidInput, match=fragment), session_scope() as s:
             gov.pack.classify(session=s, principal=person("risk"), name="alpha", tier=tier, owner="quant",
                               validator="carol", next_review=review, reason="x")
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/bootstrap installs Debian's package")
+        pytest.skip("Debian's chromium is not installed here (.ci/bootstrap installs it)")
+    return path
+
+
+def test_card_html_renders_in_headless_chromium_with_its_plots(packed: dict[str, Any], tmp_path: Path) -> None:
+    """The human page: self-contained (nothing fetched), no script error, every plot drawn; a screenshot kept."""
+    from playwright.sync_api import sync_playwright
+
+    with zipfile.ZipFile(packed["path"]) as zf:
+        page_file = tmp_path / "card.html"
+        page_file.write_bytes(zf.read("card.html"))
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.as_uri())
+            plots = page.eval_on_selector_all("svg[role=img]", "els => els.map(e => e.getAttribute('aria-label'))")
+            drawn = page.eval_on_selector_all("svg[role=img]", "els => els.map(e => e.getBoundingClientRect().height)")
+            names = page.eval_on_selector_all("table td", "els => els.map(e => e.textContent)")
+            page.screenshot(path=str(tmp_path / "card.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == [] and requests == [page_file.as_uri()]  # nothing but the page itself was loaded
+    assert plots == ["walk-forward equity", "IC per fold", "drift per column", "stage timeline"], plots
+    assert all(h > 20 for h in drawn) and "carol" in names and "alice" in names  # approvals by principal
+    assert (tmp_path / "card.png").stat().st_size > 10_000

@@ -61,5 +61,7 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     assert checked.returncode == 0 and checked.stdout.startswith("OK: audit pack of es-trading-student"), checked
     card = zipfile.ZipFile(pack).read("README.md").decode()
     assert "validated** by carol" in card and "approved** by alice" in card and "tier: high" in card
+    page = zipfile.ZipFile(pack).read("card.html").decode()  # equity, IC per fold, drift, energy, stages
+    assert page.count('<svg role="img"') == 5 and "not enough points" not in page and "nothing recorded" not in page
     keys = cvg("principals", "keys", "--json", env=env).json
     assert keys and all(k["state"] != "active" for k in keys)  # the demo revoked what it issued
