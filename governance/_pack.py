@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from convergence.governance._access import require
-from convergence.governance._ledger import Event, Subject, head
+from convergence.governance._ledger import Event, Subject
 from convergence.governance._models import AuditEvent, ControlSetting, DriftReport, PrincipalRow
 from convergence.governance._principal import Principal
 from convergence.platform.db import utcnow
@@ -40,7 +40,7 @@ def build_pack(*, session: Session, principal: Principal, version_id: int, out: 
     tree = lineage(session=session, version_id=version_id)
     chain = _chain(tree)
     _name_principals(session, chain)
-    checkpoint = _covering_checkpoint(session)
+    checkpoint = _covering_checkpoint(session, _newest_event(session, chain))
     events = _events(session, chain, checkpoint.seq)
     files: dict[str, bytes] = {}
     evidence = _evidence(chain)
@@ -141,14 +141,13 @@ def _name_principals(session: Session, chain: list[dict[str, Any]]) -> None:
                                    "subject": who.subject} if who else None)
 
 
-def _covering_checkpoint(session: Session) -> Any:
-    """The latest signed checkpoint if it covers the ledger's head, else a new one made by the system."""
+def _covering_checkpoint(session: Session, newest: int) -> Any:
+    """The latest signed checkpoint if it covers event ``newest``, else a new one made by the system."""
     from convergence.governance import _checkpoints
     from convergence.governance._identity import system_principal
 
     latest = _checkpoints.latest(session=session, signed=True)
-    seq, _ = head(session=session)
-    if latest is not None and latest.seq >= seq:
+    if latest is not None and latest.seq >= newest:
         return latest
     return _checkpoints._make(session, system_principal(session=session, name="audit-pack"))
 
@@ -164,13 +163,22 @@ def _subjects(chain: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return out
 
 
-def _events(session: Session, chain: list[dict[str, Any]], up_to: int) -> list[dict[str, Any]]:
-    """Every event about the version, its ancestors, their names, runs and datasets, up to the checkpoint."""
+def _where(chain: list[dict[str, Any]]) -> Any:
     from sqlalchemy import and_, or_
 
-    wanted = _subjects(chain)
-    where = or_(*(and_(AuditEvent.subject_type == t, AuditEvent.subject_id == i) for t, i in sorted(wanted)))
-    rows = session.execute(select(AuditEvent).where(where, AuditEvent.seq <= up_to).order_by(AuditEvent.seq)).scalars()
+    return or_(*(and_(AuditEvent.subject_type == t, AuditEvent.subject_id == i) for t, i in sorted(_subjects(chain))))
+
+
+def _newest_event(session: Session, chain: list[dict[str, Any]]) -> int:
+    from sqlalchemy import func
+
+    return int(session.execute(select(func.max(AuditEvent.seq)).where(_where(chain))).scalar() or 0)
+
+
+def _events(session: Session, chain: list[dict[str, Any]], up_to: int) -> list[dict[str, Any]]:
+    """Every event about the version, its ancestors, their names, runs and datasets, up to the checkpoint."""
+    rows = session.execute(select(AuditEvent).where(_where(chain), AuditEvent.seq <= up_to)
+                           .order_by(AuditEvent.seq)).scalars()
     return [Event.of(r).to_dict() for r in rows]
 
 
