@@ -93,6 +93,7 @@ def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, 
                reports: list[dict[str, Any]]) -> str:
     v = chain[0]
     lineage = " → ".join(f"{c['role']} #{c['id']} ({c['name']} v{c['version']}, {c['stage']})" for c in reversed(chain))
+    lineage += f" (dataset {(next((c['dataset'] for c in chain if c.get('dataset')), None) or {}).get('name', '—')})"
     gates = (evidence or {}).get("gates") or {}
     checks = [f"- {c['check']}: {c['value']:.4g} {c['op']} {c['threshold']} — {'pass' if c['passed'] else 'FAIL'}"
               for c in gates.get("checks", [])]
@@ -146,7 +147,10 @@ def summary(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None) -> 
             f"{feats.get('bar_size', '?')} contracts: lagged returns, volatility, order-flow imbalance.",
             f"- **Horizon**: the return over the next {feats.get('horizon', '?')} bars.",
             "- **Output**: a forecast of that return; its sign is the side, its size the conviction. It places no "
-            "order itself.", "- **Gates passed**: see the model card.",
+            "order itself.",
+            "- **Gates it passed**: " + ("; ".join(f"{c['check']} {c['value']:.4g} {c['op']} {c['threshold']}"
+                                                   for c in (e.get("gates") or {}).get("checks", []) if c["passed"])
+                                         or "none recorded") + ".",
             "- **Must not be used**: on other instruments, other sessions or with other bar sizes without a new "
             "validation; when its kill switch is on; as the only control on order size.", "",
             "## Walk-forward (student, out of sample)", "",

@@ -48,7 +48,7 @@ def build_pack(*, session: Session, principal: Principal, version_id: int, out: 
         files["evidence/evidence.json"] = _json(evidence)
     reports = _drift(session, chain, files)
     risk = classification(session=session, name=chain[0]["name"])
-    files["lineage.json"] = _json(tree)
+    files["lineage.json"] = _json({**tree, "copies": _copies(session, version_id)})
     files["model-risk.json"] = _json(risk)
     usage = {str(v["id"]): v.get("usage") for v in chain}
     files["usage.json"] = _json({"runs": usage, "serving": _serving_usage(session, chain[0]["id"])})
@@ -216,6 +216,16 @@ def _drift(session: Session, chain: list[dict[str, Any]], files: dict[str, bytes
             files[shown["evidently_html"]] = html.read_bytes()
         out.append(shown)
     return out
+
+
+def _copies(session: Session, version_id: int) -> list[dict[str, Any]]:
+    """The versions made from this one (its compiled and quantized copies): lineage goes both ways."""
+    from convergence.governance._models import ModelVersion
+
+    rows = session.execute(select(ModelVersion).where(ModelVersion.parent_id == version_id)
+                           .order_by(ModelVersion.id)).scalars()
+    return [{"id": m.id, "name": m.name, "version": m.version, "role": m.role, "stage": m.stage,
+             "artifact_sha256": m.artifact_sha256} for m in rows]
 
 
 def _serving_usage(session: Session, version_id: int) -> dict[str, Any]:

@@ -83,7 +83,10 @@ def test_a_pack_verifies_offline_and_carries_what_an_examiner_asks_for(packed: d
         assert action in actions, actions
     assert len([n for n in names if n.startswith("ledger/proofs/")]) == len(events)
     assert risk["tier"] == "high" and risk["validator"] == "carol" and risk["next_review"] == "2099-06-30"
-    assert [a["principal"]["name"] for a in lineage["approvals"]] == ["carol", "alice"]
+    assert [a["principal"]["name"] for a in lineage["approvals"]] == ["carol", "alice"] and lineage["copies"] == []
+    with zipfile.ZipFile(packed["path"]) as zf:
+        strategy = zf.read("strategy.md").decode()
+    assert "Gates it passed**: student fidelity to teacher 0.97 >= 0.95" in strategy and "| 1 |" in strategy
     # the card is Hugging Face card metadata: the Hub's own parser reads its front matter and model-index
     from huggingface_hub import ModelCard
 
