@@ -3,7 +3,6 @@ verifies; a registrant's is refused (403, JSON); a classification needs the risk
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,6 @@ from convergence import governance as gov
 from convergence.platform.db import session_scope
 from tests.people import api_key, person
 from tests.platform.api.conftest import bearer
-
-ROOT = Path(__file__).resolve().parents[3]
-
 
 def test_an_auditor_downloads_a_pack_that_verifies_offline(client: Any, model_file: Path, tmp_path: Path) -> None:
     with session_scope() as s:
@@ -30,7 +26,6 @@ def test_an_auditor_downloads_a_pack_that_verifies_offline(client: Any, model_fi
     assert answer.status_code == 200 and answer.content[:2] == b"PK"
     pack = tmp_path / "alpha.zip"
     pack.write_bytes(answer.content)
-    spec = importlib.util.spec_from_file_location("auditor", ROOT / "governance" / "auditor.py")
-    auditor = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(auditor)  # type: ignore[union-attr]
+    from convergence.governance import auditor
+
     assert auditor.main(["auditor.py", "pack", str(pack), "--pubkey", gov.ledger.verifier_key()]) == 0
