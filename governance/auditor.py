@@ -327,7 +327,10 @@ def pack(path, vkey):
     """An audit pack (`cvg models pack`): the manifest signed by ``vkey``, every file's SHA-256, nothing added,
     the checkpoint signed, and every listed event intact and included in the signed tree."""
     with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
+        listed = zf.namelist()
+        names = set(listed)
+        if len(names) != len(listed):  # two members of one name: a reader could be shown either
+            raise Invalid("the pack holds two files of the same name")
         if not {"manifest.json", "manifest.sig", "ledger/checkpoint.note"} <= names:
             raise Invalid("not an audit pack: manifest.json, manifest.sig or ledger/checkpoint.note is missing")
         body = zf.read("manifest.json")

@@ -123,9 +123,15 @@ def test_an_edit_a_dropped_event_or_another_key_is_detected(packed: dict[str, An
         files["manifest.sig"] = gov.ledger.sign_note(f"convergence audit pack\n{digest}\n", other).encode()
 
     cases = {"edit": (edit_card, "README.md was changed"), "drop": (drop_event, "does not sign this manifest"),
-             "resign": (resign, "not signed by")}
+             "resign": (resign, "not signed by"), "twin": (None, "two files of the same name")}
     for label, (change, fragment) in cases.items():
-        bad = _rewrite(src, tmp_path / f"{label}.zip", change)
+        if change is None:  # a second README.md after the signed one: what a reader extracts is not what was hashed
+            bad = tmp_path / "twin.zip"
+            bad.write_bytes(src.read_bytes())
+            with zipfile.ZipFile(bad, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+                zf.writestr("README.md", b"# a friendlier card\n")
+        else:
+            bad = _rewrite(src, tmp_path / f"{label}.zip", change)
         with pytest.raises(auditor.Invalid, match=fragment):
             auditor.pack(str(bad), key)
         assert auditor.main(["auditor.py", "pack", str(bad), "--pubkey", key]) == 1
