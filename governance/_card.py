@@ -89,8 +89,16 @@ def _decisions(v: dict[str, Any]) -> list[str]:
     return out or ["- none recorded"]
 
 
+def _deployments(v: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    """Stage changes into and out of production, and kill switches on the model's name, by whom and when."""
+    out = [f"- {d['at'][:19]} UTC: {d['from'] or '—'} → {d['to']} by {d['actor']}" for d in v.get("deployments", [])]
+    out += [f"- {e['ts'][:19]} UTC: {e['action']} ({e['subject_id']}) by {e['actor']}: "
+            f"{(e.get('payload') or {}).get('reason', '')}" for e in events if e["action"].startswith("serving.")]
+    return out or ["- never deployed, never killed"]
+
+
 def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, risk: dict[str, Any],
-               reports: list[dict[str, Any]]) -> str:
+               reports: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
     v = chain[0]
     lineage = " → ".join(f"{c['role']} #{c['id']} ({c['name']} v{c['version']}, {c['stage']})" for c in reversed(chain))
     lineage += f" (dataset {(next((c['dataset'] for c in chain if c.get('dataset')), None) or {}).get('name', '—')})"
@@ -123,6 +131,7 @@ def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, 
         f"- run {run.get('id', '—')} ({run.get('pipeline', '—')}), code version {run.get('code_version', '—')}",
         f"- artifact SHA-256 {v['artifact_sha256']}", "", "Gates:", "", *(checks or ["- none recorded"]), "",
         "## Validation and approval", "", *_decisions(v), "",
+        "## Deployments and kill switches", "", *_deployments(v, list(events)), "",
         "## Monitoring", "", *(drift or ["- no drift report yet"]), "",
         "## Risks", "",
         "- Markets and language change: drift checks compare live inputs with the training reference and alert.",

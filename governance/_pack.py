@@ -58,7 +58,8 @@ def build_pack(*, session: Session, principal: Principal, version_id: int, out: 
                                            for e in events).encode()
     for e in events:
         files[f"ledger/proofs/{e['seq']:09d}.json"] = _json(_proof(session, e["seq"], checkpoint.seq))
-    files["README.md"] = _card.model_card(chain=chain, evidence=evidence, risk=risk, reports=reports).encode()
+    files["README.md"] = _card.model_card(chain=chain, evidence=evidence, risk=risk, reports=reports,
+                                          events=events).encode()
     files[_card.SUMMARY_FILE[chain[0]["family"]]] = _card.summary(chain=chain, evidence=evidence).encode()
     files["card.html"] = _cardpage.card_html(chain=chain, evidence=evidence, reports=reports, risk=risk,
                                              usage=usage).encode()

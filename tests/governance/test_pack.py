@@ -90,6 +90,7 @@ def test_a_pack_verifies_offline_and_carries_what_an_examiner_asks_for(packed: d
     results = {r.metric_type: r.metric_value for r in parsed.eval_results}
     assert results["ic"] == pytest.approx(0.031) and results["fidelity"] == pytest.approx(0.97)
     assert "validated** by carol" in card and "approved** by alice" in card and "tier: high" in card
+    assert "approved → production by ops" in card  # deployments and kill switches, from the ledger
 
 
 def _rewrite(src: Path, dest: Path, change: Any) -> Path:
