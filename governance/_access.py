@@ -47,8 +47,8 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
     "audit.rotate_key": (frozenset({"admin"}), "rotate the key that signs the ledger's checkpoints"),
     "principal.manage": (frozenset({"admin"}), "manage principals, roles and API keys"),
     "principal.read": (frozenset({"admin", "auditor"}), "list principals, roles and API keys"),
-    "model.pack": (frozenset({"auditor", "admin", "validator", "approver", "risk"}),
-                   "build a model version's audit pack"),
+    # the pack carries whole ledger events and principals' identities: the roles that may read the trail
+    "model.pack": (frozenset({"auditor", "admin"}), "build a model version's audit pack"),
     "model.classify": (frozenset({"risk", "admin"}), "set a model's materiality tier and model-risk fields"),
     "retention.read": (_ANY, "read retention policies"),
     "retention.manage": (frozenset({"admin"}), "set retention policies"),

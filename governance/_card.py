@@ -39,9 +39,18 @@ def _yaml(value: Any, indent: int = 0) -> str:
 
 
 def _scalar(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        return json.dumps(v)
-    return json.dumps(v, ensure_ascii=False, default=str)
+    """JSON in ASCII: a valid YAML scalar whatever the text holds (U+FFFE, line separators, quotes)."""
+    return json.dumps(v, ensure_ascii=True, default=str)
+
+
+_MARKDOWN = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>#|!"})
+
+
+def _t(value: Any, most: int = 300) -> str:
+    """Free text (names, reasons) as one inert line of markdown: whitespace of any kind folded, markdown and
+    HTML characters escaped, cut to ``most`` characters. Nothing typed into the registry becomes structure."""
+    text = " ".join(str(value if value is not None else "—").split())[:most]
+    return "".join(c for c in text if c.isprintable()).translate(_MARKDOWN)
 
 
 def _metrics(chain: list[dict[str, Any]], evidence: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -50,15 +59,18 @@ def _metrics(chain: list[dict[str, Any]], evidence: dict[str, Any] | None) -> li
         return []
     if v["family"] == "trading":
         key = {"teacher": "teacher", "quantized": "int8"}.get(v["role"], "student")
-        hold = (evidence.get("holdout") or {}).get(key) or {}
+        holdout = evidence.get("holdout") if isinstance(evidence.get("holdout"), dict) else {}
+        hold = holdout.get(key) if isinstance(holdout.get(key), dict) else {}
         names = {"ic": "Information coefficient (holdout)", "hit_rate": "Hit rate (holdout)",
                  "sharpe": "Sharpe ratio after costs (holdout, annualized)", "fidelity": "Fidelity to the teacher",
                  "max_drawdown": "Maximum drawdown (holdout)"}
-        return [{"type": k, "value": round(float(hold[k]), 6), "name": n} for k, n in names.items() if k in hold]
+        return [{"type": k, "value": round(float(hold[k]), 6), "name": n} for k, n in names.items()
+                if isinstance(hold.get(k), (int, float)) and not isinstance(hold.get(k), bool)]
     key = "teacher" if v["role"] == "teacher" else "student"
-    ppl = (evidence.get("perplexity") or {}).get(key) or {}
-    return [{"type": "perplexity", "value": round(float(val), 3), "name": f"Perplexity ({split})"}
-            for split, val in ppl.items()]
+    perplexity = evidence.get("perplexity") if isinstance(evidence.get("perplexity"), dict) else {}
+    ppl = perplexity.get(key) if isinstance(perplexity.get(key), dict) else {}
+    return [{"type": "perplexity", "value": round(float(val), 3), "name": f"Perplexity ({str(split)[:40]})"}
+            for split, val in ppl.items() if isinstance(val, (int, float)) and not isinstance(val, bool)]
 
 
 def front_matter(chain: list[dict[str, Any]], evidence: dict[str, Any] | None) -> dict[str, Any]:
@@ -84,28 +96,30 @@ def _decisions(v: dict[str, Any]) -> list[str]:
     out = []
     for a in v.get("approvals", []):
         who = a.get("principal") or {}
-        ident = f"{who.get('name', a['actor'])} ({who.get('kind', '?')}, {who.get('issuer', '?')} / {who.get('subject', '?')})"
-        out.append(f"- **{a['decision']}** by {ident} at {a['at']}: {a['reason']}")
+        ident = (f"{_t(who.get('name', a['actor']))} ({_t(who.get('kind', '?'))}, {_t(who.get('issuer', '?'))} / "
+                 f"{_t(who.get('subject', '?'))})")
+        out.append(f"- **{_t(a['decision'])}** by {ident} at {_t(a['at'])}: {_t(a['reason'])}")
     return out or ["- none recorded"]
 
 
 def _deployments(v: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
     """Stage changes into and out of production, and kill switches on the model's name, by whom and when."""
-    out = [f"- {d['at'][:19]} UTC: {d['from'] or '—'} → {d['to']} by {d['actor']}" for d in v.get("deployments", [])]
-    out += [f"- {e['ts'][:19]} UTC: {e['action']} ({e['subject_id']}) by {e['actor']}: "
-            f"{(e.get('payload') or {}).get('reason', '')}" for e in events if e["action"].startswith("serving.")]
+    out = [f"- {_t(d['at'][:19])} UTC: {_t(d['from'])} → {_t(d['to'])} by {_t(d['actor'])}"
+           for d in v.get("deployments", [])]
+    out += [f"- {_t(e['ts'][:19])} UTC: {_t(e['action'])} ({_t(e['subject_id'])}) by {_t(e['actor'])}: "
+            f"{_t((e.get('payload') or {}).get('reason', ''))}" for e in events if e["action"].startswith("serving.")]
     return out or ["- never deployed, never killed"]
 
 
 def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, risk: dict[str, Any],
                reports: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
     v = chain[0]
-    lineage = " → ".join(f"{c['role']} #{c['id']} ({c['name']} v{c['version']}, {c['stage']})" for c in reversed(chain))
-    lineage += f" (dataset {(next((c['dataset'] for c in chain if c.get('dataset')), None) or {}).get('name', '—')})"
-    gates = (evidence or {}).get("gates") or {}
-    checks = [f"- {c['check']}: {c['value']:.4g} {c['op']} {c['threshold']} — {'pass' if c['passed'] else 'FAIL'}"
-              for c in gates.get("checks", [])]
-    drift = [f"- report {r['id']} ({r['window_start'][:16]} → {r['window_end'][:16]}, {r['rows']:,} rows): "
+    lineage = " → ".join(f"{_t(c['role'])} #{c['id']} ({_t(c['name'])} v{c['version']}, {_t(c['stage'])})"
+                         for c in reversed(chain))
+    lineage += f" (dataset {_t((next((c['dataset'] for c in chain if c.get('dataset')), None) or {}).get('name'))})"
+    checks = [f"- {_t(c.get('check'))}: {_t(c.get('value'))} {_t(c.get('op'))} {_t(c.get('threshold'))} — "
+              f"{'pass' if c.get('passed') is True else 'FAIL'}" for c in _gate_checks(evidence)]
+    drift = [f"- report {r['id']} ({_t(r['window_start'][:16])} → {_t(r['window_end'][:16])}, {r['rows']:,} rows): "
              f"{'DRIFT' if r['drifted'] else 'no drift'}, share {r['drift_share']:.2f}" for r in reports]
     run = next((c.get("run") for c in chain if c.get("run")), None) or {}
     intended = ("ranks the next few bars' return of the E-mini S&P 500 future from recent trade prints, for a "
@@ -114,7 +128,7 @@ def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, 
                 "model for experiments and monitoring, not for facts or advice")
     return "\n".join([
         "---", _yaml(front_matter(chain, evidence)), "---", "",
-        f"# {v['name']} version {v['version']} ({v['family']}, {v['role']})", "",
+        f"# {_t(v['name'])} version {v['version']} ({_t(v['family'])}, {_t(v['role'])})", "",
         "Generated from the convergence registry and ledger; nothing here was typed by hand. "
         "`manifest.json` lists every file's SHA-256 and `manifest.sig` signs it with the control plane's key.", "",
         "## Intended use", "", f"This model {intended}. Stage now: **{v['stage']}**.", "",
@@ -124,12 +138,12 @@ def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, 
         "- A kill switch stops it on every replica; its approver fixed what it answers then "
         f"(safe output: {v.get('safe_output')}).", "",
         "## Model risk", "",
-        f"- materiality tier: {risk.get('tier') or 'not classified'}; owner: {risk.get('owner') or '—'}; "
-        f"validator: {risk.get('validator') or '—'}; next review: {risk.get('next_review') or '—'}", "",
+        f"- materiality tier: {_t(risk.get('tier') or 'not classified')}; owner: {_t(risk.get('owner'))}; "
+        f"validator: {_t(risk.get('validator'))}; next review: {_t(risk.get('next_review'))}", "",
         "## Training and evaluation", "",
         f"- lineage: {lineage}",
-        f"- run {run.get('id', '—')} ({run.get('pipeline', '—')}), code version {run.get('code_version', '—')}",
-        f"- artifact SHA-256 {v['artifact_sha256']}", "", "Gates:", "", *(checks or ["- none recorded"]), "",
+        f"- run {_t(run.get('id'))} ({_t(run.get('pipeline'))}), code version {_t(run.get('code_version'))}",
+        f"- artifact SHA-256 {_t(v['artifact_sha256'])}", "", "Gates:", "", *(checks or ["- none recorded"]), "",
         "## Validation and approval", "", *_decisions(v), "",
         "## Deployments and kill switches", "", *_deployments(v, list(events)), "",
         "## Monitoring", "", *(drift or ["- no drift report yet"]), "",
@@ -140,35 +154,57 @@ def model_card(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, 
     ])
 
 
+def _gate_checks(evidence: dict[str, Any] | None) -> list[dict[str, Any]]:
+    gates = (evidence or {}).get("gates")
+    checks = gates.get("checks") if isinstance(gates, dict) else None
+    return [c for c in checks if isinstance(c, dict)] if isinstance(checks, list) else []
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _folds(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    wf = evidence.get("walk_forward")
+    folds = wf.get("folds") if isinstance(wf, dict) else None
+    return [f for f in folds if isinstance(f, dict)] if isinstance(folds, list) else []
+
+
 def summary(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None) -> str:
     """For trading, the plain-language strategy summary with the walk-forward table; for language, the corpus,
-    held-out perplexities and fixed-seed samples."""
+    held-out perplexities and fixed-seed samples. Evidence of any shape renders (missing values show as —)."""
     v, e = chain[0], evidence or {}
     if v["family"] == "trading":
-        cfg = e.get("config", {})
-        feats = cfg.get("features", {})
-        rows = [f"| {f['fold']} | {f['test_start'][:19]} | {f['rows']:,} | {f['student']['ic']:.4f} | "
-                f"{f['student']['hit_rate']:.3f} | {f['student'].get('fidelity', float('nan')):.3f} |"
-                for f in (e.get("walk_forward") or {}).get("folds", [])]
+        feats = (e.get("config") or {}).get("features") or {} if isinstance(e.get("config"), dict) else {}
+        feats = feats if isinstance(feats, dict) else {}
+        rows = []
+        for f in _folds(e):
+            student = f.get("student") if isinstance(f.get("student"), dict) else {}
+            rows.append(f"| {_t(f.get('fold'))} | {_t(str(f.get('test_start', ''))[:19])} | {_num(f.get('rows'), ',')} | "
+                        f"{_num(student.get('ic'), '.4f')} | {_num(student.get('hit_rate'), '.3f')} | "
+                        f"{_num(student.get('fidelity'), '.3f')} |")
+        passed = "; ".join(f"{_t(c.get('check'))} {_num(c.get('value'), '.4g')} {_t(c.get('op'))} {_t(c.get('threshold'))}"
+                           for c in _gate_checks(e) if c.get("passed") is True) or "none recorded"
+        features = e.get("features") if isinstance(e.get("features"), list) else []
         return "\n".join([
-            f"# Strategy summary: {v['name']} v{v['version']}", "",
-            f"- **Inputs**: {len(e.get('features', []))} features from {feats.get('bar', 'volume')} bars of "
-            f"{feats.get('bar_size', '?')} contracts: lagged returns, volatility, order-flow imbalance.",
-            f"- **Horizon**: the return over the next {feats.get('horizon', '?')} bars.",
+            f"# Strategy summary: {_t(v['name'])} v{v['version']}", "",
+            f"- **Inputs**: {len(features)} features from {_t(feats.get('bar', 'volume'))} bars of "
+            f"{_t(feats.get('bar_size', '?'))} contracts: lagged returns, volatility, order-flow imbalance.",
+            f"- **Horizon**: the return over the next {_t(feats.get('horizon', '?'))} bars.",
             "- **Output**: a forecast of that return; its sign is the side, its size the conviction. It places no "
             "order itself.",
-            "- **Gates it passed**: " + ("; ".join(f"{c['check']} {c['value']:.4g} {c['op']} {c['threshold']}"
-                                                   for c in (e.get("gates") or {}).get("checks", []) if c["passed"])
-                                         or "none recorded") + ".",
+            f"- **Gates it passed**: {passed}.",
             "- **Must not be used**: on other instruments, other sessions or with other bar sizes without a new "
             "validation; when its kill switch is on; as the only control on order size.", "",
             "## Walk-forward (student, out of sample)", "",
             "| fold | test from | rows | IC | hit rate | fidelity |", "|---|---|---|---|---|---|", *rows, ""])
-    corpus, ppl = e.get("corpus", {}), e.get("perplexity", {})
-    samples = (e.get("samples") or {}).get("student") or []
+    corpus = e.get("corpus") if isinstance(e.get("corpus"), dict) else {}
+    ppl = e.get("perplexity") if isinstance(e.get("perplexity"), dict) else {}
+    samples = (e.get("samples") or {}).get("student") if isinstance(e.get("samples"), dict) else []
     return "\n".join([
-        f"# Language model summary: {v['name']} v{v['version']}", "",
-        f"- **Corpus**: {corpus.get('source', '?')}; held out: {corpus.get('split', '?')}",
-        *[f"- **Perplexity** {k}: " + ", ".join(f"{s} {p:.1f}" for s, p in d.items()) for k, d in ppl.items()], "",
+        f"# Language model summary: {_t(v['name'])} v{v['version']}", "",
+        f"- **Corpus**: {_t(corpus.get('source', '?'))}; held out: {_t(corpus.get('split', '?'))}",
+        *[f"- **Perplexity** {_t(k)}: " + ", ".join(f"{_t(sp)} {_num(p, '.1f')}" for sp, p in d.items())
+          for k, d in ppl.items() if isinstance(d, dict)], "",
         "## Fixed-seed samples (student)", "",
-        *[f"- {json.dumps(s, ensure_ascii=False)[:400]}" for s in samples], ""])
+        *[f"- {_t(s, 400)}" for s in (samples if isinstance(samples, list) else [])], ""])

@@ -91,12 +91,18 @@ def timeline_svg(stages: list[dict[str, Any]], *, title: str) -> str:
             f'<line x1="{PAD}" x2="{W - 80}" y1="100" y2="100" stroke="#57606a"/>{dots}</svg>')
 
 
-def _equity(evidence: dict[str, Any]) -> tuple[list[float], list[int]]:
+def _number(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _equity(folds: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
     """The folds' equity curves chained into one, and where each fold starts."""
     out: list[float] = []
     breaks = []
-    for fold in (evidence.get("walk_forward") or {}).get("folds", []):
-        curve = fold.get("equity") or []
+    for fold in folds:
+        curve = [float(v) for v in fold.get("equity") or [] if _number(v)] if isinstance(fold.get("equity"), list) else []
         base = out[-1] if out else 0.0
         if out:
             breaks.append(len(out))
@@ -109,17 +115,21 @@ def card_html(*, chain: list[dict[str, Any]], evidence: dict[str, Any] | None, r
     v, e = chain[0], evidence or {}
     figures = []
     if v["family"] == "trading":
-        equity, breaks = _equity(e)
-        folds = (e.get("walk_forward") or {}).get("folds", [])
+        from convergence.governance._card import _folds
+
+        folds = _folds(e)
+        equity, breaks = _equity(folds)
         figures.append(("Walk-forward equity (student, net of costs; dashed: fold boundaries)",
                         line_svg(equity, title="walk-forward equity", breaks=breaks)))
+        ics = [(f"fold {f.get('fold')}", float(f["student"]["ic"])) for f in folds
+               if isinstance(f.get("student"), dict) and _number(f["student"].get("ic"))]
         figures.append(("Information coefficient per fold (student, out of sample)",
-                        bar_svg([f"fold {f['fold']}" for f in folds], [f["student"]["ic"] for f in folds],
-                                title="IC per fold")))
+                        bar_svg([k for k, _ in ics], [x for _, x in ics], title="IC per fold")))
     names = sorted({c for r in reports for c in r["columns"]})
     cols = [f"#{r['id']} {r['window_end'][5:16]}" for r in reports]
-    cells = {(c, col): (r["columns"][c].get("statistic", 0.0), bool(r["columns"][c].get("drifted")))
-             for r, col in zip(reports, cols, strict=True) for c in r["columns"]}
+    cells = {(c, col): (float(r["columns"][c].get("statistic", 0.0)) if _number(r["columns"][c].get("statistic"))
+                        else 0.0, bool(r["columns"][c].get("drifted")))
+             for r, col in zip(reports, cols, strict=True) for c in r["columns"] if isinstance(r["columns"][c], dict)}
     figures.append(("Drift per column over time (red: drifted; darker: larger statistic)",
                     heat_svg(names, cols, cells, title="drift per column")))
     steps = ((usage.get(str(v["id"])) or next((u for u in usage.values() if u), None) or {}).get("steps") or {})

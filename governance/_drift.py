@@ -339,14 +339,16 @@ def drift_history(*, session: Session, name: str, limit: int = 50) -> list[Drift
 
 
 def report_html_path(report: DriftReport) -> Path | None:
-    """A readable copy of the Evidently HTML (CVG_HOME/reports/drift-ID.html) for a person to open."""
+    """A readable copy of the Evidently HTML (CVG_HOME/reports/drift-ID-SHA.html) for a person to open."""
     if not report.evidently_html_uri:
         return None
     import shutil
 
     # Content-addressed: the blob's file name is its SHA-256, so fetching it re-checks the bytes.
-    blob = get_artifact_store().fetch(report.evidently_html_uri, sha256=report.evidently_html_uri.rsplit("/", 1)[-1])
-    target = get_settings().home / "reports" / f"drift-{report.id}.html"
+    sha = report.evidently_html_uri.rsplit("/", 1)[-1]
+    blob = get_artifact_store().fetch(report.evidently_html_uri, sha256=sha)
+    # Named by the report and its blob: a report id reused after retention never finds another's copy.
+    target = get_settings().home / "reports" / f"drift-{report.id}-{sha[:16]}.html"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(blob, target)

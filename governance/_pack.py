@@ -29,18 +29,32 @@ FORMAT = "convergence.pack.v1"
 SIGNED_TEXT = "convergence audit pack"
 
 
-def build_pack(*, session: Session, principal: Principal, version_id: int, out: Path) -> dict[str, Any]:
-    """Write the pack of ``version_id`` to ``out`` (a zip); returns its manifest. Takes a signed checkpoint
-    first when the newest events about the version are not covered by one yet (as the system, audited)."""
+def build_pack(*, principal: Principal, version_id: int, out: Path) -> dict[str, Any]:
+    """Write the pack of ``version_id`` to ``out`` (a zip); returns its manifest. Owns its transactions: when
+    the newest events about the version are not covered by a checkpoint signed with the current key, one is
+    signed and committed first (as the system, audited), so a pack that fails later leaves nothing published
+    that the ledger does not hold."""
+    from convergence.governance._queries import lineage
+    from convergence.platform.db import session_scope
+
+    with session_scope() as session:
+        require(session=session, principal=principal, permission="model.pack",
+                subject=Subject("model_version", str(version_id)))
+        chain = _chain(lineage(session=session, version_id=version_id))
+        _covering_checkpoint(session, _newest_event(session, chain))
+    with session_scope(write=False) as session:
+        return _build(session, principal, version_id, out)
+
+
+def _build(session: Session, principal: Principal, version_id: int, out: Path) -> dict[str, Any]:
     from convergence.governance import _card, _cardpage
+    from convergence.governance._checkpoints import latest
     from convergence.governance._queries import lineage
 
-    require(session=session, principal=principal, permission="model.pack",
-            subject=Subject("model_version", str(version_id)))
     tree = lineage(session=session, version_id=version_id)
     chain = _chain(tree)
     _name_principals(session, chain)
-    checkpoint = _covering_checkpoint(session, _newest_event(session, chain))
+    checkpoint = latest(session=session, signed=True)
     events = _events(session, chain, checkpoint.seq)
     files: dict[str, bytes] = {}
     evidence = _evidence(chain)
@@ -48,14 +62,13 @@ def build_pack(*, session: Session, principal: Principal, version_id: int, out: 
         files["evidence/evidence.json"] = _json(evidence)
     reports = _drift(session, chain, files)
     risk = classification(session=session, name=chain[0]["name"])
-    files["lineage.json"] = _json({**tree, "copies": _copies(session, version_id)})
+    files["lineage.json"] = _json(_without_locations({**tree, "copies": _copies(session, version_id)}))
     files["model-risk.json"] = _json(risk)
     usage = {str(v["id"]): v.get("usage") for v in chain}
     files["usage.json"] = _json({"runs": usage, "serving": _serving_usage(session, chain[0]["id"])})
     files["drift/reports.json"] = _json(reports)
     files["ledger/checkpoint.note"] = checkpoint.note.encode()
-    files["ledger/events.jsonl"] = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n"
-                                           for e in events).encode()
+    files["ledger/events.jsonl"] = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events).encode()
     for e in events:
         files[f"ledger/proofs/{e['seq']:09d}.json"] = _json(_proof(session, e["seq"], checkpoint.seq))
     files["README.md"] = _card.model_card(chain=chain, evidence=evidence, risk=risk, reports=reports,
@@ -143,18 +156,27 @@ def _name_principals(session: Session, chain: list[dict[str, Any]]) -> None:
 
 
 def _covering_checkpoint(session: Session, newest: int) -> Any:
-    """The latest signed checkpoint if it covers event ``newest``, else a new one made by the system."""
+    """The latest signed checkpoint if it covers event ``newest`` and the current key signed it (the manifest
+    is signed with that key: one key verifies the whole pack), else a new one made by the system."""
     from convergence.governance import _checkpoints
     from convergence.governance._identity import system_principal
 
     latest = _checkpoints.latest(session=session, signed=True)
-    if latest is not None and latest.seq >= newest:
+    if latest is not None and latest.seq >= newest and latest.key == _checkpoints.signer().verifier_key():
         return latest
     return _checkpoints._make(session, system_principal(session=session, name="audit-pack"))
 
 
-def _subjects(chain: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    out = set()
+def _subjects(session: Session, chain: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Whose events the pack holds: each version and its name, run and dataset, and the version's drift
+    reports and the alerts raised about it."""
+    from convergence.governance._models import Alert
+
+    first = chain[0]["id"]
+    out = {("drift_report", str(i)) for i in session.execute(
+        select(DriftReport.id).where(DriftReport.model_version_id == first)).scalars()}
+    out |= {("alert", str(i)) for i in session.execute(select(Alert.id).where(
+        Alert.subject_type == "model_version", Alert.subject_id == str(first))).scalars()}
     for v in chain:
         out |= {("model_version", str(v["id"])), ("model", v["name"])}
         if v.get("run"):
@@ -164,21 +186,22 @@ def _subjects(chain: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return out
 
 
-def _where(chain: list[dict[str, Any]]) -> Any:
+def _where(session: Session, chain: list[dict[str, Any]]) -> Any:
     from sqlalchemy import and_, or_
 
-    return or_(*(and_(AuditEvent.subject_type == t, AuditEvent.subject_id == i) for t, i in sorted(_subjects(chain))))
+    return or_(*(and_(AuditEvent.subject_type == t, AuditEvent.subject_id == i)
+                 for t, i in sorted(_subjects(session, chain))))
 
 
 def _newest_event(session: Session, chain: list[dict[str, Any]]) -> int:
     from sqlalchemy import func
 
-    return int(session.execute(select(func.max(AuditEvent.seq)).where(_where(chain))).scalar() or 0)
+    return int(session.execute(select(func.max(AuditEvent.seq)).where(_where(session, chain))).scalar() or 0)
 
 
 def _events(session: Session, chain: list[dict[str, Any]], up_to: int) -> list[dict[str, Any]]:
     """Every event about the version, its ancestors, their names, runs and datasets, up to the checkpoint."""
-    rows = session.execute(select(AuditEvent).where(_where(chain), AuditEvent.seq <= up_to)
+    rows = session.execute(select(AuditEvent).where(_where(session, chain), AuditEvent.seq <= up_to)
                            .order_by(AuditEvent.seq)).scalars()
     return [Event.of(r).to_dict() for r in rows]
 
@@ -189,32 +212,46 @@ def _proof(session: Session, seq: int, size: int) -> dict[str, Any]:
     return prove(session=session, seq=seq, size=size)
 
 
-def _evidence(chain: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's evidence (walk-forward, holdout, gates; or perplexities and samples), from the nearest version
-    that recorded it, fetched and SHA-checked."""
-    from convergence.governance._artifacts import get_artifact_store
+MAX_EVIDENCE_BYTES = 64 << 20
 
+
+def _evidence(chain: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's evidence (walk-forward, holdout, gates; or perplexities and samples) from the nearest version
+    that recorded it: looked up in the artifact store by its SHA-256 only (never a path a registrant wrote),
+    SHA-checked, at most 64 MiB; evidence that is missing or not a JSON object is left out."""
+    from convergence.governance._artifacts import get_artifact_store
+    from convergence.platform.errors import ConvergenceError
+
+    store = get_artifact_store()
     for v in chain:
-        params = v.get("params") or {}
-        if params.get("evidence_uri") and params.get("evidence_sha256"):
-            path = get_artifact_store().fetch(params["evidence_uri"], sha256=params["evidence_sha256"])
-            return dict(json.loads(path.read_text()))
+        sha = (v.get("params") or {}).get("evidence_sha256")
+        if not isinstance(sha, str):
+            continue
+        try:
+            stored = store.locate(sha)
+            if stored.size > MAX_EVIDENCE_BYTES:
+                return None
+            data = json.loads(store.fetch(stored.uri, sha256=sha).read_bytes())
+        except (ConvergenceError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
     return None
 
 
 def _drift(session: Session, chain: list[dict[str, Any]], files: dict[str, bytes]) -> list[dict[str, Any]]:
     """Drift reports of the version (with Evidently's HTML in the pack), oldest first."""
-    from convergence.governance._drift import report_html_path, report_to_dict
+    from convergence.governance._artifacts import get_artifact_store
+    from convergence.governance._drift import report_to_dict
 
     rows = session.execute(select(DriftReport).where(DriftReport.model_version_id == chain[0]["id"])
                            .order_by(DriftReport.created_at, DriftReport.id)).scalars().all()
     out = []
     for r in rows:
-        shown = report_to_dict(r)
-        html = report_html_path(r)
-        if html is not None:
+        shown = {**_without_locations(report_to_dict(r)), "evidently_html": None}
+        if r.evidently_html_uri:  # the stored blob itself, checked against its name (its SHA-256)
+            blob = get_artifact_store().fetch(r.evidently_html_uri, sha256=r.evidently_html_uri.rsplit("/", 1)[-1])
             shown["evidently_html"] = f"drift/report-{r.id}.html"
-            files[shown["evidently_html"]] = html.read_bytes()
+            files[shown["evidently_html"]] = blob.read_bytes()
         out.append(shown)
     return out
 
@@ -252,8 +289,21 @@ def _serving_usage(session: Session, version_id: int) -> dict[str, Any]:
     return out
 
 
+_LOCATIONS = {"artifact_uri", "uri", "evidence_uri", "evidently_html_uri", "evidently_json_uri", "html_report",
+              "evidently_json"}
+
+
+def _without_locations(data: Any) -> Any:
+    """The same data without where things lie on the server (file:// paths): hashes name them in a pack."""
+    if isinstance(data, dict):
+        return {k: _without_locations(v) for k, v in data.items() if k not in _LOCATIONS}
+    if isinstance(data, list):
+        return [_without_locations(v) for v in data]
+    return data
+
+
 def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n").encode()
+    return (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def _write(out: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:

@@ -48,11 +48,16 @@ def _record_class(name: str) -> RecordClass:
     return CLASSES[name]
 
 
+DEFAULT_MINIMUM_DAYS = 183  # six months: the EU AI Act's Art. 19 for the logs of a high-risk system
+
+
 def minimum_days(record_class: str) -> int:
-    """The legal minimum configured for a class (CVG_RETENTION_MINIMUM_DAYS, a JSON object of class → days)."""
+    """The legal minimum configured for a class (CVG_RETENTION_MINIMUM_DAYS, a JSON object of class → days);
+    a class the configuration leaves out keeps the default six months, never none."""
     from convergence.platform.settings import get_settings
 
-    return int(get_settings().retention_minimum_days.get(record_class, 0))
+    configured = get_settings().retention_minimum_days
+    return int(configured.get(record_class, DEFAULT_MINIMUM_DAYS))
 
 
 def policies(*, session: Session, principal: Principal) -> list[dict[str, Any]]:
@@ -105,8 +110,9 @@ def apply(*, session: Session, principal: Principal, now: dt.datetime | None = N
     cutoff = {name: now - dt.timedelta(days=d) for name, d in days.items()}
     if not dry_run:
         serialize_writes(session=session)
+    usage_cutoff = min(cutoff["usage"], _open_budgets_start(session, now))  # an open budget still sums them
     found = {"prediction_log": _rows(session, PredictionLog, PredictionLog.ts, cutoff["prediction_log"], dry_run),
-             "usage": _rows(session, Usage, Usage.created_at, cutoff["usage"], dry_run)}
+             "usage": _rows(session, Usage, Usage.created_at, usage_cutoff, dry_run)}
     reports, report_blobs = _drift_reports(session, cutoff["drift_reports"])
     versions, artifact_blobs = _ended_artifacts(session, cutoff["artifacts"])
     blobs = sorted(_unreferenced(session, report_blobs | artifact_blobs, versions=versions, reports=reports))
@@ -119,8 +125,16 @@ def apply(*, session: Session, principal: Principal, now: dt.datetime | None = N
     if not dry_run:
         append(session=session, principal=principal, action="retention.applied", subject=Subject("retention", "all"),
                payload=summary)
-        _discard_after_commit(session, blobs)
+        _discard_after_commit(session, blobs, reports)
     return summary
+
+
+def _open_budgets_start(session: Session, now: dt.datetime) -> dt.datetime:
+    """The start of the earliest budget period not yet over: usage since then still counts against a limit."""
+    from convergence.governance._models import Budget
+
+    start = session.execute(select(func.min(Budget.period_start)).where(Budget.period_end > now)).scalar()
+    return start if start is not None else now
 
 
 def _rows(session: Session, table: Any, column: Any, cutoff: dt.datetime, dry_run: bool) -> int:
@@ -139,13 +153,20 @@ def _drift_reports(session: Session, cutoff: dt.datetime) -> tuple[list[int], se
 
 def _ended_artifacts(session: Session, cutoff: dt.datetime) -> tuple[list[int], set[str]]:
     """Versions retired or rejected before ``cutoff`` (their last stage change), and their artifacts' SHA-256.
-    Their rows stay: the registry, the ledger and lineage still name them; only the bytes go."""
+    Their rows stay: the registry, the ledger and lineage still name them; only the bytes go. The version
+    each name's rollback would restore (its most recently retired) keeps its bytes, however old."""
     last = (select(StageTransition.model_version_id, func.max(StageTransition.at).label("at"))
             .group_by(StageTransition.model_version_id).subquery())
-    rows = session.execute(select(ModelVersion.id, ModelVersion.artifact_sha256)
-                           .join(last, last.c.model_version_id == ModelVersion.id)
-                           .where(ModelVersion.stage.in_(ENDED), last.c.at < cutoff)).all()
-    return [r.id for r in rows], {r.artifact_sha256 for r in rows if r.artifact_sha256}
+    rows = session.execute(select(ModelVersion.id, ModelVersion.name, ModelVersion.stage, ModelVersion.artifact_sha256,
+                                  last.c.at).join(last, last.c.model_version_id == ModelVersion.id)
+                           .where(ModelVersion.stage.in_(ENDED))).all()
+    fallback: dict[str, tuple[dt.datetime, int]] = {}
+    for r in rows:
+        if r.stage == "retired" and (r.name not in fallback or r.at > fallback[r.name][0]):
+            fallback[r.name] = (r.at, r.id)
+    keep = {version for _, version in fallback.values()}
+    ended = [r for r in rows if r.at < cutoff and r.id not in keep]
+    return [r.id for r in ended], {r.artifact_sha256 for r in ended if r.artifact_sha256}
 
 
 def _unreferenced(session: Session, blobs: set[str], *, versions: list[int], reports: list[int]) -> set[str]:
@@ -161,17 +182,23 @@ def _unreferenced(session: Session, blobs: set[str], *, versions: list[int], rep
     return blobs - live
 
 
-def _discard_after_commit(session: Session, blobs: list[str]) -> None:
-    """Remove the blobs once the deletions are committed (a rollback leaves every byte where it was)."""
-    if not blobs:
+def _discard_after_commit(session: Session, blobs: list[str], reports: list[int]) -> None:
+    """Remove the blobs, and the readable copies of deleted drift reports, once the deletions are committed
+    (a rollback leaves every byte where it was)."""
+    if not blobs and not reports:
         return
     from sqlalchemy import event
 
     from convergence.governance._artifacts import get_artifact_store
+    from convergence.platform.settings import get_settings
 
     def discard(_: Any) -> None:
         store = get_artifact_store()
         for sha in blobs:
             store.discard(sha)
+        copies = get_settings().home / "reports"
+        for report in reports:
+            for copy in copies.glob(f"drift-{report}-*.html"):
+                copy.unlink(missing_ok=True)
 
     event.listen(session, "after_commit", discard, once=True)

@@ -202,8 +202,7 @@ class RegistryOps(OperationsBase):
         fd, name = tempfile.mkstemp(dir=home, prefix=".pack-", suffix=".zip")
         os.close(fd)
         try:
-            with self.writing() as session:
-                gov.pack.build_pack(session=session, principal=self.principal, version_id=version_id, out=Path(name))
+            gov.pack.build_pack(principal=self.principal, version_id=version_id, out=Path(name))
         except BaseException:
             os.unlink(name)
             raise

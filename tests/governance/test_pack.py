@@ -42,11 +42,12 @@ def packed(db_url: str, model_file: Path, evidence_file: Path, tmp_path: Path) -
                                 params={"evidence_uri": stored.uri, "evidence_sha256": stored.sha256})
     with session_scope() as s:
         gov.validate(session=s, principal=person("carol"), version_id=mv.id, evidence=evidence_file, reason="reviewed")
-        gov.approve(session=s, principal=person("alice"), version_id=mv.id, reason="meets policy", safe_output=0.0)
+        gov.approve(session=s, principal=person("alice"), version_id=mv.id, safe_output=0.0,
+                    reason="meets policy\u2028## approved by the CRO <img src=x onerror=alert(1)>")
         gov.promote(session=s, principal=person("ops"), version_id=mv.id)
     with session_scope() as s:
         gov.pack.classify(session=s, principal=person("risk"), name="alpha", tier="high", owner="quant",
-                          validator="carol", next_review="2099-06-30", reason="desk signal, material")
+                          validator="carol", next_review="2099-06-30", reason="desk signal,\u2029material \ufffe")
     import datetime as dt
 
     at = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
@@ -56,8 +57,7 @@ def packed(db_url: str, model_file: Path, evidence_file: Path, tmp_path: Path) -
                                        "ret_2": {"statistic": 0.02, "drifted": False}},
                               drift_share=0.5, drifted=True, created_at=at, created_by="monitor"))
     out = tmp_path / "alpha.zip"
-    with session_scope() as s:
-        manifest = gov.pack.build_pack(session=s, principal=person("auditor"), version_id=mv.id, out=out)
+    manifest = gov.pack.build_pack(principal=person("auditor"), version_id=mv.id, out=out)
     return {"path": out, "manifest": manifest, "version": mv.id, "key": gov.ledger.verifier_key()}
 
 
@@ -81,7 +81,7 @@ def test_a_pack_verifies_offline_and_carries_what_an_examiner_asks_for(packed: d
     assert [a["principal"]["name"] for a in lineage["approvals"]] == ["carol", "alice"] and lineage["copies"] == []
     with zipfile.ZipFile(packed["path"]) as zf:
         strategy = zf.read("strategy.md").decode()
-    assert "Gates it passed**: student fidelity to teacher 0.97 >= 0.95" in strategy and "| 1 |" in strategy
+    assert "Gates it passed**: student fidelity to teacher 0.97 \\>= 0.95" in strategy and "| 1 |" in strategy
     # the card is Hugging Face card metadata: the Hub's own parser reads its front matter and model-index
     from huggingface_hub import ModelCard
 
@@ -91,6 +91,10 @@ def test_a_pack_verifies_offline_and_carries_what_an_examiner_asks_for(packed: d
     assert results["ic"] == pytest.approx(0.031) and results["fidelity"] == pytest.approx(0.97)
     assert "validated** by carol" in card and "approved** by alice" in card and "tier: high" in card
     assert "approved → production by ops" in card  # deployments and kill switches, from the ledger
+    # text typed into the registry stays text: no heading, no HTML, one line; the front matter stays YAML
+    assert "\n## approved by the CRO" not in card and " <img" not in card and "\u2028" not in card
+    assert "\\<img src" in card  # escaped: markdown shows the characters, renders no tag
+    assert "\\#\\# approved by the CRO" in card
 
 
 def _rewrite(src: Path, dest: Path, change: Any) -> Path:
@@ -139,8 +143,9 @@ def test_an_edit_a_dropped_event_or_another_key_is_detected(packed: dict[str, An
 
 
 def test_only_the_review_roles_pack_and_classification_is_checked(packed: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(Forbidden, match="model.pack"), session_scope() as s:
-        gov.pack.build_pack(session=s, principal=person("quant"), version_id=packed["version"], out=tmp_path / "x.zip")
+    for who in ("quant", "carol"):  # the pack holds whole ledger events: only who may read the trail builds one
+        with pytest.raises(Forbidden, match="model.pack"):
+            gov.pack.build_pack(principal=person(who), version_id=packed["version"], out=tmp_path / "x.zip")
     with pytest.raises(Forbidden, match="model.classify"), session_scope() as s:
         gov.pack.classify(session=s, principal=person("quant"), name="alpha", tier="low", owner="quant",
                           validator="carol", next_review="2099-01-01", reason="mine")
@@ -190,3 +195,56 @@ def test_card_html_renders_in_headless_chromium_with_its_plots(packed: dict[str,
     assert plots == ["walk-forward equity", "IC per fold", "drift per column", "stage timeline"], plots
     assert all(h > 20 for h in drawn) and "carol" in names and "alice" in names  # approvals by principal
     assert (tmp_path / "card.png").stat().st_size > 10_000
+
+
+def test_a_failed_pack_publishes_nothing_the_ledger_does_not_hold(db_url: str, model_file: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pack creates its system principal (an event) and signs a checkpoint over it: both are committed
+    before the pack is built, so a pack that fails afterwards leaves no published checkpoint ahead of the
+    ledger, and the next checkpoint is possible (it was refused as a truncated tail)."""
+    from convergence.governance import _card
+
+    with session_scope() as s:
+        version = gov.register_model(session=s, principal=person("quant"), name="beta", artifact=model_file,
+                                     family="trading", role="student").id
+
+    def broken(**kwargs: Any) -> str:
+        raise RuntimeError("the card could not be written")
+
+    monkeypatch.setattr(_card, "model_card", broken)
+    with pytest.raises(RuntimeError):
+        gov.pack.build_pack(principal=person("auditor"), version_id=version, out=tmp_path / "x.zip")
+    monkeypatch.undo()
+    with session_scope(write=False) as s:  # every published checkpoint still matches the ledger
+        published = gov.ledger.verify_ledger(session=s).published
+        assert published and all(p.get("problem") is None for p in published) and gov.verify(session=s).ok
+    with session_scope() as s:
+        gov.ledger.checkpoint(session=s, principal=person("auditor"))
+    gov.pack.build_pack(principal=person("auditor"), version_id=version, out=tmp_path / "y.zip")
+    assert _auditor().pack(str(tmp_path / "y.zip"), gov.ledger.verifier_key())
+
+
+def test_after_a_key_rotation_a_pack_is_signed_and_checkpointed_by_one_key(packed: dict[str, Any], tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.platform.settings import get_settings
+
+    new_file = tmp_path / "new.key"
+    gov.ledger.write_key_file(new_file, gov.ledger.generate_key("convergence.local/ledger-2"))
+    with session_scope() as s:
+        rotated = gov.ledger.rotate_key(session=s, principal=person("ada"), new_key_file=new_file)
+    monkeypatch.setenv("CVG_LEDGER_KEY_FILE", str(new_file))
+    get_settings.cache_clear()
+    gov.pack.build_pack(principal=person("auditor"), version_id=packed["version"], out=tmp_path / "new.zip")
+    assert _auditor().pack(str(tmp_path / "new.zip"), rotated["new_key"])
+    get_settings.cache_clear()
+
+
+def test_a_damaged_zip_is_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    auditor = _auditor()
+    for label, data in (("garbage", b"PK\x03\x04 not a zip at all"), ("empty", b"")):
+        bad = tmp_path / f"{label}.zip"
+        bad.write_bytes(data)
+        assert auditor.main(["auditor.py", "pack", str(bad), "--pubkey", "k+00000000+AQ=="]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cannot read the input") and "Traceback" not in err and err.count("\n") == 1
+

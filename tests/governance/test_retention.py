@@ -121,3 +121,44 @@ def _reading():  # type: ignore[no-untyped-def]
     from convergence.platform.energy import Reading
 
     return Reading(1.0, 1.0, 0.0, 0.001, 0.4, 10.0, "estimate", False, "test")
+
+
+def _promote(version: int, evidence: Path) -> None:
+    with session_scope() as s:
+        gov.validate(session=s, principal=person("carol"), version_id=version, evidence=evidence)
+        gov.approve(session=s, principal=person("alice"), version_id=version, reason="ok")
+        gov.promote(session=s, principal=person("ops"), version_id=version)
+
+
+def test_what_rollback_restores_and_what_open_budgets_count_is_kept(db_url: str, tmp_path: Path, evidence_file: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The most recently retired version of a name keeps its bytes (rollback restores it); usage inside a budget
+    period not yet over is never deleted; a minimum the configuration leaves out stays six months."""
+    from convergence.platform.settings import get_settings
+
+    first = _register("alpha", synthetic_artifact(tmp_path / "v1.safetensors"))
+    _promote(first, evidence_file)
+    second = _register("alpha", synthetic_artifact(tmp_path / "v2.safetensors"))
+    _promote(second, evidence_file)  # first is retired now: what `cvg models rollback alpha` would restore
+    now = utcnow()
+    with session_scope() as s:
+        first_sha = gov.get_model(session=s, version_id=first).artifact_sha256
+        gov.set_budget(session=s, principal=person("fin"), project="default", metric="kwh",
+                       period=f"{now.date()}..{(now + 800 * DAY).date()}", hard=100.0)  # open until 800 days on
+        usage = gov.record_usage(session=s, project="default", principal=person("quant"), reading=_reading())
+        usage.created_at = now
+        for record_class, days in (("artifacts", 183), ("usage", 183)):
+            gov.retention.set_policy(session=s, principal=person("ada"), record_class=record_class, days=days,
+                                     reason="test")
+    with session_scope() as s:
+        done = gov.retention.apply(session=s, principal=person("ops"), now=now + 400 * DAY)
+    assert done["classes"]["artifacts"]["expired"] == 0 and done["classes"]["usage"]["expired"] == 0
+    assert gov.get_artifact_store().locate(first_sha)
+    with session_scope(write=False) as s:
+        assert s.execute(select(func.count()).select_from(gov.Usage)).scalar_one() == 1
+    monkeypatch.setenv("CVG_RETENTION_MINIMUM_DAYS", '{"prediction_log": 400}')
+    get_settings.cache_clear()
+    assert gov.retention.minimum_days("prediction_log") == 400 and gov.retention.minimum_days("usage") == 183
+    with pytest.raises(InvalidInput, match="at least 183 days"), session_scope() as s:
+        gov.retention.set_policy(session=s, principal=person("ada"), record_class="usage", days=1, reason="x")
+    get_settings.cache_clear()
