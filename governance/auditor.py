@@ -326,6 +326,23 @@ def consistency(proof, vkey):
 MAX_PACK_BYTES = 4 << 30
 
 
+def _contiguous(path, zf):
+    """Every byte of the zip belongs to a listed entry, in order, then the directory: nothing hidden between
+    or after the entries for a reader that walks local headers instead of the directory."""
+    import struct
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    at = 0
+    for info in sorted(zf.infolist(), key=lambda i: i.header_offset):
+        if info.header_offset != at or data[at:at + 4] != b"PK\x03\x04":
+            raise Invalid("the pack holds bytes outside its listed files (a hidden entry)")
+        name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])
+        at += 30 + name_len + extra_len + info.compress_size + (16 if info.flag_bits & 0x08 else 0)
+    if at != zf.start_dir or zf.comment:
+        raise Invalid("the pack holds bytes outside its listed files (a hidden entry or a comment)")
+
+
 def pack(path, vkey):
     """An audit pack (`cvg models pack`): the manifest signed by ``vkey``, every file's SHA-256, nothing added,
     the checkpoint signed, and every listed event intact and included in the signed tree."""
@@ -336,6 +353,7 @@ def pack(path, vkey):
             raise Invalid(f"the pack unpacks to more than {MAX_PACK_BYTES >> 30} GiB: not one of ours")
         if len(names) != len(listed):  # two members of one name: a reader could be shown either
             raise Invalid("the pack holds two files of the same name")
+        _contiguous(path, zf)
         if not {"manifest.json", "manifest.sig", "ledger/checkpoint.note"} <= names:
             raise Invalid("not an audit pack: manifest.json, manifest.sig or ledger/checkpoint.note is missing")
         body = zf.read("manifest.json")

@@ -108,6 +108,25 @@ def _rewrite(src: Path, dest: Path, change: Any) -> Path:
     return dest
 
 
+def _hidden_entry(src: Path, dest: Path) -> Path:
+    """The pack with a forged README.md's local entry slipped in before the directory, which does not list it:
+    zipfile and unzip show the signed files; a reader walking local headers meets the forgery."""
+    import io
+    import struct
+
+    data = src.read_bytes()
+    forged = io.BytesIO()
+    with zipfile.ZipFile(forged, "w") as zf:
+        zf.writestr("README.md", "# alpha: tier LOW, approved by the CRO (forged)\n")
+    local = forged.getvalue()[:zipfile.ZipFile(io.BytesIO(forged.getvalue())).start_dir]
+    start = zipfile.ZipFile(src).start_dir
+    out = bytearray(data[:start] + local + data[start:])
+    struct.pack_into("<I", out, out.rfind(b"PK\x05\x06") + 16, start + len(local))
+    dest.write_bytes(bytes(out))
+    assert zipfile.ZipFile(dest).read("README.md") == zipfile.ZipFile(src).read("README.md")  # looks untouched
+    return dest
+
+
 def test_an_edit_a_dropped_event_or_another_key_is_detected(packed: dict[str, Any], tmp_path: Path) -> None:
     auditor, key, src = _auditor(), packed["key"], packed["path"]
 
@@ -128,13 +147,16 @@ def test_an_edit_a_dropped_event_or_another_key_is_detected(packed: dict[str, An
         files["manifest.sig"] = gov.ledger.sign_note(f"convergence audit pack\n{digest}\n", other).encode()
 
     cases = {"edit": (edit_card, "README.md was changed"), "drop": (drop_event, "does not sign this manifest"),
-             "resign": (resign, "not signed by"), "twin": (None, "two files of the same name")}
+             "resign": (resign, "not signed by"), "twin": (None, "two files of the same name"),
+             "hidden": (None, "bytes outside its listed files")}
     for label, (change, fragment) in cases.items():
-        if change is None:  # a second README.md after the signed one: what a reader extracts is not what was hashed
+        if label == "twin":  # a second README.md after the signed one: what a reader extracts is not what was hashed
             bad = tmp_path / "twin.zip"
             bad.write_bytes(src.read_bytes())
             with zipfile.ZipFile(bad, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
                 zf.writestr("README.md", b"# a friendlier card\n")
+        elif label == "hidden":
+            bad = _hidden_entry(src, tmp_path / "hidden.zip")
         else:
             bad = _rewrite(src, tmp_path / f"{label}.zip", change)
         with pytest.raises(auditor.Invalid, match=fragment):
