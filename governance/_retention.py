@@ -189,16 +189,27 @@ def _discard_after_commit(session: Session, blobs: list[str], reports: list[int]
         return
     from sqlalchemy import event
 
+    event.listen(session, "after_commit", lambda _: discard(blobs, reports), once=True)
+
+
+def discard(blobs: list[str], reports: list[int]) -> list[str]:
+    """Remove stored blobs nothing references any more (looked at again now: a version registered with the
+    same bytes since the deletions keeps them), and the readable copies of deleted drift reports."""
     from convergence.governance._artifacts import get_artifact_store
+    from convergence.platform.db import session_scope
     from convergence.platform.settings import get_settings
 
-    def discard(_: Any) -> None:
-        store = get_artifact_store()
-        for sha in blobs:
-            store.discard(sha)
-        copies = get_settings().home / "reports"
-        for report in reports:
-            for copy in copies.glob(f"drift-{report}-*.html"):
-                copy.unlink(missing_ok=True)
-
-    event.listen(session, "after_commit", discard, once=True)
+    with session_scope(write=False) as session:
+        live = set(session.execute(select(ModelVersion.artifact_sha256).where(
+            ModelVersion.artifact_sha256.in_(blobs or ["-"]), ModelVersion.stage.not_in(ENDED))).scalars())
+        for row in session.execute(select(DriftReport.evidently_html_uri, DriftReport.evidently_json_uri)).all():
+            live |= {uri.rsplit("/", 1)[-1] for uri in row if uri}
+    store, gone = get_artifact_store(), []
+    for sha in blobs:
+        if sha not in live and store.discard(sha):
+            gone.append(sha)
+    copies = get_settings().home / "reports"
+    for report in reports:
+        for copy in copies.glob(f"drift-{report}-*.html"):
+            copy.unlink(missing_ok=True)
+    return gone

@@ -162,3 +162,14 @@ def test_what_rollback_restores_and_what_open_budgets_count_is_kept(db_url: str,
     with pytest.raises(InvalidInput, match="at least 183 days"), session_scope() as s:
         gov.retention.set_policy(session=s, principal=person("ada"), record_class="usage", days=1, reason="x")
     get_settings.cache_clear()
+
+
+def test_bytes_a_new_version_took_since_the_deletions_are_not_discarded(db_url: str, tmp_path: Path) -> None:
+    """Discarding looks again after the commit: a version registered with the same bytes in between keeps them."""
+    from convergence.governance import _retention
+
+    path = synthetic_artifact(tmp_path / "shared.safetensors")
+    sha = gov.get_artifact_store().put(path).sha256
+    assert _retention.discard([sha], []) == [sha]  # nothing references it: it goes
+    _register("epsilon", path)  # the same bytes, registered again
+    assert _retention.discard([sha], []) == [] and gov.get_artifact_store().locate(sha)
