@@ -125,7 +125,7 @@ def apply(*, session: Session, principal: Principal, now: dt.datetime | None = N
     if not dry_run:
         append(session=session, principal=principal, action="retention.applied", subject=Subject("retention", "all"),
                payload=summary)
-        _discard_after_commit(session, blobs, reports)
+        _discard_after_commit(session, blobs, reports, versions)
     return summary
 
 
@@ -182,32 +182,28 @@ def _unreferenced(session: Session, blobs: set[str], *, versions: list[int], rep
     return blobs - live
 
 
-def _discard_after_commit(session: Session, blobs: list[str], reports: list[int]) -> None:
+def _discard_after_commit(session: Session, blobs: list[str], reports: list[int], versions: list[int]) -> None:
     """Remove the blobs, and the readable copies of deleted drift reports, once the deletions are committed
     (a rollback leaves every byte where it was)."""
     if not blobs and not reports:
         return
     from sqlalchemy import event
 
-    event.listen(session, "after_commit", lambda _: discard(blobs, reports), once=True)
+    event.listen(session, "after_commit", lambda _: discard(blobs, reports, versions), once=True)
 
 
-def discard(blobs: list[str], reports: list[int]) -> list[str]:
-    """Remove stored blobs nothing references any more (looked at again now: a version registered with the
-    same bytes since the deletions keeps them), and the readable copies of deleted drift reports."""
+def discard(blobs: list[str], reports: list[int], versions: list[int] = ()) -> list[str]:  # type: ignore[assignment]
+    """Remove the stored blobs still unreferenced now (the same rule as at apply, looked at again after the
+    commit: a version registered with the same bytes since then keeps them), and the readable copies of
+    deleted drift reports. ``versions``: the expired versions, whose rows stay but no longer hold bytes."""
     from convergence.governance._artifacts import get_artifact_store
     from convergence.platform.db import session_scope
     from convergence.platform.settings import get_settings
 
     with session_scope(write=False) as session:
-        live = set(session.execute(select(ModelVersion.artifact_sha256).where(
-            ModelVersion.artifact_sha256.in_(blobs or ["-"]), ModelVersion.stage.not_in(ENDED))).scalars())
-        for row in session.execute(select(DriftReport.evidently_html_uri, DriftReport.evidently_json_uri)).all():
-            live |= {uri.rsplit("/", 1)[-1] for uri in row if uri}
-    store, gone = get_artifact_store(), []
-    for sha in blobs:
-        if sha not in live and store.discard(sha):
-            gone.append(sha)
+        unreferenced = _unreferenced(session, set(blobs), versions=list(versions), reports=list(reports))
+    store = get_artifact_store()
+    gone = [sha for sha in blobs if sha in unreferenced and store.discard(sha)]
     copies = get_settings().home / "reports"
     for report in reports:
         for copy in copies.glob(f"drift-{report}-*.html"):
