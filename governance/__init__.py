@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import artifacts, identity, ledger, pack, retention
+from convergence.governance import artifacts, identity, ledger, pack, retention, views
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -252,4 +252,5 @@ __all__ = [
     "validate",
     "verify",
     "verify_signature",
+    "views",
 ]

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     oidc_leeway_s: float = Field(default=30.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
     oidc_jwks_refresh_s: float = Field(default=10.0, ge=0, description="Least time between JWKS refetches "
                                        "caused by unknown key ids.")
+    console_client_id: str | None = Field(default=None, description="Public OIDC client the console (/ui) signs "
+                                          "people in with: authorization code with PKCE, redirect URI "
+                                          "CONSOLE_URL/ui/callback. Unset: the console takes API keys only.")
+    console_url: str | None = Field(default=None, description="The console's external base URL (https://cvg.example) "
+                                    "when a proxy sits in front of `cvg api`; default: the URL it was reached at.")
+    console_session_s: float = Field(default=8 * 3600, ge=60, le=7 * 86400, description="How long a console "
+                                     "session signed in with an API key lasts (an OIDC one ends with its token).")
     debug: bool = Field(default=False, description="Show the traceback behind an error instead of one line.")
     helm: str | None = Field(default=None, description="The helm binary `cvg doctor` checks (default: on PATH).")
     serve_model: str | None = Field(default=None, description="Which model name a serving replica loads "

@@ -197,3 +197,30 @@ def oidc(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     provider = OpenIDProvider(free_port(), tmp_path_factory.mktemp("oidc")).start()
     yield provider
     provider.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, for Playwright's ``executable_path`` (Playwright cannot download its own browser here)."""
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/bootstrap installs Debian's package")
+        pytest.skip("Debian's chromium is not installed here (.ci/bootstrap installs it)")
+    return path
+
+
+@pytest.fixture
+def unprotect(backend: str, raw_sql):  # type: ignore[no-untyped-def]
+    """Disable the append-only triggers, as a database administrator turned attacker could."""
+
+    def run(*tables: str) -> None:
+        for table in tables or ("audit_events",):
+            if backend == "postgres":
+                raw_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            else:
+                raw_sql(f"DROP TRIGGER {table}_no_update", f"DROP TRIGGER {table}_no_delete")
+
+    return run

@@ -302,6 +302,9 @@ def create_app(*, authenticator: Any = None, jobs: Any = None) -> Any:
                           description=inspect.getdoc(spec.func), dependencies=[Depends(authenticated)],
                           responses=responses, **extra)
     _health(app)
+    from convergence.platform.api._console import install_console
+
+    install_console(app, settings=settings)
     app.add_middleware(_Limits, max_body=settings.api_max_body_bytes, max_upload=settings.api_max_upload_bytes)
     app.router.on_startup.append(_settle)
     return app

@@ -1,4 +1,4 @@
-"""Governance fixtures: a populated chain, and the administrator's power to disable protections."""
+"""Governance fixtures: a populated chain (disabling the protections is tests/conftest.py's `unprotect`)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,6 @@ def chain(db_url: str):  # type: ignore[no-untyped-def]
             append(session=s, principal=detached(f"user{i % 3}"), action="test.event", subject=Subject("thing", str(i)),
                    payload={"i": i, "note": "café ✓", "nested": {"b": [1, 2.5], "a": None}})
     return 12
-
-
-@pytest.fixture
-def unprotect(backend: str, raw_sql):  # type: ignore[no-untyped-def]
-    """Disable the append-only triggers, as a database administrator turned attacker could."""
-
-    def run(*tables: str) -> None:
-        for table in tables or ("audit_events",):
-            if backend == "postgres":
-                raw_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-            else:
-                raw_sql(f"DROP TRIGGER {table}_no_update", f"DROP TRIGGER {table}_no_delete")
-
-    return run
 
 
 def verify_now():  # type: ignore[no-untyped-def]

@@ -178,19 +178,8 @@ def test_only_the_review_roles_pack_and_classification_is_checked(packed: dict[s
                               validator="carol", next_review=review, reason="x")
 
 
-def _chromium() -> str:
-    import os
-    import shutil
-
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/bootstrap installs Debian's package")
-        pytest.skip("Debian's chromium is not installed here (.ci/bootstrap installs it)")
-    return path
-
-
-def test_card_html_renders_in_headless_chromium_with_its_plots(packed: dict[str, Any], tmp_path: Path) -> None:
+def test_card_html_renders_in_headless_chromium_with_its_plots(packed: dict[str, Any], tmp_path: Path,
+                                                             chromium: str) -> None:
     """The human page: self-contained (nothing fetched), no script error, every plot drawn; a screenshot kept."""
     from playwright.sync_api import sync_playwright
 
@@ -200,7 +189,7 @@ def test_card_html_renders_in_headless_chromium_with_its_plots(packed: dict[str,
     errors: list[str] = []
     requests: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

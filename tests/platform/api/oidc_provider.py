@@ -25,6 +25,10 @@ OTHER_AUDIENCE = "urn:someone-else:api"
 CLIENTS = [
     {"client_id": "cvg-cli", "token_endpoint_auth_method": "none", "redirect_uris": [], "response_types": [],
      "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"]},
+    # the console (/ui): a public native client, authorization code with PKCE, any loopback port (RFC 8252)
+    {"client_id": "cvg-console", "token_endpoint_auth_method": "none", "application_type": "native",
+     "redirect_uris": ["http://127.0.0.1/ui/callback"], "response_types": ["code"],
+     "grant_types": ["authorization_code"]},
     {"client_id": "pipeline-bot", "client_secret": "pipeline-bot-secret-0123456789abcdef", "redirect_uris": [],
      "response_types": [], "grant_types": ["client_credentials"], "groups": ["registrant"]},
     {"client_id": "grantless-bot", "client_secret": "grantless-bot-secret-0123456789abcd", "redirect_uris": [],
@@ -32,7 +36,8 @@ CLIENTS = [
     {"client_id": "brief-bot", "client_secret": "brief-bot-secret-0123456789abcdefgh", "redirect_uris": [],
      "response_types": [], "grant_types": ["client_credentials"], "groups": ["registrant"], "ttl": 3},
 ]
-ACCOUNTS = {"olivia": {"name": "olivia", "groups": ["approver"]}, "vera": {"name": "vera", "groups": ["validator"]}}
+ACCOUNTS = {"olivia": {"name": "olivia", "groups": ["approver"]}, "vera": {"name": "vera", "groups": ["validator"]},
+            "audrey": {"name": "audrey", "groups": ["auditor"]}}
 SECRETS = {c["client_id"]: c.get("client_secret") for c in CLIENTS}
 
 

@@ -1,0 +1,243 @@
+"""The console's routes: pages (GET), sign-in and sign-out, the pack download, Evidently's report (sandboxed),
+the JSON a browser checks an inclusion proof with, and the two static files. Routes parse, call and render."""
+
+from __future__ import annotations
+
+import secrets
+import urllib.parse
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+
+from convergence.platform.api import _console_pages as pages
+from convergence.platform.api._console import HERE, REPORT_CSP, STATIC, Console, _headers, _int, _query
+from convergence.platform.api._console_auth import LOGIN_COOKIE, SESSION_COOKIE, safe_next
+from convergence.platform.errors import ConvergenceError, InvalidInput, PolicyViolation, Unauthenticated
+
+_FORM_LIMIT = 8192
+
+
+def add_routes(app: Any, console: Console) -> None:
+    def get(path: str) -> Any:
+        return app.get(path, include_in_schema=False)
+
+    @get("/ui")
+    @get("/ui/")
+    async def inventory(request: Request) -> Response:
+        try:
+            args = {k: _query(request, k) for k in ("q", "family", "stage", "tier", "sort")}
+        except InvalidInput as exc:
+            return console.error(exc)
+        args["sort"] = args["sort"] or "name"
+        return await console.page(request, "inventory", pages.inventory_page, desc=request.query_params.get("desc") == "1",
+                                  **args)
+
+    @get("/ui/models/{version_id}")
+    async def model(request: Request, version_id: str) -> Response:
+        try:
+            vid = _int(version_id, "a model version id")
+        except InvalidInput as exc:
+            return console.error(exc)
+        return await console.page(request, "inventory", pages.model_page, vid)
+
+    @get("/ui/time-travel")
+    async def time_travel(request: Request) -> Response:
+        try:
+            name, at = _query(request, "name"), _query(request, "at", 64)
+        except InvalidInput as exc:
+            return console.error(exc)
+        return await console.page(request, "time-travel", pages.time_travel_page, name=name, at=at)
+
+    @get("/ui/ledger")
+    async def ledger(request: Request) -> Response:
+        try:
+            before = _query(request, "before", 12)
+            start = _int(before, "before") if before else None
+        except InvalidInput as exc:
+            return console.error(exc)
+        return await console.page(request, "ledger", pages.ledger_page, before=start)
+
+    @get("/ui/budgets")
+    async def budgets(request: Request) -> Response:
+        try:
+            project = _query(request, "project")
+        except InvalidInput as exc:
+            return console.error(exc)
+        return await console.page(request, "budgets", pages.budgets_page, project=project)
+
+    _downloads(app, console)
+    _sign_in(app, console)
+
+    @get("/ui/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in STATIC:
+            return JSONResponse({"error": "NotFound", "message": f"no console file {name[:60]!r}"}, status_code=404)
+        return Response((HERE / "static" / name).read_bytes(), media_type=STATIC[name],
+                        headers={**_headers(), "cache-control": "no-cache"})
+
+
+def _downloads(app: Any, console: Console) -> None:
+    """What leaves the console as data: the audit pack, Evidently's report, an inclusion proof."""
+
+    async def as_principal(request: Request) -> Any:
+        from convergence.platform.api.operations import Operations
+
+        principal, _ = await console.who(request)
+        if principal is None:
+            raise Unauthenticated("sign in to the console first", hint="/ui/login")
+        return Operations(who=lambda: principal, jobs=request.app.state.jobs)
+
+    @app.get("/ui/models/{version_id}/pack", include_in_schema=False)
+    async def pack(request: Request, version_id: str) -> Response:
+        import anyio
+
+        try:
+            vid = _int(version_id, "a model version id")
+            ops = await as_principal(request)
+            chunks = await anyio.to_thread.run_sync(lambda: ops.model_pack(version_id=vid))
+        except ConvergenceError as exc:
+            return console.error(exc)
+        return StreamingResponse(chunks, media_type="application/zip", headers={
+            **_headers(), "content-disposition": f'attachment; filename="model-{vid}-audit-pack.zip"'})
+
+    @app.get("/ui/drift/{report_id}/report", include_in_schema=False)
+    async def report(request: Request, report_id: str) -> Response:
+        import anyio
+
+        try:
+            rid = _int(report_id, "a drift report id")
+            ops = await as_principal(request)
+            body = await anyio.to_thread.run_sync(lambda: pages.report_html(ops, rid))
+        except ConvergenceError as exc:
+            return console.error(exc)
+        return Response(body, media_type="text/html; charset=utf-8", headers=_headers(REPORT_CSP))
+
+    @app.get("/ui/ledger/proof/{seq}", include_in_schema=False)
+    async def proof(request: Request, seq: str) -> Response:
+        import anyio
+
+        try:
+            number = _int(seq, "seq")
+            ops = await as_principal(request)
+            data = await anyio.to_thread.run_sync(lambda: pages.proof_data(ops, number))
+        except ConvergenceError as exc:
+            body = {k: v for k, v in exc.to_dict().items() if v is not None}
+            return JSONResponse(body, status_code=exc.http_status, headers=_headers())
+        return JSONResponse(data, headers=_headers())
+
+
+def _sign_in(app: Any, console: Console) -> None:
+    """Sign-in (the issuer's code flow with PKCE, or an API key), the issuer's callback, and sign-out."""
+    sessions = console.sessions
+
+    def cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> Response:
+        response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https")
+        return response
+
+    def signed_in(request: Request, credential: str, method: str, expires: float | None, target: str) -> Response:
+        session = sessions.open(credential, method=method, expires=expires)
+        response = RedirectResponse(safe_next(target), status_code=303, headers=_headers())
+        response.delete_cookie(LOGIN_COOKIE, path="/ui")
+        return cookie(response, request, SESSION_COOKIE, session.id, int(session.expires - sessions.clock()))
+
+    @app.get("/ui/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        return console.render("login.html", message=None, next=safe_next(request.query_params.get("next")),
+                              oidc=sessions.oidc_enabled)
+
+    @app.get("/ui/login/oidc", include_in_schema=False)
+    async def login_oidc(request: Request) -> Response:
+        import anyio
+
+        base = (console.settings.console_url or str(request.base_url)).rstrip("/")
+        target = safe_next(request.query_params.get("next"))
+        try:
+            state, url = await anyio.to_thread.run_sync(
+                lambda: sessions.begin(next_path=target, redirect_uri=f"{base}/ui/callback"))
+        except ConvergenceError as exc:
+            return console.render("login.html", http_status=exc.http_status, message=exc.message, next=target,
+                                  oidc=sessions.oidc_enabled)
+        response = RedirectResponse(url, status_code=303, headers=_headers())
+        return cookie(response, request, LOGIN_COOKIE, state, 600)
+
+    @app.get("/ui/callback", include_in_schema=False)
+    async def callback(request: Request) -> Response:
+        import anyio
+
+        params = request.query_params
+        try:
+            if params.get("error"):
+                raise Unauthenticated(f"the issuer did not sign you in: {params['error'][:80]}"
+                                      + (f" ({params.get('error_description', '')[:160]})"
+                                         if params.get("error_description") else ""))
+            token, target, expires = await anyio.to_thread.run_sync(lambda: sessions.finish(
+                state=params.get("state", "")[:200], cookie_state=request.cookies.get(LOGIN_COOKIE),
+                code=params.get("code", "")))
+            auth = request.app.state.auth
+            await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {token}"))
+        except ConvergenceError as exc:
+            return console.render("login.html", http_status=exc.http_status, message=exc.message, next="/ui/",
+                                  oidc=sessions.oidc_enabled)
+        return signed_in(request, token, "oidc", expires, target)
+
+    @app.post("/ui/login/key", include_in_schema=False)
+    async def login_key(request: Request) -> Response:
+        import anyio
+
+        form = await _form(request)
+        target = safe_next(form.get("next"))
+        try:
+            _same_origin(request)
+            key = form.get("api_key", "").strip()
+            if not key:
+                raise InvalidInput("paste a service account's API key")
+            auth = request.app.state.auth
+            await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {key}"))
+        except ConvergenceError as exc:
+            return console.render("login.html", http_status=exc.http_status, message=exc.message, next=target,
+                                  oidc=sessions.oidc_enabled)
+        return signed_in(request, key, "api_key", None, target)
+
+    @app.post("/ui/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        form = await _form(request)
+        session = sessions.get(request.cookies.get(SESSION_COOKIE))
+        try:
+            _same_origin(request)
+            if session is not None and not secrets.compare_digest(form.get("csrf", ""), session.csrf):
+                raise PolicyViolation("sign-out was not sent by this console's page")
+        except ConvergenceError as exc:
+            return console.error(exc)
+        sessions.close(session.id if session else None)
+        response = RedirectResponse("/ui/login", status_code=303, headers=_headers())
+        response.delete_cookie(SESSION_COOKIE, path="/ui")
+        return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small urlencoded form (sign-in and sign-out only), first value of each field."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _FORM_LIMIT:
+            return {}
+    try:
+        fields = urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v[0] for k, v in fields.items() if v}
+
+
+def _same_origin(request: Request) -> None:
+    """A form post must come from the console's own pages (the browser's Origin), not another site."""
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser's form (a script with its own credential); a browser's says where from
+        if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            raise PolicyViolation("this form was sent from another site")
+        return
+    configured = request.app.state.console.settings.console_url
+    own = configured.rstrip("/") if configured else f"{request.url.scheme}://{request.url.netloc}"
+    if origin != own:  # "null" (a sandboxed frame, a privacy redirect) is never the console's own
+        raise PolicyViolation("this form was sent from another site")
