@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from convergence.platform.errors import InvalidInput, Unauthenticated, Unavailable
+from convergence.platform.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
 
 SESSION_COOKIE = "cvg_console"
 LOGIN_COOKIE = "cvg_console_login"
@@ -106,7 +106,7 @@ class ConsoleSessions:
     def begin(self, *, next_path: str, redirect_uri: str) -> tuple[str, str]:
         """A new sign-in: (state, the issuer's authorization URL to send the browser to)."""
         if not self.oidc_enabled:
-            raise Unavailable("OIDC sign-in is not configured for the console",
+            raise NotFound("OIDC sign-in is not configured for the console",
                               hint="set CVG_OIDC_ISSUER, CVG_OIDC_AUDIENCE and CVG_CONSOLE_CLIENT_ID, or sign in "
                                    "with an API key")
         config = self._configuration()
