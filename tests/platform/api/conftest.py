@@ -107,7 +107,8 @@ def console_story(db_url: str, model_file: Path, evidence_file: Path, tmp_path: 
                          positions=[3, 4, 5, -1])
     with session_scope() as s:
         gov.validate(session=s, principal=person("carol"), version_id=v1.id, evidence=evidence_file, reason="reviewed")
-        gov.approve(session=s, principal=person("alice"), version_id=v1.id, safe_output=0.0, reason="meets policy")
+        gov.approve(session=s, principal=person("alice"), version_id=v1.id, safe_output=0.0,
+                    reason='meets policy — café ✓ "quoted" \\ back\u2028<img src=x onerror=alert(1)>\nline two\tend')
         gov.promote(session=s, principal=person("ops"), version_id=v1.id, reason="first release")
     start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)
     rows = [(str(uuid.uuid4()), start + dt.timedelta(milliseconds=i), [9.0, 9.0, 9.0, *r[:3]], float(r[3]), 0.3)

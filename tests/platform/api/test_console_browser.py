@@ -156,6 +156,10 @@ def test_an_auditor_signs_in_reaches_the_production_model_and_travels_in_time(
         visit.shot("budgets")
         page.click("nav a[href='/ui/ledger']")
         visit.shot("ledger")
+        page.emulate_media(media="print")  # the print stylesheet: no navigation, no buttons, the record only
+        assert not page.is_visible("header nav") and not page.is_visible("button.check")
+        assert page.is_visible("#ledger-events")
+        visit.shot("ledger-print")
     assert visit.errors == [] and visit.failed == [], (visit.errors, visit.failed)
     writes = {name: [f for f in forms if f[1] != "get" and f[0] != "signout"] for name, forms in visit.forms.items()
               if name != "login"}
@@ -175,7 +179,11 @@ def test_the_in_browser_inclusion_check_catches_an_edited_row(
         page.fill("#api_key", key)
         page.click("#key-signin button[type=submit]")
         page.wait_for_url(base + "/ui/ledger")
-        seq = int(page.get_attribute("button.check >> nth=2", "data-seq"))  # an event the checkpoint covers
+        # alice's approval: its reason holds quotes, a backslash, U+2028, a newline, a tab and markup, so the
+        # browser's JSON.stringify must escape exactly as the ledger's encoder did
+        approval = page.eval_on_selector_all("#ledger-events tr", "rs => rs.filter(r => r.cells[2].textContent === "
+                                             "'alice' && r.cells[3].textContent === 'model.approved').map(r => r.id)")
+        seq = int(approval[0].removeprefix("seq-"))
         verdict = f"output.verdict[data-seq='{seq}']"
         page.click(f"button.check[data-seq='{seq}']")
         page.wait_for_selector(f"{verdict}[data-result]")
