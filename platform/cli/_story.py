@@ -267,7 +267,21 @@ def _audit(story: Story, usage: dict[str, Any], lm_usage: dict[str, Any]) -> dic
               f"{'intact' if result['ok'] else 'BROKEN: ' + str(result['detail'])}, every gating table matching the "
               f"ledger and the published checkpoint; every event names its principal and how it authenticated; "
               f"{len(refused)} refusal(s) recorded with the rule that refused them")
+    _console_pages(story, auditor, student)
     return {"result": result, **_offline(story, auditor, cp, pack)}
+
+
+def _console_pages(story: Story, auditor: Any, student: int) -> None:
+    """The console (`cvg api` serves it under /ui) as the auditor sees it: every page answers, read-only."""
+    paths = {"inventory": "/ui/", "the production student": f"/ui/models/{student}",
+             "time travel": f"/ui/time-travel?name={TRADING_MODEL}&at=now", "ledger": "/ui/ledger",
+             "budgets": "/ui/budgets"}
+    answers = {name: auditor.http.get(path) for name, path in paths.items()}
+    ok = [name for name, answer in answers.items() if answer.status_code == 200]
+    story.facts["console"] = f"{auditor.base_url}/ui"
+    story.say(f"the console at {auditor.base_url}/ui showed the auditor {len(ok)} of {len(paths)} pages "
+              f"({', '.join(ok)}): approvals by principal, what was live when, the ledger with an inclusion check "
+              "that runs in the browser with the public key, budgets as charts; nothing on it writes")
 
 
 def _offline(story: Story, auditor: Any, cp: dict[str, Any], pack: Path) -> dict[str, Any]:
@@ -375,4 +389,5 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               f"  {python} {audit['script']} pack {audit['pack']} --pubkey {audit['key']}   # the examiner's zip\n"
               f"  {python} {audit['script']} export {audit['export']} --checkpoint {audit['note']} --key …\n"
               f"  {cvg} api   # then, with a service account's key: CVG_API_URL=http://127.0.0.1:8000 CVG_API_KEY=… "
-              f"{cvg} whoami")
+              f"{cvg} whoami\n"
+              f"  {cvg} api   # and open http://127.0.0.1:8000/ui: the console; sign in with a key or your OIDC issuer")

@@ -16,8 +16,9 @@ def api(
     port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
-    """Serve the control-plane API (FastAPI, OpenAPI 3.1 at /openapi.json, docs at /docs). Every route but
-    /livez and /readyz needs `Authorization: Bearer <API key or OIDC token>`; set CVG_API_URL on clients."""
+    """Serve the control-plane API (FastAPI, OpenAPI 3.1 at /openapi.json, docs at /docs) and the read-only
+    console at /ui. Every route but /livez and /readyz needs `Authorization: Bearer <API key or OIDC token>`
+    (the console signs people in with the issuer, CVG_CONSOLE_CLIENT_ID, or a key); set CVG_API_URL on clients."""
     import uvicorn
 
     from convergence.platform.db import redact_url
@@ -25,8 +26,10 @@ def api(
 
     settings = get_settings()
     oidc = f"OIDC tokens from {settings.oidc_issuer}" if settings.oidc_issuer else "no OIDC issuer (API keys only)"
+    signin = "your OIDC issuer or an API key" if settings.console_client_id and settings.oidc_issuer else "an API key"
     console(stderr=True).print(f"control-plane API on http://{host}:{port} (database "
-                               f"{redact_url(settings.resolved_database_url)}; {oidc})")
+                               f"{redact_url(settings.resolved_database_url)}; {oidc}); console at "
+                               f"http://{host}:{port}/ui (sign in with {signin})")
     uvicorn.run("convergence.platform.api:create_app", factory=True, host=host, port=port, log_level=log_level,
                 access_log=log_level == "debug", proxy_headers=False, server_header=False)
 

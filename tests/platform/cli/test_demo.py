@@ -23,7 +23,8 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
                      "lineage: corpus", "the language run", "promoted both to production", "audit chain verified",
                      "auditor signed checkpoint", "published outside the database",
                      "match the signed checkpoint", "is included in the signed tree", "classified",
-                     "auditor packed the production student", "OK: audit pack of", "revoked the", "summary"):
+                     "auditor packed the production student", "OK: audit pack of", "revoked the", "summary",
+                     "showed the auditor 5 of 5 pages"):
         assert fragment in result.out, fragment
     assert (tmp_path / "home" / "convergence.db").exists()
     import re
