@@ -158,3 +158,16 @@ def test_no_file_names_a_design_document_outside_the_repository() -> None:
     offenders = [str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *sources]
                  if re.search(r"\bDESIGN\.md\b|\bSTYLE\.md\b|\.\./shared/", p.read_text(errors="replace"))]
     assert not offenders
+
+
+def test_the_wheel_carries_the_consoles_templates_and_static_files(tmp_path: Path) -> None:
+    """The console is served from package data: a wheel without its templates would answer 500 on /ui."""
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
+                            "-w", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("convergence-*.whl"))).namelist()
+    shipped = {n.split("/console/", 1)[1] for n in names if "/platform/api/console/" in n}
+    expected = {f"{p.parent.name}/{p.name}" for p in (ROOT / "platform" / "api" / "console").glob("*/*")}
+    assert expected and shipped == expected, expected ^ shipped
