@@ -80,22 +80,24 @@ def add_routes(app: Any, console: Console) -> None:
 def _downloads(app: Any, console: Console) -> None:
     """What leaves the console as data: the audit pack, Evidently's report, an inclusion proof."""
 
-    async def as_principal(request: Request) -> Any:
+    async def fetch(request: Request, number: str, what: str, call: Any) -> Any:
+        """``call(ops, id)`` in a thread as the console's principal, after parsing the id from the path."""
+        import anyio
+
         from convergence.platform.api.operations import Operations
 
+        wanted = _int(number, what)
         principal, _ = await console.who(request)
         if principal is None:
             raise Unauthenticated("sign in to the console first", hint="/ui/login")
-        return Operations(who=lambda: principal, jobs=request.app.state.jobs)
+        ops = Operations(who=lambda: principal, jobs=request.app.state.jobs)
+        return wanted, await anyio.to_thread.run_sync(lambda: call(ops, wanted))
 
     @app.get("/ui/models/{version_id}/pack", include_in_schema=False)
     async def pack(request: Request, version_id: str) -> Response:
-        import anyio
-
         try:
-            vid = _int(version_id, "a model version id")
-            ops = await as_principal(request)
-            chunks = await anyio.to_thread.run_sync(lambda: ops.model_pack(version_id=vid))
+            vid, chunks = await fetch(request, version_id, "a model version id",
+                                      lambda ops, n: ops.model_pack(version_id=n))
         except ConvergenceError as exc:
             return console.error(exc)
         return StreamingResponse(chunks, media_type="application/zip", headers={
@@ -103,24 +105,16 @@ def _downloads(app: Any, console: Console) -> None:
 
     @app.get("/ui/drift/{report_id}/report", include_in_schema=False)
     async def report(request: Request, report_id: str) -> Response:
-        import anyio
-
         try:
-            rid = _int(report_id, "a drift report id")
-            ops = await as_principal(request)
-            body = await anyio.to_thread.run_sync(lambda: pages.report_html(ops, rid))
+            _, body = await fetch(request, report_id, "a drift report id", pages.report_html)
         except ConvergenceError as exc:
             return console.error(exc)
         return Response(body, media_type="text/html; charset=utf-8", headers=_headers(REPORT_CSP))
 
     @app.get("/ui/ledger/proof/{seq}", include_in_schema=False)
     async def proof(request: Request, seq: str) -> Response:
-        import anyio
-
         try:
-            number = _int(seq, "seq")
-            ops = await as_principal(request)
-            data = await anyio.to_thread.run_sync(lambda: pages.proof_data(ops, number))
+            _, data = await fetch(request, seq, "seq", pages.proof_data)
         except ConvergenceError as exc:
             body = {k: v for k, v in exc.to_dict().items() if v is not None}
             return JSONResponse(body, status_code=exc.http_status, headers=_headers())
