@@ -199,6 +199,21 @@ class ApiKey(Base):
     revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
 
 
+class ConsoleSession(Base):
+    """A signed-in console session: the SHA-256 of its id (only the browser holds the id) and the credential it
+    acts with, sealed; every page re-authenticates that credential, so revocation applies at the next click."""
+
+    __tablename__ = "console_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False, index=True)
+    method: Mapped[str] = mapped_column(String(20), nullable=False)
+    credential: Mapped[str] = mapped_column(Text, nullable=False)
+    csrf: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
 class ControlSetting(Base):
     """Facts about this control plane that must outlive processes, e.g. that the database is a sandbox."""
 

@@ -70,17 +70,21 @@ def is_sealed(stored: str) -> bool:
     return stored.startswith(PREFIX)
 
 
-def seal(plain: str) -> str:
-    """The stored form of ``plain``: a fresh nonce each time, so equal secrets do not look equal."""
+def seal(plain: str, *, purpose: bytes = _AAD) -> str:
+    """The stored form of ``plain``: a fresh nonce each time, so equal secrets do not look equal. ``purpose`` is
+    bound to the ciphertext: a value sealed for one use (a console session) never opens as another's."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     nonce = os.urandom(12)
-    return PREFIX + base64.b64encode(nonce + AESGCM(_key()).encrypt(nonce, plain.encode(), _AAD)).decode()
+    return PREFIX + base64.b64encode(nonce + AESGCM(_key()).encrypt(nonce, plain.encode(), purpose)).decode()
 
 
-def _open(stored: str) -> tuple[str, bool]:
-    """(the secret, whether the sealing key opened it); IntegrityError when no key does."""
+def _open(stored: str, purpose: bytes = _AAD, *, strict: bool = False) -> tuple[str, bool]:
+    """(the secret, whether the sealing key opened it); IntegrityError when no key does, or, ``strict``, when
+    the value is not sealed at all."""
     if not is_sealed(stored):
+        if strict:
+            raise IntegrityError("the value is not sealed")
         return stored, False  # written before secrets were sealed
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -91,16 +95,17 @@ def _open(stored: str) -> tuple[str, bool]:
         blob = b""
     for index, key in enumerate(_opening_keys()):
         try:
-            return AESGCM(key).decrypt(blob[:12], blob[12:], _AAD).decode(), index == 0
+            return AESGCM(key).decrypt(blob[:12], blob[12:], purpose).decode(), index == 0
         except (InvalidTag, ValueError):
             continue
-    raise IntegrityError("a stored webhook secret cannot be opened with this key",
+    raise IntegrityError(f"a sealed {purpose.decode(errors='replace')} value cannot be opened with this key",
                          hint=f"the key ({key_location()}) is not the one it was sealed with")
 
 
-def unseal(stored: str) -> str:
-    """The secret a stored value holds; IntegrityError when it was sealed with another key (or edited)."""
-    return _open(stored)[0]
+def unseal(stored: str, *, purpose: bytes = _AAD, strict: bool = False) -> str:
+    """The secret a stored value holds; IntegrityError when it was sealed with another key or for another
+    purpose (or edited), or, ``strict``, when it is not sealed."""
+    return _open(stored, purpose, strict=strict)[0]
 
 
 def resealed(stored: str) -> str | None:

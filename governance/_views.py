@@ -32,7 +32,7 @@ _EVENTS_AROUND = 60
 
 def inventory(*, session: Session) -> list[dict[str, Any]]:
     """One row per model name: production version, latest version, family, tier and owner, last validation,
-    open drift alerts and the kill switch; in a handful of queries whatever the registry's size."""
+    open drift alerts and the kill switch (a handful of queries, plus two per model in production)."""
     versions = session.execute(select(ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.family,
                                       ModelVersion.stage, ModelVersion.role)
                                .order_by(ModelVersion.name, ModelVersion.version)).all()
@@ -153,10 +153,23 @@ def moment(*, session: Session, name: str, at: dt.datetime, events: bool,
         if out["promoted"] is not None:
             out["promoted"] = {"at": out["promoted"].at.isoformat(), "actor": out["promoted"].actor}
     if events:
-        q = (select(AuditEvent).where(_about(name, ids), AuditEvent.ts >= at - window, AuditEvent.ts <= at + window)
+        low, high = _around(at, window)
+        q = (select(AuditEvent).where(_about(name, ids), AuditEvent.ts >= low, AuditEvent.ts <= high)
              .order_by(AuditEvent.seq).limit(_EVENTS_AROUND))
         out["events"] = [{**_event(r), "after": r.ts > at} for r in session.execute(q).scalars()]
     return out
+
+
+def _around(at: dt.datetime, window: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
+    """``at`` ± ``window``, held inside the calendar (year 1 and 9999 are instants a reader may type)."""
+    low = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    high = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    return (at - window if at - low > window else low), (at + window if high - at > window else high)
+
+
+def model_names(*, session: Session) -> list[str]:
+    """Every model name, sorted (what a picker lists)."""
+    return list(session.execute(select(ModelVersion.name).distinct().order_by(ModelVersion.name)).scalars())
 
 
 def _about(name: str, version_ids: list[int]) -> Any:

@@ -4,11 +4,20 @@ What a person browsing the record sees: every model at a glance, one version's w
 an instant, and an event with what a browser needs to check its inclusion against a signed checkpoint itself.
 """
 
-from convergence.governance._views import browser_proof, inventory, moment, open_drift_alerts, recent_events, version_view
+from convergence.governance._views import (
+    browser_proof,
+    inventory,
+    model_names,
+    moment,
+    open_drift_alerts,
+    recent_events,
+    version_view,
+)
 
 __all__ = [
     "browser_proof",
     "inventory",
+    "model_names",
     "moment",
     "open_drift_alerts",
     "recent_events",

@@ -48,7 +48,7 @@ def bar_svg(labels: list[str], values: list[float], *, title: str) -> str:
     bars = "".join(
         f'<rect class="{"good" if v >= 0 else "bad"}" x="{PAD + i * step + 4:.1f}" y="{min(y(v), y(0)):.1f}" '
         f'width="{max(step - 8, 2):.1f}" height="{max(abs(y(v) - y(0)), 1):.1f}"><title>{esc(label)}: {v:.4g}</title>'
-        f'</rect><text x="{PAD + i * step + 4:.1f}" y="{H - 8}">{esc(label)[:14]}</text>'
+        f'</rect><text x="{PAD + i * step + 4:.1f}" y="{H - 8}">{esc(str(label)[:14])}</text>'
         for i, (label, v) in enumerate(zip(labels, values, strict=True)))
     return (f'<svg role="img" aria-label="{esc(title)}" width="{W}" height="{H}" viewBox="0 0 {W} {H}">'
             f'<line x1="{PAD}" x2="{W}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#57606a"/>{bars}</svg>')
@@ -62,14 +62,14 @@ def heat_svg(rows: list[str], cols: list[str], cells: dict[tuple[str, str], tupl
     out = [f'<svg role="img" aria-label="{esc(title)}" width="{W}" height="{len(rows) * rh + 30}" '
            f'viewBox="0 0 {W} {len(rows) * rh + 30}">']
     for r, name in enumerate(rows):
-        out.append(f'<text x="2" y="{r * rh + 12}">{esc(name)[:22]}</text>')
+        out.append(f'<text x="2" y="{r * rh + 12}">{esc(str(name)[:22])}</text>')
         for c, col in enumerate(cols):
             stat, drifted = cells.get((name, col), (0.0, False))
             fill = "#cf222e" if drifted else "#0969da"
             out.append(f'<rect x="{left + c * cw:.1f}" y="{r * rh}" width="{cw - 2:.1f}" height="{rh - 2}" '
                        f'fill="{fill}" fill-opacity="{min(1.0, 0.15 + abs(stat) * 3):.2f}"><title>{esc(name)} '
                        f'{esc(col)}: {stat:.3g}{" drifted" if drifted else ""}</title></rect>')
-    out += [f'<text x="{left + c * cw:.1f}" y="{len(rows) * rh + 14}">{esc(col)[:10]}</text>' for c, col in enumerate(cols)]
+    out += [f'<text x="{left + c * cw:.1f}" y="{len(rows) * rh + 14}">{esc(str(col)[:10])}</text>' for c, col in enumerate(cols)]
     return "".join(out) + "</svg>"
 
 

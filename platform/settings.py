@@ -62,6 +62,8 @@ class Settings(BaseSettings):
                                     "when a proxy sits in front of `cvg api`; default: the URL it was reached at.")
     console_session_s: float = Field(default=8 * 3600, ge=60, le=7 * 86400, description="How long a console "
                                      "session signed in with an API key lasts (an OIDC one ends with its token).")
+    console_verify_s: float = Field(default=60.0, ge=0, le=86400, description="How long the console's ledger page "
+                                    "reuses a full verification of the chain (each reads every event).")
     debug: bool = Field(default=False, description="Show the traceback behind an error instead of one line.")
     helm: str | None = Field(default=None, description="The helm binary `cvg doctor` checks (default: on PATH).")
     serve_model: str | None = Field(default=None, description="Which model name a serving replica loads "

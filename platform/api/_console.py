@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from convergence.platform.api._console_auth import SESSION_COOKIE, ConsoleSession, ConsoleSessions
+from convergence.platform.api._console_auth import SESSION_COOKIE, ConsoleSessions
 from convergence.platform.errors import ConvergenceError, InvalidInput, Unauthenticated
 
 HERE = Path(__file__).resolve().parent / "console"
@@ -45,7 +45,10 @@ class Console:
         import jinja2
 
         self.settings = settings
+        from convergence.platform.api._console_pages import ChainStatus
+
         self.sessions = ConsoleSessions(settings=settings)
+        self.chain = ChainStatus(max_age_s=settings.console_verify_s)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(utc=_utc, short=lambda h: (h or "")[:12], num=_num)
@@ -66,12 +69,16 @@ class Console:
 
     # --- who is asking ----------------------------------------------------------------------------
 
-    async def who(self, request: Request) -> tuple[Any, ConsoleSession | None]:
+    async def who(self, request: Request, *, cross_site_ok: bool = False) -> tuple[Any, Any]:
         """The principal of the console session (cookie) or of an ``Authorization`` header (service use);
-        ``(None, None)`` when neither is there. A session whose credential no longer works is closed."""
+        ``(None, None)`` when neither is there. A request another site started (``Sec-Fetch-Site``) never acts
+        with the session. A session whose credential no longer works is dropped."""
         import anyio
 
-        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cross_site_ok and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            cookie = None
+        session = await anyio.to_thread.run_sync(lambda: self.sessions.get(cookie)) if cookie else None
         header = f"Bearer {session.credential}" if session else request.headers.get("authorization")
         if not header:
             return None, None
@@ -83,7 +90,7 @@ class Console:
         except Unauthenticated:
             if session is None:
                 raise
-            self.sessions.close(session.id)
+            await anyio.to_thread.run_sync(lambda: self.sessions.forget(cookie or ""))
             return None, None
         return principal, session
 
@@ -99,6 +106,8 @@ class Console:
         except Unauthenticated as exc:
             return self.render("login.html", http_status=401, message=exc.message, next=request.url.path,
                                oidc=self.sessions.oidc_enabled)
+        except ConvergenceError as exc:
+            return self.error(exc)
         if principal is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse("/ui/login?" + urllib.parse.urlencode({"next": target}), status_code=303,

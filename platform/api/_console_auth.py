@@ -1,21 +1,20 @@
 """Who is signed in to the console: OIDC authorization code with PKCE, or an API key, kept as a session.
 
-The app owns one ``ConsoleSessions``. A sign-in keeps the credential (the access token, or the key) on the
-server under a random session id; the browser holds only that id, in an HttpOnly cookie scoped to ``/ui``.
-Every request is then authenticated with the credential exactly like an API call, so a revoked key or a role
-taken back applies to the console at once, and a session ends when its token expires.
+Sessions live in the database (``identity.open_session``): the browser holds only a random id in an HttpOnly
+cookie scoped to ``/ui``, every replica finds it, and every request re-authenticates the sealed credential
+exactly like an API call, so a revoked key or a withdrawn role applies at once and a session ends with its
+token. A sign-in in progress lives only in a sealed cookie of the browser that started it.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
+import datetime as dt
 import hashlib
+import posixpath
 import secrets
-import threading
 import time
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -23,35 +22,27 @@ from convergence.platform.errors import InvalidInput, NotFound, Unauthenticated,
 
 SESSION_COOKIE = "cvg_console"
 LOGIN_COOKIE = "cvg_console_login"
-_PENDING_S = 600.0
-_MAX_PENDING = 1000
-_MAX_SESSIONS = 10_000
-
-
-@dataclasses.dataclass(frozen=True)
-class ConsoleSession:
-    id: str
-    credential: str
-    csrf: str
-    expires: float
-    method: str  # "oidc" or "api_key"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pending:
-    verifier: str
-    nonce: str
-    next_path: str
-    redirect_uri: str
-    created: float
+PENDING_S = 600
 
 
 def safe_next(path: str | None) -> str:
-    """Where to go after signing in: a console path only (never another site: no scheme, host or ``//``)."""
-    if not path or not path.startswith("/ui") or path.startswith("//") or "\\" in path or any(
-            ord(c) < 0x21 for c in path):
+    """Where to go after signing in: a console path only. Decoded and normalised first, so ``/ui/../x``,
+    ``/ui/%2e%2e/x``, ``//host`` and ``/uiother`` all become the inventory."""
+    if not path or not path.isascii() or any(ord(c) < 0x21 for c in path) or "\\" in path:
         return "/ui/"
-    return path
+    route, _, query = path.partition("?")
+    decoded = urllib.parse.unquote(route)
+    if decoded.startswith("//") or "\\" in decoded or any(ord(c) < 0x21 for c in decoded):
+        return "/ui/"
+    normal = posixpath.normpath(decoded)
+    if (normal != "/ui" and not normal.startswith("/ui/")) or ".." in decoded.split("/"):
+        return "/ui/"
+    return route + (f"?{query}" if query else "")
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two tokens of any characters (``secrets.compare_digest`` refuses non-ASCII str)."""
+    return secrets.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -62,94 +53,105 @@ def pkce_pair() -> tuple[str, str]:
 
 
 class ConsoleSessions:
-    """Console sessions and pending OIDC sign-ins, bounded and expiring; thread-safe."""
+    """Signing in and out of the console; the state is in the database and in sealed cookies, none here but
+    the issuer's discovery document."""
 
     def __init__(self, *, settings: Any, clock: Callable[[], float] = time.time) -> None:
         self.settings, self.clock = settings, clock
-        self._sessions: OrderedDict[str, ConsoleSession] = OrderedDict()
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._config: dict[str, Any] | None = None
-        self._lock = threading.Lock()
 
     @property
     def oidc_enabled(self) -> bool:
         return bool(self.settings.oidc_issuer and self.settings.oidc_audience and self.settings.console_client_id)
 
-    # --- sessions -----------------------------------------------------------------------------
+    # --- sessions (database) -------------------------------------------------------------------
 
-    def open(self, credential: str, *, method: str, expires: float | None = None) -> ConsoleSession:
+    def open(self, principal: Any, credential: str, *, method: str, expires: float | None) -> tuple[str, str, int]:
+        """A new session → (id for the cookie, CSRF token, seconds it lasts)."""
+        from convergence.governance import identity
+        from convergence.platform.db import session_scope
+
         now = self.clock()
         until = min(expires or now + self.settings.console_session_s, now + self.settings.console_session_s)
-        session = ConsoleSession(secrets.token_urlsafe(32), credential, secrets.token_urlsafe(24), until, method)
-        with self._lock:
-            self._sessions[session.id] = session
-            while len(self._sessions) > _MAX_SESSIONS:
-                self._sessions.popitem(last=False)
-        return session
+        with session_scope() as session:
+            session_id, csrf = identity.open_session(
+                session=session, principal=principal, credential=credential, method=method,
+                expires_at=dt.datetime.fromtimestamp(until, dt.timezone.utc))
+        return session_id, csrf, max(int(until - now), 1)
 
-    def get(self, session_id: str | None) -> ConsoleSession | None:
+    def get(self, session_id: str | None) -> Any:
+        from convergence.governance import identity
+        from convergence.platform.db import session_scope
+
         if not session_id:
             return None
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None and session.expires <= self.clock():
-                del self._sessions[session_id]
-                return None
-        return session
+        with session_scope(write=False) as session:
+            return identity.find_session(session=session, session_id=session_id)
 
-    def close(self, session_id: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(session_id or "", None)
+    def close(self, session_id: str, principal: Any) -> None:
+        from convergence.governance import identity
+        from convergence.platform.db import session_scope
+
+        with session_scope() as session:
+            identity.close_session(session=session, principal=principal, session_id=session_id)
+
+    def forget(self, session_id: str) -> None:
+        from convergence.governance import identity
+        from convergence.platform.db import session_scope
+
+        with session_scope() as session:
+            identity.forget_session(session=session, session_id=session_id)
 
     # --- OIDC: authorization code with PKCE ----------------------------------------------------
 
     def begin(self, *, next_path: str, redirect_uri: str) -> tuple[str, str]:
-        """A new sign-in: (state, the issuer's authorization URL to send the browser to)."""
+        """A new sign-in: (the sealed cookie that remembers it in this browser, the issuer's authorization URL)."""
+        from convergence.governance import identity
+
         if not self.oidc_enabled:
             raise NotFound("OIDC sign-in is not configured for the console",
-                              hint="set CVG_OIDC_ISSUER, CVG_OIDC_AUDIENCE and CVG_CONSOLE_CLIENT_ID, or sign in "
-                                   "with an API key")
-        config = self._configuration()
-        endpoint = config.get("authorization_endpoint")
+                           hint="set CVG_OIDC_ISSUER, CVG_OIDC_AUDIENCE and CVG_CONSOLE_CLIENT_ID, or sign in "
+                                "with an API key")
+        endpoint = self._configuration().get("authorization_endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise Unavailable("the OIDC issuer publishes no authorization endpoint")
         verifier, challenge = pkce_pair()
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        now = self.clock()
-        with self._lock:
-            for key in [k for k, p in self._pending.items() if now - p.created > _PENDING_S]:
-                del self._pending[key]
-            self._pending[state] = _Pending(verifier, nonce, safe_next(next_path), redirect_uri, now)
-            while len(self._pending) > _MAX_PENDING:
-                self._pending.popitem(last=False)
+        cookie = identity.seal_sign_in({"state": state, "verifier": verifier, "nonce": nonce,
+                                        "next": safe_next(next_path), "redirect_uri": redirect_uri,
+                                        "created": self.clock()})
         query = {"response_type": "code", "client_id": self.settings.console_client_id, "redirect_uri": redirect_uri,
                  "scope": "openid profile", "state": state, "nonce": nonce, "code_challenge": challenge,
                  "code_challenge_method": "S256", "resource": self.settings.oidc_audience}
-        sep = "&" if "?" in endpoint else "?"
-        return state, endpoint + sep + urllib.parse.urlencode(query)
+        return cookie, endpoint + ("&" if "?" in endpoint else "?") + urllib.parse.urlencode(query)
 
-    def finish(self, *, state: str, cookie_state: str | None, code: str) -> tuple[str, str, float | None]:
-        """The issuer sent the browser back: check ``state`` against the one this browser started, redeem the
-        code with its PKCE verifier → (access token, where to go next, when the token expires)."""
-        with self._lock:
-            pending = self._pending.pop(state, None) if state else None
-        if pending is None or self.clock() - pending.created > _PENDING_S:
-            raise Unauthenticated("this sign-in is unknown or expired", hint="sign in again from /ui/login")
-        if not cookie_state or not secrets.compare_digest(cookie_state, state):
-            raise Unauthenticated("this sign-in was started in another browser", hint="sign in again from /ui/login")
+    def finish(self, *, state: str, cookie: str | None, code: str) -> tuple[str, str, float | None]:
+        """The issuer sent the browser back: the sign-in this browser started (its sealed cookie) must name the
+        same ``state``; redeem the code with its PKCE verifier → (access token, where next, token expiry)."""
+        from convergence.governance import identity
+
+        pending = identity.open_sign_in(cookie)
+        if pending is None or not isinstance(pending.get("state"), str) or not same(pending["state"], state):
+            raise Unauthenticated("this sign-in was not started in this browser, or its cookie was changed",
+                                  hint="sign in again from /ui/login")
+        if not isinstance(pending.get("created"), (int, float)) or self.clock() - pending["created"] > PENDING_S:
+            raise Unauthenticated("this sign-in took longer than ten minutes", hint="sign in again from /ui/login")
         if not code or len(code) > 2048:
             raise InvalidInput("the issuer sent no authorization code")
         token = self._redeem(code, pending)
-        return token, pending.next_path, _expiry(token)
+        return token, safe_next(str(pending.get("next"))), _expiry(token)
 
-    def _redeem(self, code: str, pending: _Pending) -> str:
+    def _redeem(self, code: str, pending: dict[str, Any]) -> str:
         import httpx
 
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": pending.redirect_uri,
-                "client_id": self.settings.console_client_id, "code_verifier": pending.verifier,
+        endpoint = self._configuration().get("token_endpoint")
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            raise Unavailable("the OIDC issuer publishes no token endpoint")
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": str(pending.get("redirect_uri")),
+                "client_id": self.settings.console_client_id, "code_verifier": str(pending.get("verifier")),
                 "resource": self.settings.oidc_audience}
         try:
-            answer = httpx.post(self._configuration()["token_endpoint"], data=form, timeout=10)
+            answer = httpx.post(endpoint, data=form, timeout=10)
         except httpx.HTTPError as exc:
             raise Unavailable(f"cannot reach the OIDC issuer's token endpoint: {type(exc).__name__}") from None
         try:

@@ -79,7 +79,7 @@ def time_travel_page(ops: Operations, *, name: str = "", at: str = "") -> tuple[
     from convergence.platform.timeparse import parse_time
 
     with ops.reading("model.read") as session:
-        names = [r["name"] for r in gov.views.inventory(session=session)]
+        names = gov.views.model_names(session=session)
         result = None
         if name:
             when = parse_time(at or "now", option="instant")
@@ -88,19 +88,48 @@ def time_travel_page(ops: Operations, *, name: str = "", at: str = "") -> tuple[
                                 "events_allowed": may(ops, "audit.read")}
 
 
-def ledger_page(ops: Operations, *, limit: int = 50, before: int | None = None) -> tuple[str, dict[str, Any]]:
+class ChainStatus:
+    """The whole chain's verification for the ledger page, reused for ``max_age_s`` (a full check reads every
+    event: a page view must not cost that each time). Not keyed on the head: an edited row leaves it unchanged."""
+
+    def __init__(self, *, max_age_s: float) -> None:
+        import threading
+
+        self.max_age_s = max_age_s
+        self._last: tuple[int, float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, ops: Operations, head_seq: int) -> dict[str, Any]:
+        import time
+
+        with self._lock:
+            last = self._last
+        if last is not None and time.monotonic() - last[1] < self.max_age_s:
+            return {**last[2], "age_s": time.monotonic() - last[1]}
+        status = ops.verify_audit()
+        with self._lock:
+            self._last = (head_seq, time.monotonic(), status)
+        return {**status, "age_s": 0.0}
+
+
+def ledger_page(ops: Operations, *, chain: ChainStatus, limit: int = 50,
+                before: int | None = None) -> tuple[str, dict[str, Any]]:
     from convergence import governance as gov
 
     with ops.reading("audit.read") as session:
         head_seq, _ = gov.head(session=session)
         until = min(before, head_seq + 1) if before else head_seq + 1
         events = [e.to_dict() for e in gov.views.recent_events(session=session, before=until, limit=limit)]
-    status = ops.verify_audit()
+    status = chain.get(ops, head_seq)
     try:
         checkpoint = ops.latest_checkpoint()
     except NotFound:  # none signed yet: the page says so
         checkpoint = None
-    return "ledger.html", {"status": status, "checkpoint": checkpoint, "pubkey": ops.ledger_pubkey(),
+    try:
+        pubkey = ops.ledger_pubkey()
+    except NotFound:  # a new ledger has no signing key until its first checkpoint
+        pubkey = {"key": "", "anchors": []}
+    return "ledger.html", {"status": status, "checkpoint": checkpoint, "pubkey": pubkey,
                            "events": events, "head_seq": head_seq, "limit": limit,
                            "older": events[-1]["seq"] if events and events[-1]["seq"] > 1 else None}
 
@@ -182,8 +211,8 @@ def lineage_svg(graph: dict[str, Any], *, current: int) -> str:
         x, y = pos[n["id"]]
         klass = f"node {esc(n['kind'])}" + (" current" if n.get("version_id") == current else "")
         box = (f'<rect class="{klass}" x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6"/>'
-               f'<text x="{x + 8}" y="{y + 18}" class="label">{esc(n["label"])[:22]}</text>'
-               f'<text x="{x + 8}" y="{y + 36}">{esc(n["detail"])[:26]}</text>')
+               f'<text x="{x + 8}" y="{y + 18}" class="label">{esc(str(n["label"])[:22])}</text>'
+               f'<text x="{x + 8}" y="{y + 36}">{esc(str(n["detail"])[:26])}</text>')
         if n.get("version_id"):
             box = f'<a href="/ui/models/{int(n["version_id"])}" aria-label="{esc(n["label"])}">{box}</a>'
         out.append(box)

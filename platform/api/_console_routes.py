@@ -3,7 +3,6 @@ the JSON a browser checks an inclusion proof with, and the two static files. Rou
 
 from __future__ import annotations
 
-import secrets
 import urllib.parse
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 
 from convergence.platform.api import _console_pages as pages
 from convergence.platform.api._console import HERE, REPORT_CSP, STATIC, Console, _headers, _int, _query
-from convergence.platform.api._console_auth import LOGIN_COOKIE, SESSION_COOKIE, safe_next
+from convergence.platform.api._console_auth import LOGIN_COOKIE, PENDING_S, SESSION_COOKIE, same, safe_next
 from convergence.platform.errors import ConvergenceError, InvalidInput, PolicyViolation, Unauthenticated
 
 _FORM_LIMIT = 8192
@@ -56,7 +55,7 @@ def add_routes(app: Any, console: Console) -> None:
             start = _int(before, "before") if before else None
         except InvalidInput as exc:
             return console.error(exc)
-        return await console.page(request, "ledger", pages.ledger_page, before=start)
+        return await console.page(request, "ledger", pages.ledger_page, before=start, chain=console.chain)
 
     @get("/ui/budgets")
     async def budgets(request: Request) -> Response:
@@ -68,6 +67,7 @@ def add_routes(app: Any, console: Console) -> None:
 
     _downloads(app, console)
     _sign_in(app, console)
+    _oidc(app, console)
 
     @get("/ui/static/{name}")
     async def static(name: str) -> Response:
@@ -121,25 +121,79 @@ def _downloads(app: Any, console: Console) -> None:
         return JSONResponse(data, headers=_headers())
 
 
+def _cookie(console: Console, request: Request, response: Response, name: str, value: str, max_age: int) -> Response:
+    """A console cookie: HttpOnly, SameSite=Lax, scoped to /ui; Secure whenever the console is reached over TLS
+    (behind a proxy: when CVG_CONSOLE_URL says https)."""
+    secure = request.url.scheme == "https" or (console.settings.console_url or "").startswith("https://")
+    response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="lax", secure=secure)
+    return response
+
+
+async def _signed_in(console: Console, request: Request, response: Response, credential: str, method: str,
+                     expires: float | None) -> Response:
+    """Authenticate ``credential`` like an API call, open a session for it and set its cookie on ``response``."""
+    import anyio
+
+    auth = request.app.state.auth
+    principal = await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {credential}"))
+    session_id, _, lasts = await anyio.to_thread.run_sync(
+        lambda: console.sessions.open(principal, credential, method=method, expires=expires))
+    response.delete_cookie(LOGIN_COOKIE, path="/ui")
+    return _cookie(console, request, response, SESSION_COOKIE, session_id, lasts)
+
+
 def _sign_in(app: Any, console: Console) -> None:
-    """Sign-in (the issuer's code flow with PKCE, or an API key), the issuer's callback, and sign-out."""
+    """The sign-in page, sign-in with an API key, and sign-out."""
     sessions = console.sessions
-
-    def cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> Response:
-        response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="lax",
-                            secure=request.url.scheme == "https")
-        return response
-
-    def signed_in(request: Request, credential: str, method: str, expires: float | None, target: str) -> Response:
-        session = sessions.open(credential, method=method, expires=expires)
-        response = RedirectResponse(safe_next(target), status_code=303, headers=_headers())
-        response.delete_cookie(LOGIN_COOKIE, path="/ui")
-        return cookie(response, request, SESSION_COOKIE, session.id, int(session.expires - sessions.clock()))
 
     @app.get("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        return console.render("login.html", message=None, next=safe_next(request.query_params.get("next")),
-                              oidc=sessions.oidc_enabled)
+        target = safe_next(request.query_params.get("next"))
+        try:
+            principal, session = await console.who(request, cross_site_ok=True)
+        except ConvergenceError:
+            principal, session = None, None
+        return console.render("login.html", message=None, next=target, oidc=sessions.oidc_enabled,
+                              signed_in_as=principal.name if session is not None else None)
+
+    @app.post("/ui/login/key", include_in_schema=False)
+    async def login_key(request: Request) -> Response:
+        form = await _form(request)
+        target = safe_next(form.get("next"))
+        try:
+            _same_origin(request)
+            key = form.get("api_key", "").strip()
+            if not key:
+                raise InvalidInput("paste a service account's API key")
+            response = RedirectResponse(target, status_code=303, headers=_headers())
+            return await _signed_in(console, request, response, key, "api_key", None)
+        except ConvergenceError as exc:
+            return console.render("login.html", http_status=exc.http_status, message=exc.message, next=target,
+                                  oidc=sessions.oidc_enabled)
+
+    @app.post("/ui/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        import anyio
+
+        form = await _form(request)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        try:
+            _same_origin(request)
+            principal, session = await console.who(request)
+            if session is not None and not same(form.get("csrf", ""), session.csrf):
+                raise PolicyViolation("sign-out was not sent by this console's page")
+        except ConvergenceError as exc:
+            return console.error(exc)
+        if session is not None and cookie:
+            await anyio.to_thread.run_sync(lambda: sessions.close(cookie, principal))
+        response = RedirectResponse("/ui/login", status_code=303, headers=_headers())
+        response.delete_cookie(SESSION_COOKIE, path="/ui")
+        return response
+
+
+def _oidc(app: Any, console: Console) -> None:
+    """Sign-in with the issuer: off to its authorization endpoint, and back through the callback."""
+    sessions = console.sessions
 
     @app.get("/ui/login/oidc", include_in_schema=False)
     async def login_oidc(request: Request) -> Response:
@@ -148,66 +202,37 @@ def _sign_in(app: Any, console: Console) -> None:
         base = (console.settings.console_url or str(request.base_url)).rstrip("/")
         target = safe_next(request.query_params.get("next"))
         try:
-            state, url = await anyio.to_thread.run_sync(
+            cookie, url = await anyio.to_thread.run_sync(
                 lambda: sessions.begin(next_path=target, redirect_uri=f"{base}/ui/callback"))
         except ConvergenceError as exc:
             return console.render("login.html", http_status=exc.http_status, message=exc.message, next=target,
                                   oidc=sessions.oidc_enabled)
         response = RedirectResponse(url, status_code=303, headers=_headers())
-        return cookie(response, request, LOGIN_COOKIE, state, 600)
+        return _cookie(console, request, response, LOGIN_COOKIE, cookie, PENDING_S)
 
     @app.get("/ui/callback", include_in_schema=False)
     async def callback(request: Request) -> Response:
+        """The issuer's redirect (a cross-site navigation): the session opens here, and a page of our own moves
+        on, so the next request is the console's own (its ``Sec-Fetch-Site`` is same-origin)."""
         import anyio
 
         params = request.query_params
         try:
-            if params.get("error"):
-                raise Unauthenticated(f"the issuer did not sign you in: {params['error'][:80]}"
-                                      + (f" ({params.get('error_description', '')[:160]})"
-                                         if params.get("error_description") else ""))
+            if params.get("error"):  # the code only: the issuer's description is not ours to show
+                raise Unauthenticated(f"the issuer did not sign you in ({_token(params['error'])})")
             token, target, expires = await anyio.to_thread.run_sync(lambda: sessions.finish(
-                state=params.get("state", "")[:200], cookie_state=request.cookies.get(LOGIN_COOKIE),
+                state=params.get("state", "")[:200], cookie=request.cookies.get(LOGIN_COOKIE),
                 code=params.get("code", "")))
-            auth = request.app.state.auth
-            await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {token}"))
+            response = console.render("continue.html", target=target)
+            return await _signed_in(console, request, response, token, "oidc", expires)
         except ConvergenceError as exc:
             return console.render("login.html", http_status=exc.http_status, message=exc.message, next="/ui/",
                                   oidc=sessions.oidc_enabled)
-        return signed_in(request, token, "oidc", expires, target)
 
-    @app.post("/ui/login/key", include_in_schema=False)
-    async def login_key(request: Request) -> Response:
-        import anyio
 
-        form = await _form(request)
-        target = safe_next(form.get("next"))
-        try:
-            _same_origin(request)
-            key = form.get("api_key", "").strip()
-            if not key:
-                raise InvalidInput("paste a service account's API key")
-            auth = request.app.state.auth
-            await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {key}"))
-        except ConvergenceError as exc:
-            return console.render("login.html", http_status=exc.http_status, message=exc.message, next=target,
-                                  oidc=sessions.oidc_enabled)
-        return signed_in(request, key, "api_key", None, target)
-
-    @app.post("/ui/logout", include_in_schema=False)
-    async def logout(request: Request) -> Response:
-        form = await _form(request)
-        session = sessions.get(request.cookies.get(SESSION_COOKIE))
-        try:
-            _same_origin(request)
-            if session is not None and not secrets.compare_digest(form.get("csrf", ""), session.csrf):
-                raise PolicyViolation("sign-out was not sent by this console's page")
-        except ConvergenceError as exc:
-            return console.error(exc)
-        sessions.close(session.id if session else None)
-        response = RedirectResponse("/ui/login", status_code=303, headers=_headers())
-        response.delete_cookie(SESSION_COOKIE, path="/ui")
-        return response
+def _token(value: str) -> str:
+    """An OAuth error code as the issuer sent it, if it looks like one (RFC 6749: a short ASCII word)."""
+    return value if len(value) <= 40 and value.replace("_", "").isalnum() and value.isascii() else "an error"
 
 
 async def _form(request: Request) -> dict[str, str]:

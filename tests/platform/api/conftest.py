@@ -142,6 +142,9 @@ def console_story(db_url: str, model_file: Path, evidence_file: Path, tmp_path: 
         month = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
         gov.set_budget(session=s, principal=person("fin"), project="default", metric="kwh", period=month, hard=0.02,
                        soft=0.005, reason="monthly energy")
+    from tests.people import record_seeded
+
+    record_seeded()  # the seeded people's grants in the ledger, so a full verification reconciles
     with session_scope() as s:
         checkpoint = gov.ledger.checkpoint(session=s, principal=person("auditor"))
     return {"teacher": teacher.id, "v1": v1.id, "v2": v2.id, "int8": int8.id, "report": report.id,

@@ -39,7 +39,8 @@ def test_signed_out_readers_are_sent_to_sign_in_and_back(client: Any) -> None:
     csp = login.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     assert login.headers["x-frame-options"] == "DENY" and login.headers["cache-control"] == "no-store"
-    for target in ("//evil.example/x", "https://evil.example/", "/elsewhere", "/ui\\@evil", "javascript:alert(1)"):
+    for target in ("//evil.example/x", "https://evil.example/", "/elsewhere", "/ui\\@evil", "javascript:alert(1)",
+                   "/ui/../audit/events", "/ui/%2e%2e/audit/events", "/uiother", "/ui/é"):
         page = client.get("/ui/login", params={"next": target})
         assert 'name="next" value="/ui/"' in page.text, target  # never leaves the console
 
@@ -50,6 +51,7 @@ def test_a_key_signs_in_to_a_session_and_sign_out_needs_the_pages_token(client: 
     inventory = client.get("/ui/")
     assert inventory.status_code == 200 and key not in inventory.text and "exam-bot" in inventory.text
     assert client.post("/ui/logout", data={"csrf": "forged"}).status_code == 403
+    assert client.post("/ui/logout", data={"csrf": "é"}).status_code == 403  # non-ASCII: refused, not a 500
     foreign = client.post("/ui/logout", data={"csrf": csrf}, headers={"origin": "https://evil.example"})
     assert foreign.status_code == 403 and "another site" in foreign.text
     assert client.get("/ui/").status_code == 200  # still signed in after both refusals
@@ -142,7 +144,8 @@ def test_odd_input_is_a_clear_4xx_never_a_5xx(client: Any, console_story: dict[s
     """A campaign of hostile paths and parameters, counted: none answers 5xx or shows a traceback."""
     key = bearer(api_key("exam-bot", "auditor"))
     odd = ["", "0", "-1", "1e9", "99999999999999999999", "abc", "%00", "\u0000", "\u202e", "💥" * 50, "../../etc/passwd",
-           "<script>alert(1)</script>", "' OR 1=1 --", "a" * 5000, "NaN", "2026-13-45", "now", "1h", "\ud800"]
+           "<script>alert(1)</script>", "' OR 1=1 --", "a" * 5000, "NaN", "2026-13-45", "now", "1h", "\ud800",
+           "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"]
     requests = []
     for value in odd:
         quoted = urllib.parse.quote(value.encode("utf-8", "surrogatepass"), safe="")
@@ -165,15 +168,19 @@ def test_odd_input_is_a_clear_4xx_never_a_5xx(client: Any, console_story: dict[s
         answer = client.post("/ui/login/key", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
         statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
         assert 400 <= answer.status_code < 500, body[:40]
-    assert sum(statuses.values()) == len(requests) + 5 == 271 and not any(s >= 500 for s in statuses), statuses
+    assert sum(statuses.values()) == len(requests) + 5 == 299 and not any(s >= 500 for s in statuses), statuses
 
 
 def test_the_callback_refuses_a_sign_in_it_did_not_start(client: Any) -> None:
     """Without the browser's own state cookie, or after the issuer said no, the callback signs nobody in."""
-    denied = client.get("/ui/callback", params={"error": "access_denied", "error_description": "user cancelled"})
+    denied = client.get("/ui/callback", params={"error": "access_denied", "error_description": "paste your key at x"})
     assert denied.status_code == 401 and "access_denied" in denied.text and "set-cookie" not in denied.headers
+    assert "paste your key" not in denied.text  # the issuer's free text is not shown on the console's page
     forged = client.get("/ui/callback", params={"state": "made-up", "code": "stolen"})
-    assert forged.status_code == 401 and "unknown or expired" in forged.text
+    assert forged.status_code == 401 and "not started in this browser" in forged.text
+    client.cookies.set("cvg_console_login", "enc:v1:AAAAforged%C3%A9", path="/ui")
+    edited = client.get("/ui/callback", params={"state": "made-up", "code": "stolen"})
+    assert edited.status_code == 401 and "not started in this browser" in edited.text
     assert client.get("/ui/login/oidc").status_code == 404  # not configured here: says so, no redirect
 
 
@@ -182,3 +189,61 @@ def test_no_write_route_exists_under_ui(client: Any) -> None:
     for method, path in (("POST", "/ui/"), ("PUT", "/ui/models/1"), ("DELETE", "/ui/ledger"), ("POST", "/ui/budgets"),
                          ("POST", "/ui/models/1/pack")):
         assert client.request(method, path, headers=key).status_code == 405, path
+
+
+def test_sessions_live_in_the_database_and_are_audited(client: Any, console_story: dict[str, Any]) -> None:
+    """Another replica (a second app on the same database) knows the session; signing in and out are events."""
+    from starlette.testclient import TestClient
+
+    from convergence import governance as gov
+    from convergence.platform.api import create_app
+    from convergence.platform.db import session_scope
+
+    csrf = _signed_in(client, api_key("exam-bot", "auditor"))
+    with TestClient(create_app(), raise_server_exceptions=False) as replica:
+        replica.cookies.update(client.cookies)
+        assert replica.get("/ui/ledger").status_code == 200
+    assert client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    from sqlalchemy import text
+
+    with session_scope(write=False) as s:
+        actions = [e.action for e in gov.query_events(session=s, action="console.*")]
+        assert actions == ["console.signed_in", "console.signed_out"]
+        assert s.execute(text("SELECT count(*) FROM console_sessions")).scalar() == 0
+
+
+def test_a_link_from_another_site_never_acts_with_the_session(client: Any, console_story: dict[str, Any]) -> None:
+    """Sec-Fetch-Site cross-site: no page, pack or refusal in the reader's name; a link to continue instead."""
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+
+    _signed_in(client, api_key("dev-bot", "registrant"))
+    with session_scope(write=False) as s:
+        before = gov.head(session=s)[0]
+    cross = {"sec-fetch-site": "cross-site"}
+    for path in ("/ui/ledger", f"/ui/models/{console_story['v2']}/pack"):
+        answer = client.get(path, headers=cross, follow_redirects=False)
+        assert answer.status_code in (303, 401), (path, answer.status_code)
+    with session_scope(write=False) as s:
+        assert gov.head(session=s)[0] == before  # no refusal recorded in dev-bot's name
+    login = client.get("/ui/login", params={"next": "/ui/ledger"}, headers=cross)
+    assert 'id="continue"' in login.text and "dev-bot" in login.text
+    assert client.get("/ui/ledger", headers={"sec-fetch-site": "same-origin"}).status_code == 403  # its own click
+
+
+def test_a_cookie_is_secure_behind_a_tls_proxy_and_a_new_ledger_has_a_page(client: Any, db_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.testclient import TestClient
+
+    from convergence.platform.api import create_app
+    from convergence.platform.settings import get_settings
+
+    monkeypatch.setenv("CVG_CONSOLE_URL", "https://cvg.example")
+    get_settings.cache_clear()
+    with TestClient(create_app(), raise_server_exceptions=False, base_url="https://cvg.example") as tls:
+        answer = tls.post("/ui/login/key", data={"api_key": api_key("exam-bot", "auditor")}, follow_redirects=False,
+                          headers={"origin": "https://cvg.example"})
+        assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
+        ledger = tls.get("/ui/ledger")  # nothing signed yet: the page says so instead of failing
+        assert ledger.status_code == 200 and 'id="cp-none"' in ledger.text
+    get_settings.cache_clear()

@@ -28,7 +28,8 @@ SHOTS = Path(__file__).resolve().parents[3] / ".artifacts" / "console"
 @pytest.fixture
 def console_server(console_story: dict[str, Any], oidc: Any, tmp_path: Path) -> Iterator[ApiServer]:
     """`cvg api` on the story's database, trusting the provider, with the console's public client configured."""
-    env = {"CVG_API_MAX_RUNS": "0", **oidc.env(), "CVG_CONSOLE_CLIENT_ID": "cvg-console", "CVG_AUTH_CACHE_S": "0"}
+    env = {"CVG_API_MAX_RUNS": "0", **oidc.env(), "CVG_CONSOLE_CLIENT_ID": "cvg-console", "CVG_AUTH_CACHE_S": "0",
+           "CVG_CONSOLE_VERIFY_S": "0"}
     server = ApiServer(env, tmp_path / "api.log")
     yield server
     server.stop()
@@ -155,6 +156,7 @@ def test_an_auditor_signs_in_reaches_the_production_model_and_travels_in_time(
         assert page.locator("figure.budget svg[role=img]").count() == 1
         visit.shot("budgets")
         page.click("nav a[href='/ui/ledger']")
+        assert page.text_content("#chain-status").startswith("Intact")
         visit.shot("ledger")
         page.emulate_media(media="print")  # the print stylesheet: no navigation, no buttons, the record only
         assert not page.is_visible("header nav") and not page.is_visible("button.check")
@@ -173,17 +175,19 @@ def test_the_in_browser_inclusion_check_catches_an_edited_row(
         unprotect: Any) -> None:
     base = console_server.url
     key = api_key("exam-bot", "auditor")
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+
+    # alice's approval: its reason holds quotes, a backslash, U+2028, a newline, a tab and markup, so the browser's
+    # JSON.stringify must escape exactly as the ledger's encoder did
+    with session_scope(write=False) as s:
+        seq = gov.query_events(session=s, action="model.approved", actor="alice")[0].seq
     with browse(chromium, base, SHOTS / backend) as visit:
         page = visit.page
-        page.goto(base + "/ui/ledger")
+        page.goto(f"{base}/ui/ledger?before={seq + 1}")
         page.fill("#api_key", key)
         page.click("#key-signin button[type=submit]")
-        page.wait_for_url(base + "/ui/ledger")
-        # alice's approval: its reason holds quotes, a backslash, U+2028, a newline, a tab and markup, so the
-        # browser's JSON.stringify must escape exactly as the ledger's encoder did
-        approval = page.eval_on_selector_all("#ledger-events tr", "rs => rs.filter(r => r.cells[2].textContent === "
-                                             "'alice' && r.cells[3].textContent === 'model.approved').map(r => r.id)")
-        seq = int(approval[0].removeprefix("seq-"))
+        page.wait_for_url(f"{base}/ui/ledger?before={seq + 1}")
         verdict = f"output.verdict[data-seq='{seq}']"
         page.click(f"button.check[data-seq='{seq}']")
         page.wait_for_selector(f"{verdict}[data-result]")
