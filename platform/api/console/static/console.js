@@ -107,7 +107,7 @@ function eventBytes(seq, e) {
 
 // RFC 9162 section 2.1.3.2
 async function verifyInclusion(index, size, leaf, proof, root) {
-  if (!(index >= 0 && index < size)) return false;
+  if (!(index >= 0 && index < size) || proof.length > 64 || proof.some((p) => p.length !== 32)) return false;
   let fn = index, sn = size - 1, r = leaf;
   for (const p of proof) {
     if (sn === 0) return false;
@@ -135,6 +135,7 @@ async function checkEvent(seq, out) {
     const cp = parseCheckpoint(await verifyNote(data.checkpoint, key));
     if (cp.origin !== key.name) throw new Error(`the checkpoint is of log ${cp.origin}, not ${key.name}`);
     if (data.tree_size !== cp.size) throw new Error("the proof is for another tree than the checkpoint signs");
+    if (!Array.isArray(data.proof)) throw new Error("the server sent no proof");
     const leaf = await leafHash(await sha256(eventBytes(seq, data.event)));
     if (!(await verifyInclusion(seq - 1, cp.size, leaf, data.proof.map(unhex), cp.root))) {
       throw new Error(`event ${seq} as stored now is not the event the signed tree of ${cp.size} events holds: it was changed after it was written`);
