@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chromium: str) -> None:
     env = {"CVG_HOME": str(tmp_path / "home"), "CVG_DATABASE_URL": ""}
     monkeypatch.delenv("CVG_DATABASE_URL", raising=False)
     result = cvg("demo", "--quick", env=env)
@@ -66,3 +66,35 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
     assert page.count('<svg role="img"') == 5 and "not enough points" not in page and "nothing recorded" not in page
     keys = cvg("principals", "keys", "--json", env=env).json
     assert keys and all(k["state"] != "active" for k in keys)  # the demo revoked what it issued
+    _console_on_the_demos_data(cvg, env, tmp_path, chromium)
+
+
+def _console_on_the_demos_data(cvg, env: dict[str, str], tmp_path: Path, chromium: str) -> None:  # type: ignore[no-untyped-def]
+    """The console on the demo's own database, in chromium: a fresh auditor key (ada asks, sam approves: --as works
+    on the sandbox), the production student's approvals by principal, and the in-browser check of its approval."""
+    from convergence.serving import ServerProcess
+    from tests.platform.api.test_console_browser import SHOTS, browse
+
+    issued = cvg("principals", "create-key", "auditor", "--expires", "1h", "--as", "ada", "--json", env=env).json
+    assert cvg("principals", "approve-key", issued["key_id"], "--as", "sam", env=env).code == 0
+    events = cvg("audit", "query", "--action", "model.approved", "--actor", "alice", "--json", env=env).json
+    student, seq = int(events[0]["subject_id"]), events[0]["seq"]
+    with ServerProcess("api", log=tmp_path / "console-api.log", env=env, command=("api",)) as api, \
+            browse(chromium, api.url, SHOTS / "demo") as visit:
+        page = visit.page
+        page.goto(api.url + "/ui/")
+        page.fill("#api_key", issued["key"])
+        page.click("#key-signin button[type=submit]")
+        page.wait_for_selector("#inventory")
+        visit.shot("inventory")
+        assert page.locator("tr[data-model=es-trading-student] a.production").count() == 1
+        page.goto(f"{api.url}/ui/models/{student}")
+        actors = page.eval_on_selector_all("#approval-trail td.actor", "ts => ts.map(t => t.textContent)")
+        assert actors == ["carol", "alice"], actors
+        visit.shot("model")
+        page.goto(f"{api.url}/ui/ledger?before={seq + 1}")
+        page.click(f"button.check[data-seq='{seq}']")
+        page.wait_for_selector(f"output.verdict[data-seq='{seq}'][data-result]")
+        assert page.get_attribute(f"output.verdict[data-seq='{seq}']", "data-result") == "verified"
+        visit.shot("ledger")
+    assert visit.errors == [] and visit.failed == [], (visit.errors, visit.failed)
