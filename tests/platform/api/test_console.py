@@ -247,3 +247,17 @@ def test_a_cookie_is_secure_behind_a_tls_proxy_and_a_new_ledger_has_a_page(clien
         ledger = tls.get("/ui/ledger")  # nothing signed yet: the page says so instead of failing
         assert ledger.status_code == 200 and 'id="cp-none"' in ledger.text
     get_settings.cache_clear()
+
+
+def test_the_inventory_filters_and_sorts(client: Any, console_story: dict[str, Any]) -> None:
+    key = bearer(api_key("exam-bot", "auditor"))
+
+    def models(**params: str) -> list[str]:
+        return re.findall(r'<tr data-model="([^"]+)"', client.get("/ui/", params=params, headers=key).text)
+
+    assert models() == ["alpha", "alpha-teacher"]
+    assert models(tier="high") == ["alpha"] and models(stage="candidate") == ["alpha-teacher"]
+    assert models(q="TEACH") == ["alpha-teacher"] and models(family="language") == []
+    assert models(sort="name", desc="1") == ["alpha-teacher", "alpha"]
+    assert models(sort="tier", desc="1") == ["alpha-teacher", "alpha"]  # unset tiers after high, reversed
+    assert models(sort="no-such-column") == ["alpha", "alpha-teacher"]  # an unknown sort is the default
