@@ -45,13 +45,15 @@ def _digest(session_id: str) -> str:
 
 
 def open_session(*, session: Session, principal: Principal, credential: str, method: str,
-                 expires_at: dt.datetime) -> tuple[str, str]:
-    """Record a sign-in (audited as ``console.signed_in``) → (session id for the cookie, CSRF token). Expired
-    sessions are swept in the same transaction."""
+                 expires_at: dt.datetime, replaces: str | None = None) -> tuple[str, str]:
+    """Record a sign-in (audited as ``console.signed_in``) → (session id for the cookie, CSRF token). The session
+    the browser had (``replaces``) ends, and expired sessions are swept, in the same transaction."""
     if method not in METHODS:
         raise InvalidInput(f"a console session signs in with {' or '.join(METHODS)}, not {method!r}")
     now = utcnow()
-    session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))
+    sweep(session=session)
+    if replaces:
+        session.execute(delete(ConsoleSession).where(ConsoleSession.id_sha256 == _digest(replaces)))
     session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     session.add(ConsoleSession(id_sha256=_digest(session_id), principal_id=principal.id, method=method,
                                credential=seal(credential, purpose=_SESSION), csrf=csrf, created_at=now,
@@ -81,6 +83,7 @@ def close_session(*, session: Session, principal: Principal, session_id: str) ->
     if row is None or row.principal_id != principal.id:
         return False
     session.delete(row)
+    sweep(session=session)
     append(session=session, principal=principal, action="console.signed_out", subject=Subject("principal", principal.id),
            payload={"method": row.method})
     return True
@@ -90,6 +93,12 @@ def forget_session(*, session: Session, session_id: str) -> None:
     """Drop a session whose credential no longer authenticates (revoked, expired): housekeeping, not an event —
     the revocation that caused it is."""
     session.execute(delete(ConsoleSession).where(ConsoleSession.id_sha256 == _digest(session_id)))
+    sweep(session=session)
+
+
+def sweep(*, session: Session) -> int:
+    """Delete expired sessions (their sealed credentials with them); run at every sign-in, sign-out and drop."""
+    return session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= utcnow())).rowcount or 0
 
 
 def seal_sign_in(data: dict[str, Any]) -> str:

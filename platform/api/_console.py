@@ -69,14 +69,16 @@ class Console:
 
     # --- who is asking ----------------------------------------------------------------------------
 
-    async def who(self, request: Request, *, cross_site_ok: bool = False) -> tuple[Any, Any]:
+    async def who(self, request: Request, *, cross_site_ok: bool = False, strict: bool = False) -> tuple[Any, Any]:
         """The principal of the console session (cookie) or of an ``Authorization`` header (service use);
         ``(None, None)`` when neither is there. A request another site started (``Sec-Fetch-Site``) never acts
-        with the session. A session whose credential no longer works is dropped."""
+        with the session; ``strict`` (what may write: the pack can sign a checkpoint) wants the browser to say
+        same-origin. A session whose credential no longer works is dropped."""
         import anyio
 
         cookie = request.cookies.get(SESSION_COOKIE)
-        if not cross_site_ok and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        site = request.headers.get("sec-fetch-site")
+        if (strict and site != "same-origin") or (not cross_site_ok and site in ("cross-site", "same-site")):
             cookie = None
         session = await anyio.to_thread.run_sync(lambda: self.sessions.get(cookie)) if cookie else None
         header = f"Bearer {session.credential}" if session else request.headers.get("authorization")

@@ -66,8 +66,9 @@ class ConsoleSessions:
 
     # --- sessions (database) -------------------------------------------------------------------
 
-    def open(self, principal: Any, credential: str, *, method: str, expires: float | None) -> tuple[str, str, int]:
-        """A new session → (id for the cookie, CSRF token, seconds it lasts)."""
+    def open(self, principal: Any, credential: str, *, method: str, expires: float | None,
+             replaces: str | None = None) -> tuple[str, str, int]:
+        """A new session → (id for the cookie, CSRF token, seconds it lasts); the session ``replaces`` ends."""
         from convergence.governance import identity
         from convergence.platform.db import session_scope
 
@@ -76,7 +77,7 @@ class ConsoleSessions:
         with session_scope() as session:
             session_id, csrf = identity.open_session(
                 session=session, principal=principal, credential=credential, method=method,
-                expires_at=dt.datetime.fromtimestamp(until, dt.timezone.utc))
+                expires_at=dt.datetime.fromtimestamp(until, dt.timezone.utc), replaces=replaces)
         return session_id, csrf, max(int(until - now), 1)
 
     def get(self, session_id: str | None) -> Any:
@@ -116,12 +117,14 @@ class ConsoleSessions:
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise Unavailable("the OIDC issuer publishes no authorization endpoint")
         verifier, challenge = pkce_pair()
-        state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        cookie = identity.seal_sign_in({"state": state, "verifier": verifier, "nonce": nonce,
-                                        "next": safe_next(next_path), "redirect_uri": redirect_uri,
-                                        "created": self.clock()})
+        # PKCE binds the code to this verifier; the identity is the access token's, checked like any API call (the
+        # ID token is not used, so no nonce is asked for). A long ``next`` would not fit in a cookie.
+        state = secrets.token_urlsafe(24)
+        target = safe_next(next_path) if len(next_path) <= 1000 else "/ui/"
+        cookie = identity.seal_sign_in({"state": state, "verifier": verifier, "next": target,
+                                        "redirect_uri": redirect_uri, "created": self.clock()})
         query = {"response_type": "code", "client_id": self.settings.console_client_id, "redirect_uri": redirect_uri,
-                 "scope": "openid profile", "state": state, "nonce": nonce, "code_challenge": challenge,
+                 "scope": "openid profile", "state": state, "code_challenge": challenge,
                  "code_challenge_method": "S256", "resource": self.settings.oidc_audience}
         return cookie, endpoint + ("&" if "?" in endpoint else "?") + urllib.parse.urlencode(query)
 

@@ -96,20 +96,18 @@ class ChainStatus:
         import threading
 
         self.max_age_s = max_age_s
-        self._last: tuple[int, float, dict[str, Any]] | None = None
-        self._lock = threading.Lock()
+        self._last: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()  # one full check at a time: views arriving meanwhile wait and reuse it
 
-    def get(self, ops: Operations, head_seq: int) -> dict[str, Any]:
+    def get(self, ops: Operations) -> dict[str, Any]:
         import time
 
         with self._lock:
             last = self._last
-        if last is not None and time.monotonic() - last[1] < self.max_age_s:
-            return {**last[2], "age_s": time.monotonic() - last[1]}
-        status = ops.verify_audit()
-        with self._lock:
-            self._last = (head_seq, time.monotonic(), status)
-        return {**status, "age_s": 0.0}
+            if last is None or time.monotonic() - last[0] >= self.max_age_s:
+                last = self._last = (time.monotonic(), ops.verify_audit())
+                return {**last[1], "age_s": 0.0}
+        return {**last[1], "age_s": time.monotonic() - last[0]}
 
 
 def ledger_page(ops: Operations, *, chain: ChainStatus, limit: int = 50,
@@ -120,7 +118,7 @@ def ledger_page(ops: Operations, *, chain: ChainStatus, limit: int = 50,
         head_seq, _ = gov.head(session=session)
         until = min(before, head_seq + 1) if before else head_seq + 1
         events = [e.to_dict() for e in gov.views.recent_events(session=session, before=until, limit=limit)]
-    status = chain.get(ops, head_seq)
+    status = chain.get(ops)
     try:
         checkpoint = ops.latest_checkpoint()
     except NotFound:  # none signed yet: the page says so

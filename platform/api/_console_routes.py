@@ -87,7 +87,7 @@ def _downloads(app: Any, console: Console) -> None:
         from convergence.platform.api.operations import Operations
 
         wanted = _int(number, what)
-        principal, _ = await console.who(request)
+        principal, _ = await console.who(request, strict=True)
         if principal is None:
             raise Unauthenticated("sign in to the console first", hint="/ui/login")
         ops = Operations(who=lambda: principal, jobs=request.app.state.jobs)
@@ -134,10 +134,11 @@ async def _signed_in(console: Console, request: Request, response: Response, cre
     """Authenticate ``credential`` like an API call, open a session for it and set its cookie on ``response``."""
     import anyio
 
-    auth = request.app.state.auth
-    principal = await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {credential}"))
+    auth, rid = request.app.state.auth, getattr(request.state, "request_id", None)
+    principal = await anyio.to_thread.run_sync(lambda: auth.from_header(f"Bearer {credential}", request_id=rid))
+    replaces = request.cookies.get(SESSION_COOKIE)  # signing in again ends the session this browser had
     session_id, _, lasts = await anyio.to_thread.run_sync(
-        lambda: console.sessions.open(principal, credential, method=method, expires=expires))
+        lambda: console.sessions.open(principal, credential, method=method, expires=expires, replaces=replaces))
     response.delete_cookie(LOGIN_COOKIE, path="/ui")
     return _cookie(console, request, response, SESSION_COOKIE, session_id, lasts)
 
@@ -201,6 +202,8 @@ def _oidc(app: Any, console: Console) -> None:
 
         base = (console.settings.console_url or str(request.base_url)).rstrip("/")
         target = safe_next(request.query_params.get("next"))
+        if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):  # another site may not start one
+            return console.render("login.html", message=None, next=target, oidc=sessions.oidc_enabled)
         try:
             cookie, url = await anyio.to_thread.run_sync(
                 lambda: sessions.begin(next_path=target, redirect_uri=f"{base}/ui/callback"))
@@ -226,8 +229,10 @@ def _oidc(app: Any, console: Console) -> None:
             response = console.render("continue.html", target=target)
             return await _signed_in(console, request, response, token, "oidc", expires)
         except ConvergenceError as exc:
-            return console.render("login.html", http_status=exc.http_status, message=exc.message, next="/ui/",
-                                  oidc=sessions.oidc_enabled)
+            failed = console.render("login.html", http_status=exc.http_status, message=exc.message, next="/ui/",
+                                    oidc=sessions.oidc_enabled)
+            failed.delete_cookie(LOGIN_COOKIE, path="/ui")
+            return failed
 
 
 def _token(value: str) -> str:
@@ -257,6 +262,12 @@ def _same_origin(request: Request) -> None:
             raise PolicyViolation("this form was sent from another site")
         return
     configured = request.app.state.console.settings.console_url
-    own = configured.rstrip("/") if configured else f"{request.url.scheme}://{request.url.netloc}"
-    if origin != own:  # "null" (a sandboxed frame, a privacy redirect) is never the console's own
+    try:
+        hosts = {request.headers.get("host", ""), urllib.parse.urlsplit(configured).netloc if configured else ""}
+        parsed = urllib.parse.urlsplit(origin) if origin != "null" else None
+    except ValueError:  # an Origin that is not a URL at all
+        parsed = None
+    # the host the browser reached, whatever scheme a TLS proxy in front left us; "null" (a sandboxed frame, a
+    # privacy redirect) is never the console's own
+    if parsed is None or parsed.scheme not in ("http", "https") or parsed.netloc not in hosts - {""}:
         raise PolicyViolation("this form was sent from another site")

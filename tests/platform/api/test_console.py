@@ -68,8 +68,9 @@ def test_a_wrong_or_revoked_key_is_one_clear_line_and_ends_the_session(client: A
 
     bad = client.post("/ui/login/key", data={"api_key": "cvgk_not-a-real-key", "next": "/ui/"})
     assert bad.status_code == 401 and "cvgk_not-a-real-key" not in bad.text and 'role="alert"' in bad.text
-    cross = client.post("/ui/login/key", data={"api_key": "x"}, headers={"origin": "null"})
-    assert cross.status_code == 403
+    for origin in ("null", "http://[::1", "https://evil.example", "ftp://testserver"):
+        cross = client.post("/ui/login/key", data={"api_key": "x"}, headers={"origin": origin})
+        assert cross.status_code == 403, origin
     key = api_key("brief-bot", "auditor")
     _signed_in(client, key)
     client.app.state.auth.invalidate()
@@ -174,7 +175,8 @@ def test_odd_input_is_a_clear_4xx_never_a_5xx(client: Any, console_story: dict[s
 def test_the_callback_refuses_a_sign_in_it_did_not_start(client: Any) -> None:
     """Without the browser's own state cookie, or after the issuer said no, the callback signs nobody in."""
     denied = client.get("/ui/callback", params={"error": "access_denied", "error_description": "paste your key at x"})
-    assert denied.status_code == 401 and "access_denied" in denied.text and "set-cookie" not in denied.headers
+    assert denied.status_code == 401 and "access_denied" in denied.text
+    assert "cvg_console=" not in denied.headers.get("set-cookie", "")  # no session; the sign-in cookie is dropped
     assert "paste your key" not in denied.text  # the issuer's free text is not shown on the console's page
     forged = client.get("/ui/callback", params={"state": "made-up", "code": "stolen"})
     assert forged.status_code == 401 and "not started in this browser" in forged.text
@@ -261,3 +263,29 @@ def test_the_inventory_filters_and_sorts(client: Any, console_story: dict[str, A
     assert models(sort="name", desc="1") == ["alpha-teacher", "alpha"]
     assert models(sort="tier", desc="1") == ["alpha-teacher", "alpha"]  # unset tiers after high, reversed
     assert models(sort="no-such-column") == ["alpha", "alpha-teacher"]  # an unknown sort is the default
+
+
+def test_signing_in_again_ends_the_old_session_and_only_own_clicks_download(client: Any,
+                                                                           console_story: dict[str, Any]) -> None:
+    """A second sign-in replaces the browser's session; the pack (which may sign a checkpoint) wants the browser to
+    say same-origin; another site cannot even start an OIDC sign-in; a TLS proxy's https origin is the console's."""
+    key = api_key("exam-bot", "auditor")
+    _signed_in(client, key)
+    first = client.cookies.get("cvg_console")
+    _signed_in(client, key)
+    assert client.cookies.get("cvg_console") != first
+    from starlette.testclient import TestClient
+
+    from convergence.platform.api import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as other:
+        other.cookies.set("cvg_console", first, path="/ui")
+        assert other.get("/ui/", follow_redirects=False).status_code == 303  # the old session is gone
+    pack = f"/ui/models/{console_story['v2']}/pack"
+    assert client.get(pack, follow_redirects=False).status_code == 401  # no Sec-Fetch-Site: not the session's
+    own = client.get(pack, headers={"sec-fetch-site": "same-origin"})
+    assert own.status_code == 200 and own.content[:2] == b"PK"
+    started = client.get("/ui/login/oidc", headers={"sec-fetch-site": "cross-site"}, follow_redirects=False)
+    assert started.status_code == 200 and "cvg_console_login" not in started.headers.get("set-cookie", "")
+    proxied = client.post("/ui/logout", data={"csrf": "x"}, headers={"origin": "https://testserver"})
+    assert proxied.status_code == 403 and "not sent by this console" in proxied.text  # origin accepted

@@ -25,7 +25,8 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
                      "match the signed checkpoint", "is included in the signed tree", "classified",
                      "auditor packed the production student", "OK: audit pack of", "revoked the", "summary",
                      "showed the auditor 5 of 5 pages"):
-        assert fragment in result.out, fragment
+        assert fragment in result.out, (fragment, [line for line in result.out.splitlines()  # what happened instead
+                                                   if "gates" in line or "language" in line or "failed" in line])
     assert (tmp_path / "home" / "convergence.db").exists()
     import re
 
