@@ -338,15 +338,22 @@ def drift_history(*, session: Session, name: str, limit: int = 50) -> list[Drift
     return reports
 
 
+def report_html_blob(report: DriftReport) -> Path | None:
+    """The stored Evidently HTML of ``report``, fetched from the store and checked against its name (the store is
+    content-addressed: the blob's file name is its SHA-256); None when the check ran without Evidently."""
+    if not report.evidently_html_uri:
+        return None
+    return get_artifact_store().fetch(report.evidently_html_uri, sha256=report.evidently_html_uri.rsplit("/", 1)[-1])
+
+
 def report_html_path(report: DriftReport) -> Path | None:
     """A readable copy of the Evidently HTML (CVG_HOME/reports/drift-ID-SHA.html) for a person to open."""
-    if not report.evidently_html_uri:
+    blob = report_html_blob(report)
+    if blob is None:
         return None
     import shutil
 
-    # Content-addressed: the blob's file name is its SHA-256, so fetching it re-checks the bytes.
-    sha = report.evidently_html_uri.rsplit("/", 1)[-1]
-    blob = get_artifact_store().fetch(report.evidently_html_uri, sha256=sha)
+    sha = blob.name
     # Named by the report and its blob: a report id reused after retention never finds another's copy.
     target = get_settings().home / "reports" / f"drift-{report.id}-{sha[:16]}.html"
     if not target.exists():

@@ -240,16 +240,15 @@ def _evidence(chain: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _drift(session: Session, chain: list[dict[str, Any]], files: dict[str, bytes]) -> list[dict[str, Any]]:
     """Drift reports of the version (with Evidently's HTML in the pack), oldest first."""
-    from convergence.governance._artifacts import get_artifact_store
-    from convergence.governance._drift import report_to_dict
+    from convergence.governance._drift import report_html_blob, report_to_dict
 
     rows = session.execute(select(DriftReport).where(DriftReport.model_version_id == chain[0]["id"])
                            .order_by(DriftReport.created_at, DriftReport.id)).scalars().all()
     out = []
     for r in rows:
         shown = {**_without_locations(report_to_dict(r)), "evidently_html": None}
-        if r.evidently_html_uri:  # the stored blob itself, checked against its name (its SHA-256)
-            blob = get_artifact_store().fetch(r.evidently_html_uri, sha256=r.evidently_html_uri.rsplit("/", 1)[-1])
+        blob = report_html_blob(r)  # the stored blob itself, checked against its name (its SHA-256)
+        if blob is not None:
             shown["evidently_html"] = f"drift/report-{r.id}.html"
             files[shown["evidently_html"]] = blob.read_bytes()
         out.append(shown)

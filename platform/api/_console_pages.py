@@ -222,12 +222,10 @@ def report_html(ops: Operations, report_id: int) -> bytes:
     from convergence import governance as gov
 
     with ops.reading("drift.read") as session:
-        report = gov.get_report(session=session, report_id=report_id)
-        uri = report.evidently_html_uri
-    if not uri:
+        blob = gov.report_html_blob(gov.get_report(session=session, report_id=report_id))
+    if blob is None:
         raise NotFound(f"drift report {report_id} has no Evidently report (the check ran with --no-evidently)")
-    sha = uri.rsplit("/", 1)[-1]
-    return gov.get_artifact_store().fetch(uri, sha256=sha).read_bytes()
+    return blob.read_bytes()
 
 
 def proof_data(ops: Operations, seq: int) -> dict[str, Any]:
