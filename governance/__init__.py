@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import artifacts, identity, ledger, pack, retention, views
+from convergence.governance import artifacts, identity, ledger, pack, retention, rollout, views
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -73,6 +73,8 @@ from convergence.governance._models import (
     Base,
     Budget,
     BudgetChange,
+    Deployment,
+    DeploymentTally,
     DriftReport,
     KillSwitch,
     PredictionLog,
@@ -139,6 +141,8 @@ __all__ = [
     "DEFAULT_PROJECT",
     "Dataset",
     "Disagreement",
+    "Deployment",
+    "DeploymentTally",
     "DriftReport",
     "Event",
     "EventIn",
@@ -254,5 +258,6 @@ __all__ = [
     "validate",
     "verify",
     "verify_signature",
+    "rollout",
     "views",
 ]

@@ -282,9 +282,9 @@ def check_drift(*, session: Session, principal: Principal, name: str, since: dt.
 
 
 def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple[Any, ...]]) -> int:
-    """Batch-write predictions (prediction id, time, features, output, latency ms[, killed]); used by serving.
-    Features given as a numpy array are stored as float32 bytes, a list as JSON; ``killed`` flags an answer
-    given by a kill switch's safe output rather than the model."""
+    """Batch-write predictions (prediction id, time, features, output, latency ms[, killed[, shadow]]); used by
+    serving. Features given as a numpy array are stored as float32 bytes, a list as JSON; ``killed`` flags an
+    answer given by a kill switch's safe output rather than the model, ``shadow`` one never returned."""
     from sqlalchemy import insert
 
     if not rows:
@@ -293,10 +293,10 @@ def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple
         return len(rows)
     session.execute(insert(PredictionLog), [
         {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "output": float(o), "latency_ms": lat,
-         "killed": bool(killed and killed[0]),
+         "killed": bool(flags and flags[0]), "shadow": bool(len(flags) > 1 and flags[1]),
          **({"features": None, "features_f32": np.asarray(f, dtype="<f4").tobytes()} if isinstance(f, np.ndarray)
             else {"features": list(map(float, f)), "features_f32": None})}
-        for pid, ts, f, o, lat, *killed in rows])
+        for pid, ts, f, o, lat, *flags in rows])
     return len(rows)
 
 
@@ -322,10 +322,11 @@ def _insert_binary(session: Session, model_version_id: int, rows: list[Any]) -> 
         return f"{text}.{utc.microsecond:06d}"
 
     sql = ("INSERT INTO prediction_log (prediction_id, model_version_id, ts, features, features_f32, output, "
-           f"latency_ms, killed) VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, {mark}, {mark})")
+           f"latency_ms, killed, shadow) VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, {mark}, {mark}, {mark})")
     conn.exec_driver_sql(sql, [(pid, model_version_id, ts(at), np.asarray(f, dtype="<f4").tobytes(), float(o),
-                                None if lat is None else float(lat), bool(killed and killed[0]))
-                               for pid, at, f, o, lat, *killed in rows])
+                                None if lat is None else float(lat), bool(flags and flags[0]),
+                                bool(len(flags) > 1 and flags[1]))
+                               for pid, at, f, o, lat, *flags in rows])
     return True
 
 

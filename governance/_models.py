@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy import false as sa_false
+from sqlalchemy import text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -474,6 +475,8 @@ class PredictionLog(Base):
     latency_ms: Mapped[float | None] = mapped_column()
     # Answered by a kill switch's safe output, not the model: logged for the record, left out of drift.
     killed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=sa_false())
+    # Computed by a shadow deployment off the request's path and never returned to the caller.
+    shadow: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=sa_false())
 
     @property
     def vector(self) -> list[float]:
@@ -485,6 +488,54 @@ class PredictionLog(Base):
             values.frombytes(self.features_f32)  # little-endian on every platform we run
             return values.tolist()
         return list(self.features or [])
+
+
+ROLLOUT_MODES = ("shadow", "canary")
+ROLLOUT_STATUSES = ("active", "promoted", "rolled_back")
+
+
+class Deployment(Base):
+    """A newcomer served beside a name's production version: shadow (scored, never answered) or canary (a share
+    answers), with the guards that roll it back. At most one is active per name (a partial unique index)."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        CheckConstraint(_in("mode", ROLLOUT_MODES), name="mode"),
+        CheckConstraint(_in("status", ROLLOUT_STATUSES), name="status"),
+        CheckConstraint("percent > 0 AND percent <= 100", name="percent"),
+        Index("uq_deployments_active_name", "model_name", unique=True, sqlite_where=text("status = 'active'"),
+              postgresql_where=text("status = 'active'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False, index=True)
+    production_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
+    mode: Mapped[str] = mapped_column(String(20), nullable=False)
+    percent: Mapped[float] = mapped_column(nullable=False)
+    guards: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    min_requests: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    started_by_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), nullable=False)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_by_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"))
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    measured: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class DeploymentTally(Base):
+    """What one serving replica measured of a deployment's newcomer so far (replaced on each report): the
+    evidence promotion needs, summed over replicas."""
+
+    __tablename__ = "deployment_tallies"
+    __table_args__ = (UniqueConstraint("deployment_id", "replica", name="uq_deployment_tallies_replica"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), nullable=False)
+    replica: Mapped[str] = mapped_column(String(64), nullable=False)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
 class ReferenceProfile(Base):

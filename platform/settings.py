@@ -97,7 +97,10 @@ class Settings(BaseSettings):
                                   "pins (shown by /info); set by `cvg serve`.")
     serve_max_prompt_chars: int = Field(default=32_768, ge=1, description="Longest /generate prompt in characters "
                                         "(422 above); tokenized on the event loop, and only its end fits the context.")
-    serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches.")
+    serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches "
+                                     "and rollouts (a rollback reaches every replica within this).")
+    serve_rollout_report_s: float = Field(default=1.0, gt=0, le=60, description="How often a replica records what it "
+                                          "measured of a shadow or canary (what promotion counts).")
     serve_log_sample: float = Field(default=1.0, ge=0, le=1, description="Share of predictions written to the log.")
     serve_usage_interval_s: float = Field(default=60.0, gt=0, description="How often a replica records its "
                                           "compute and energy with its prediction count.")

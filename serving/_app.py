@@ -30,6 +30,7 @@ from convergence.platform.errors import (
     Unavailable,
 )
 from convergence.serving._models import LanguageBatcher, Loaded, TradingBatcher
+from convergence.serving._rollout import KEY_HEADER, Arm, Rollout, RolloutThread, prompt_answer, rows_answer, split_key
 from convergence.serving._runtime import Ids, KillWatcher, Metrics, PredictionLogger, UsageRecorder
 
 IDS = Ids()
@@ -42,12 +43,11 @@ MalformedBody = MalformedRequest  # the name the tests and older callers use
 
 @dataclasses.dataclass
 class Replica:
-    """Everything one serving process holds: the model, its batcher, the kill watcher, the log, metrics."""
+    """Everything one serving process holds: the production arm (model, batcher, log), a rollout's newcomer when
+    one runs, the kill watcher, metrics and usage."""
 
-    loaded: Loaded
-    batcher: TradingBatcher | LanguageBatcher
+    arm: Arm
     watcher: KillWatcher
-    logger: PredictionLogger
     metrics: Metrics
     usage: UsageRecorder
     max_body: int
@@ -55,19 +55,38 @@ class Replica:
     auth: Any = None  # an identity.Authenticator: for the model routes when required, and for /info's details
     auth_required: bool = False
     max_prompt_chars: int = 32_768
+    rollout: Rollout | None = None  # the shadow or canary beside production, set by the follower thread
+    follower: RolloutThread | None = None
 
-    def __post_init__(self) -> None:
-        # the start of every /predict answer, written once: {"model": …, "version": …, "version_id": …
-        self.head_json = json.dumps({"model": self.loaded.name, "version": self.loaded.version,
-                                     "version_id": self.loaded.version_id})[:-1]
+    @property
+    def loaded(self) -> Loaded:
+        return self.arm.loaded
+
+    @property
+    def batcher(self) -> TradingBatcher | LanguageBatcher:
+        return self.arm.batcher
+
+    @property
+    def logger(self) -> PredictionLogger:
+        return self.arm.logger
+
+    def promote(self, arm: Arm) -> None:
+        """A rollout was promoted: its arm answers everything now (one assignment: a request sees one or the other)."""
+        self.arm = arm
+        self.usage.model_version_id = arm.loaded.version_id
 
     def ready(self) -> bool:
         return self.watcher.polled.is_set() and self.watcher.is_alive()
 
     def close(self) -> None:
         self.watcher.stop.set()
-        self.logger.stop.set()
-        self.logger.join(timeout=10)
+        if self.follower is not None:
+            self.follower.stop.set()
+        loggers = [self.arm.logger] + ([self.rollout.arm.logger] if self.rollout else [])
+        for logger in loggers:
+            logger.stop.set()
+        for logger in loggers:
+            logger.join(timeout=10)
         self.usage.stop.set()
         with contextlib.suppress(ConvergenceError):
             self.usage.record()
@@ -76,30 +95,55 @@ class Replica:
 REPLICAS: dict[str, Replica] = {}
 
 
-def start_replica(family: str, *, name: str | None = None, version_id: int | None = None) -> Replica:
+def _arm(family: str, route: str, **which: Any) -> Arm:
+    """Load a version (``which``: name, version_id, why) as serving does, with its own batcher and log."""
     from convergence.platform.settings import get_settings
     from convergence.serving._models import load
 
     s = get_settings()
-    loaded = load(family=family, name=name, version_id=version_id, why=s.serve_why if version_id else None)
+    loaded = load(family=family, **which)
     batcher: TradingBatcher | LanguageBatcher = (TradingBatcher(loaded, max_rows=s.serve_max_batch_rows)
                                                  if family == "trading"
                                                  else LanguageBatcher(loaded, max_batch=s.serve_max_generate_batch,
                                                                       wait_s=s.serve_generate_wait_ms / 1000))
+    logger = PredictionLogger(loaded.version_id, sample=s.serve_log_sample, flush_s=s.serve_log_flush_s)
+    logger.start()
+    return Arm(loaded, batcher, logger, route)
+
+
+def start_replica(family: str, *, name: str | None = None, version_id: int | None = None) -> Replica:
+    import socket
+
+    from convergence.platform.settings import get_settings
+
+    s = get_settings()
+    arm = _arm(family, "production", name=name, version_id=version_id, why=s.serve_why if version_id else None)
     metrics = Metrics()
-    batcher.on_batch = lambda n: metrics.observe("batch_size", n, Metrics.BATCH_BUCKETS)
     watcher = KillWatcher(s.serve_kill_poll_s)
     watcher.poll()  # the first answer before the first request: a killed model never serves, even briefly
     watcher.start()
-    logger = PredictionLogger(loaded.version_id, sample=s.serve_log_sample, flush_s=s.serve_log_flush_s)
-    logger.start()
-    usage = UsageRecorder(loaded.version_id, family, lambda: metrics.total("predictions_total"),
+    usage = UsageRecorder(arm.loaded.version_id, family, lambda: metrics.total("predictions_total"),
                           s.serve_usage_interval_s)
     usage.start()
     from convergence.governance.identity import Authenticator
 
-    replica = Replica(loaded, batcher, watcher, logger, metrics, usage, s.serve_max_body_bytes, s.serve_max_rows,
+    replica = Replica(arm, watcher, metrics, usage, s.serve_max_body_bytes, s.serve_max_rows,
                       Authenticator(settings=s), s.serve_auth == "required", s.serve_max_prompt_chars)
+    arm.batcher.on_batch = lambda n: metrics.observe("batch_size", n, Metrics.BATCH_BUCKETS)
+
+    def newcomer(version: int, route: str) -> Arm:
+        new = _arm(family, route, version_id=version, why=f"the {route} of a rollout")
+        if family == "trading" and new.loaded.extra["n_features"] != arm.loaded.extra["n_features"]:
+            new.logger.stop.set()
+            raise InvalidInput(f"version {version} takes {new.loaded.extra['n_features']} features; production "
+                               f"takes {arm.loaded.extra['n_features']}")
+        return new
+
+    if version_id is None:  # a replica pinned to one version (--version) does not follow rollouts
+        replica.follower = RolloutThread(replica, name=arm.loaded.extra["kill_names"][-1],
+                                         replica_id=f"{socket.gethostname()[:40]}-{IDS.prefix[:8]}",
+                                         report_s=s.serve_rollout_report_s, make_arm=newcomer)
+        replica.follower.start()
     REPLICAS[family] = replica
     # Everything loaded so far (torch, BentoML, the model) lives as long as the process: keep the cyclic
     # collector from walking it on every full collection, which stalled requests for ~100 ms (p99).
@@ -360,18 +404,19 @@ def build_app() -> Any:
         try:
             replica = replica_for("trading")
             await _caller(replica, request, required=replica.auth_required)
-            X = parse_rows(await _body(request, replica.max_body), request.headers.get("content-type", ""),
-                           replica.loaded.extra["n_features"], replica.max_rows)
+            raw = await _body(request, replica.max_body)
+            arm, ro = replica.arm, replica.rollout  # one request, one view of the split
+            X = parse_rows(raw, request.headers.get("content-type", ""), arm.loaded.extra["n_features"],
+                           replica.max_rows)
             ids = IDS.take(len(X))
             if (kill := _killed(replica)) is not None:
-                head = {"model": replica.loaded.name, "version": replica.loaded.version,
-                        "version_id": replica.loaded.version_id, "prediction_ids": ids}
-                replica.metrics.inc("killed_total", len(X), model=replica.loaded.name)
+                replica.metrics.inc("killed_total", len(X), model=arm.loaded.name)
                 safe = _safe_answer(replica, kill)
-                replica.logger.add(ids, X, [safe] * len(X), (time.perf_counter() - t0) * 1000 / len(X), killed=True)
-                return JSONResponse({**head, "predictions": [safe] * len(X), "killed": True, "reason": kill["reason"]},
-                                    headers={"x-model-version": str(replica.loaded.version_id)})
-            y = await replica.batcher.submit(X)
+                arm.logger.add(ids, X, [safe] * len(X), (time.perf_counter() - t0) * 1000 / len(X), killed=True)
+                return JSONResponse({**arm.head, "prediction_ids": ids, "predictions": [safe] * len(X),
+                                     "killed": True, "reason": kill["reason"]}, headers=arm.headers)
+            key = split_key(request.headers.get(KEY_HEADER), raw) if ro is not None else b""
+            served, y = await rows_answer(arm, ro, X, key)
             if not np.isfinite(y).all():  # finite features far outside what the net knows can overflow it
                 raise InvalidInput(f"row {int(np.argmin(np.isfinite(y)))}: the model's output is not finite for "
                                    "these features (far outside the range it was trained on)")
@@ -382,14 +427,13 @@ def build_app() -> Any:
         latency = time.perf_counter() - t0
         m = replica.metrics
         m.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
-        m.inc("predictions_total", len(X), version_id=str(replica.loaded.version_id))
-        replica.logger.add(ids, X, y, latency * 1000 / len(X))
+        m.inc("predictions_total", len(X), version_id=str(served.loaded.version_id))
+        served.logger.add(ids, X, y, latency * 1000 / len(X))
         # The same JSON as json.dumps of head + predictions, written directly (the ids are hex and digits, and
         # float's repr of a finite number is JSON): json.dumps was 4 % of the event loop at 64 connections.
         ids_json, y_json = '", "'.join(ids), ", ".join(map(repr, y.tolist()))
-        body = f'{replica.head_json}, "prediction_ids": ["{ids_json}"], "predictions": [{y_json}]}}'
-        return Response(body, media_type="application/json",
-                        headers={"x-model-version": str(replica.loaded.version_id)})
+        body = f'{served.head_json}, "prediction_ids": ["{ids_json}"], "predictions": [{y_json}]}}'
+        return Response(body, media_type="application/json", headers=served.headers)
 
     async def generate(request: Any) -> Any:
         t0 = time.perf_counter()
@@ -397,9 +441,10 @@ def build_app() -> Any:
             replica = replica_for("language")
             await _caller(replica, request, required=replica.auth_required)
             data = _json_object(await _body(request, replica.max_body), {"prompt", "max_tokens", "temperature", "seed"})
+            arm, ro = replica.arm, replica.rollout
             prompt, max_tokens = data.get("prompt"), data.get("max_tokens", 32)
             temperature, seed = data.get("temperature", 0.0), data.get("seed", 0)
-            context = replica.loaded.extra["context"]
+            context = arm.loaded.extra["context"]
             prompt = check_prompt(prompt, max_chars=replica.max_prompt_chars)
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens < context:
                 raise InvalidInput(f'"max_tokens" must be an integer from 1 to {context - 1}')
@@ -409,32 +454,25 @@ def build_app() -> Any:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
                 raise InvalidInput('"seed" must be a non-negative integer')
             if (kill := _killed(replica)) is not None:
-                replica.metrics.inc("killed_total", 1, model=replica.loaded.name)
-                raise Unavailable(f"{replica.loaded.name} is stopped by its kill switch: {kill['reason']}")
-            tok = replica.loaded.extra["tokenizer"]
-            ids = tok.encode(prompt, add_special_tokens=False).ids
-            if not ids:  # generate() refuses the whole batch for one empty prompt: refuse it alone, here
-                raise InvalidInput('"prompt" has no tokens for this model')
-            tokens = await replica.batcher.submit(list(ids), max_tokens, float(temperature), seed)
+                replica.metrics.inc("killed_total", 1, model=arm.loaded.name)
+                raise Unavailable(f"{arm.loaded.name} is stopped by its kill switch: {kill['reason']}")
+            # canary by prompt: one prompt (or one x-request-key) is always answered by one version
+            key = split_key(request.headers.get(KEY_HEADER), prompt.encode()) if ro is not None else b""
+            served, out = await prompt_answer(arm, ro, prompt, (max_tokens, float(temperature), seed), key)
         except ConvergenceError as exc:
             return _error(exc, "language")
         except Exception as exc:  # noqa: BLE001 - never a bare traceback, always counted
             return _internal("language", exc)
         latency = time.perf_counter() - t0
-        eos = tok.token_to_id("<|endoftext|>")
-        finished = "eos" if tokens and tokens[-1] == eos else "length"
-        text = tok.decode([t for t in tokens if t != eos], skip_special_tokens=False)
         [pid] = IDS.take(1)
         replica.metrics.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
-        replica.metrics.inc("predictions_total", 1, version_id=str(replica.loaded.version_id))
-        replica.metrics.inc("tokens_total", len(tokens))
+        replica.metrics.inc("predictions_total", 1, version_id=str(served.loaded.version_id))
+        replica.metrics.inc("tokens_total", out["tokens"])
         # The log is numeric (what drift reads): prompt tokens, temperature, max_tokens → tokens generated.
-        replica.logger.add([pid], [[float(len(ids)), float(temperature), float(max_tokens)]], [len(tokens)],
-                           latency * 1000)
-        return JSONResponse({"model": replica.loaded.name, "version": replica.loaded.version,
-                             "version_id": replica.loaded.version_id, "prediction_id": pid, "text": text,
-                             "tokens": len(tokens), "finish_reason": finished},
-                            headers={"x-model-version": str(replica.loaded.version_id)})
+        served.logger.add([pid], [[float(out["prompt_tokens"]), float(temperature), float(max_tokens)]],
+                          [out["tokens"]], latency * 1000)
+        return JSONResponse({**served.head, "prediction_id": pid, "text": out["text"], "tokens": out["tokens"],
+                             "finish_reason": out["finish_reason"]}, headers=served.headers)
 
     async def info(request: Any) -> Any:
         out = {}
@@ -446,12 +484,17 @@ def build_app() -> Any:
                 detailed = caller is not None and bool(caller.roles)
             except ConvergenceError:
                 detailed = False
+            ro = r.rollout
+            if ro is not None:  # anyone may see that a newcomer serves beside production, and its share
+                public["rollout"] = {"deployment_id": ro.id, "mode": ro.mode, "percent": ro.percent,
+                                     "version_id": ro.arm.loaded.version_id, "tripped": ro.tripped is not None}
             out[family] = public if not detailed else {
                 **public, "stage": r.loaded.stage, "role": r.loaded.extra.get("role"),
                 "runtime": r.loaded.extra.get("runtime"), "why": r.loaded.extra.get("why"),
                 "device": r.loaded.device, "kill": _killed(r),
                 "safe_output": r.loaded.safe_output, "queue_depth": r.batcher.depth, "logged": r.logger.written,
-                "log_failed": r.logger.failed}
+                "log_failed": r.logger.failed,
+                **({"rollout_measured": {**ro.meter.counts(), "skipped": ro.skipped}} if ro is not None else {})}
         return JSONResponse(out)
 
     async def metrics(request: Any) -> Any:

@@ -136,6 +136,8 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         path = gov.load_artifact(session=s, version_id=mv.id)
         info = (mv.id, mv.name, mv.version, mv.family, mv.stage)
         safe_output, role = mv.safe_output, mv.role
+        # every answer names the bytes it came from and the approval that let them serve
+        traced = {"sha256": mv.artifact_sha256, "approval_seq": gov.rollout.approval_seq(session=s, version_id=mv.id)}
         # a compiled or INT8 copy is its eager network in another form: that network's kill switch stops it too
         kill_names = (mv.name, mv.parent.name) if role in ("compiled", "quantized") and mv.parent else (mv.name,)
     torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
@@ -153,7 +155,7 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         device = "cuda" if cuda else "cpu"
         extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"]), "runtime": "torch"}
         model = net.to(device).eval()
-    extra.update(role=role, why=why or chosen, kill_names=kill_names)
+    extra.update(role=role, why=why or chosen, kill_names=kill_names, **traced)
     return Loaded(*info, model, extra, device, safe_output)
 
 

@@ -37,12 +37,14 @@ class Ids:
 
 
 class KillWatcher(threading.Thread):
-    """Polls ``kill_switches``; ``state(name)`` answers from memory. A failed poll keeps the last state."""
+    """Polls ``kill_switches`` and the rollouts; ``state(name)`` answers from memory. A failed poll keeps the
+    last state."""
 
     def __init__(self, interval_s: float) -> None:
         super().__init__(name="cvg-kill-watcher", daemon=True)
         self.interval_s, self.stop = interval_s, threading.Event()
         self.states: dict[str, dict[str, Any]] = {}
+        self.rollouts: dict[str, dict[str, Any]] = {}
         self.polled = threading.Event()
 
     def poll(self) -> None:
@@ -50,7 +52,8 @@ class KillWatcher(threading.Thread):
         from convergence.platform.db import session_scope
 
         with session_scope(write=False) as s:
-            self.states = gov.kill_states(session=s)
+            states, rollouts = gov.kill_states(session=s), gov.rollout.states(session=s)
+        self.states, self.rollouts = states, rollouts
         self.polled.set()
 
     def run(self) -> None:
@@ -77,23 +80,26 @@ class PredictionLogger(threading.Thread):
         super().__init__(name="cvg-prediction-log", daemon=True)
         self.model_version_id, self.sample, self.flush_s, self.max_rows = model_version_id, sample, flush_s, max_rows
         self.piece_rows, self.pause_s = piece_rows, pause_s
-        self.queue: queue.SimpleQueue[tuple[list[str], dt.datetime, Any, Any, float, bool]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[list[str], dt.datetime, Any, Any, float, bool, bool]] = queue.SimpleQueue()
         self.stop, self.written, self.failed = threading.Event(), 0, 0
-        self.pending: list[tuple[str, dt.datetime, Any, float, float, bool]] = []
+        self.pending: list[tuple[str, dt.datetime, Any, float, float, bool, bool]] = []
 
-    def add(self, ids: list[str], features: Any, outputs: Any, latency_ms: float, *, killed: bool = False) -> None:
+    def add(self, ids: list[str], features: Any, outputs: Any, latency_ms: float, *, killed: bool = False,
+            shadow: bool = False) -> None:
         """One request's rows (ids, a features matrix or list of lists, outputs); expanded off the request path.
-        ``killed``: the outputs are a kill switch's safe output, logged for the record and flagged."""
+        ``killed``: the outputs are a kill switch's safe output, logged for the record and flagged; ``shadow``:
+        computed for comparison and never returned."""
         if killed or self.sample >= 1.0 or random.random() < self.sample:
-            self.queue.put((ids, dt.datetime.now(dt.timezone.utc), features, outputs, latency_ms, killed))
+            self.queue.put((ids, dt.datetime.now(dt.timezone.utc), features, outputs, latency_ms, killed, shadow))
 
-    def _piece(self, most: int) -> list[tuple[str, dt.datetime, Any, float, float, bool]]:
+    def _piece(self, most: int) -> list[tuple[str, dt.datetime, Any, float, float, bool, bool]]:
         """Up to ``most`` rows: the ones left over from the last request taken, then from the queue."""
         rows, self.pending = self.pending, []
         with contextlib.suppress(queue.Empty):
             while len(rows) < most:
-                ids, ts, features, outputs, latency, killed = self.queue.get_nowait()
-                rows.extend((pid, ts, features[i], float(outputs[i]), latency, killed) for i, pid in enumerate(ids))
+                ids, ts, features, outputs, latency, killed, shadow = self.queue.get_nowait()
+                rows.extend((pid, ts, features[i], float(outputs[i]), latency, killed, shadow)
+                            for i, pid in enumerate(ids))
         rows, self.pending = rows[:most], rows[most:]
         return rows
 

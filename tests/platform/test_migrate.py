@@ -14,7 +14,7 @@ TABLES = {"audit_events", "audit_checkpoints", "audit_tree_nodes", "projects", "
           "budgets", "budget_changes", "alerts", "prediction_log", "reference_profiles", "drift_reports",
           "principals", "role_grants", "api_keys", "control_settings",
           "webhook_subscriptions", "webhook_deliveries", "kill_switches",
-          "approvals", "stage_transitions", "console_sessions"}
+          "approvals", "stage_transitions", "console_sessions", "deployments", "deployment_tallies"}
 
 
 def _tables() -> set[str]:

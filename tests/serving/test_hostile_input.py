@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from convergence import governance as gov
+from convergence.platform.db import session_scope
 from tests.serving.conftest import N_FEATURES, register_language, register_trading
 
 pytestmark = [pytest.mark.serving]
@@ -196,7 +198,14 @@ def test_predict_skips_starlettes_router_and_answers_the_same_json(client: Any,
     assert answer.status_code == 200 and routed == []
     body = answer.json()
     assert answer.text == json.dumps(body) and answer.headers["x-model-version"] == str(body["version_id"])
-    assert list(body) == ["model", "version", "version_id", "prediction_ids", "predictions"]
+    assert list(body) == ["model", "version", "version_id", "artifact_sha256", "approval_seq", "route",
+                          "prediction_ids", "predictions"]
+    with session_scope(write=False) as s:  # every answer names its bytes and the approval that let them serve
+        mv = gov.get_model(session=s, version_id=body["version_id"])
+        approval = gov.rollout.approval_seq(session=s, version_id=mv.id)
+    assert body["artifact_sha256"] == mv.artifact_sha256 == answer.headers["x-model-artifact-sha256"]
+    assert body["approval_seq"] == approval and answer.headers["x-approval-seq"] == str(approval)
+    assert isinstance(approval, int) and body["route"] == "production" == answer.headers["x-route"]
     assert len(body["predictions"]) == len(body["prediction_ids"]) == 2
     assert client.get("/predict").status_code == 405 and routed == ["/predict"]
 

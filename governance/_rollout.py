@@ -1,0 +1,297 @@
+"""Governed rollout: a newcomer served beside a name's production version as a shadow (scored on live traffic,
+never answered) or a canary (a share of requests answered), its guards, promotion and rollback.
+
+A deployment is state in the database, like a kill switch, so every serving replica follows it; starting,
+promoting and rolling one back are ledger events. Guards are limits on what replicas measure of the newcomer
+(error rate, p99 latency, disagreement with production, drift of its outputs); ``breaches`` is the one
+judgement of them, used by the replica that trips a rollback and by promotion, which also wants the guards to
+have held over ``min_requests`` answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from convergence.governance._access import require
+from convergence.governance._alerts import raise_alert
+from convergence.governance._approvals import _not_registrant, _production
+from convergence.governance._approvals import promote as promote_version
+from convergence.governance._identity import system_principal
+from convergence.governance._ledger import Subject, append, serialize_writes
+from convergence.governance._models import AuditEvent, Deployment, DeploymentTally, ModelVersion
+from convergence.governance._principal import Principal, check_text
+from convergence.governance._registry import get_model, load_artifact
+from convergence.governance._webhooks import enqueue
+from convergence.platform.db import utcnow
+from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
+
+# guard → (lowest, highest, inclusive low, what it limits); None in a deployment's guards means "not set"
+GUARDS: dict[str, tuple[float, float, bool, str]] = {
+    "max_error_rate": (0.0, 1.0, True, "share of the newcomer's answers that failed"),
+    "max_p99_ms": (0.0, 3_600_000.0, False, "the newcomer's p99 latency in milliseconds"),
+    "max_disagreement": (0.0, 1.0, True, "share of answers differing from production's by more than the bound"),
+    "disagreement_bound": (0.0, math.inf, True, "how far an answer may differ from production's and still agree "
+                                                "(trading: absolute; language: any differing continuation)"),
+    "max_mean_abs_diff": (0.0, math.inf, False, "mean absolute difference from production's answers"),
+    "max_output_drift": (0.0, 1.0, False, "two-sample Kolmogorov-Smirnov statistic of the newcomer's outputs "
+                                          "against production's on the same requests"),
+    "guard_after": (1.0, 1e9, True, "answers measured before a guard may trip"),
+}
+DEFAULT_GUARDS: dict[str, float | None] = {"max_error_rate": 0.02, "max_p99_ms": None, "max_disagreement": None,
+                                           "disagreement_bound": 0.0, "max_mean_abs_diff": None,
+                                           "max_output_drift": None, "guard_after": 50}
+COUNTS = ("requests", "errors", "compared", "disagreements", "abs_diff_sum")
+
+
+def check_guards(guards: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """The defaults with ``guards`` laid over them, each a finite number in its range (one clear line if not)."""
+    out = dict(DEFAULT_GUARDS)
+    for name, value in (guards or {}).items():
+        if name not in GUARDS:
+            raise InvalidInput(f"unknown guard {str(name)[:40]!r}; guards: {', '.join(GUARDS)}")
+        if value is None:
+            out[name] = None if name not in ("guard_after", "disagreement_bound") else DEFAULT_GUARDS[name]
+            continue
+        lo, hi, low_ok, _ = GUARDS[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not (lo <= value if low_ok else lo < value) or value > hi:
+            raise InvalidInput(f"guard {name} must be a number {'≥' if low_ok else '>'} {lo:g}"
+                               + (f" and ≤ {hi:g}" if math.isfinite(hi) else "") + f", not {str(value)[:40]}")
+        out[name] = int(value) if name == "guard_after" else float(value)
+    return out
+
+
+def breaches(guards: Mapping[str, Any], counts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Which guards ``counts`` (requests, errors, compared, disagreements, abs_diff_sum, p99_ms, output_drift)
+    break, each with its limit and the measured value; none until ``guard_after`` answers were measured."""
+    after = int(guards.get("guard_after") or 1)
+    requests, compared = int(counts.get("requests", 0)), int(counts.get("compared", 0))
+    measured: dict[str, float | None] = {
+        "max_error_rate": counts.get("errors", 0) / requests if requests >= after else None,
+        "max_p99_ms": counts.get("p99_ms") if requests >= after else None,
+        "max_disagreement": counts.get("disagreements", 0) / compared if compared >= after else None,
+        "max_mean_abs_diff": counts.get("abs_diff_sum", 0.0) / compared if compared >= after else None,
+        "max_output_drift": counts.get("output_drift") if compared >= after else None,
+    }
+    return [{"guard": name, "limit": guards[name], "measured": round(float(value), 6)}
+            for name, value in measured.items()
+            if value is not None and guards.get(name) is not None and value > guards[name]]
+
+
+def deploy(*, session: Session, principal: Principal, version_id: int, mode: str, percent: float | None = None,
+           guards: Mapping[str, Any] | None = None, min_requests: int = 500, reason: str | None = None) -> Deployment:
+    """Serve an approved version beside its name's production version as a shadow or a canary of ``percent`` %
+    (the operator role, not its registrant); refused when its stage or artifact is not what the ledger says."""
+    reason = check_text(reason, what="the reason")
+    require(session=session, principal=principal, permission="model.promote",
+            subject=Subject("model_version", str(version_id)))
+    if mode not in ("shadow", "canary"):
+        raise InvalidInput("mode must be shadow or canary")
+    share = _share(mode, percent)
+    checked = check_guards(guards)
+    if isinstance(min_requests, bool) or not isinstance(min_requests, int) or not 1 <= min_requests <= 10**9:
+        raise InvalidInput("min_requests must be an integer from 1 to 1,000,000,000")
+    serialize_writes(session=session)
+    mv = get_model(session=session, version_id=version_id)
+    _not_registrant(session, mv, principal, permission="model.promote", verb="deploy",
+                    rule="promoter-not-registrant")
+    if mv.stage != "approved":
+        raise PolicyViolation(f"model version {mv.id} ({mv.name} v{mv.version}) is {mv.stage}; only an approved "
+                              "version can be deployed as a shadow or canary",
+                              hint="validate and approve it (two different people) first")
+    load_artifact(session=session, version_id=mv.id)  # stage, URI and SHA-256 as the ledger recorded; the bytes too
+    production = _production(session, mv.name)
+    if production is None:
+        raise PolicyViolation(f"{mv.name} has no version in production to serve beside",
+                              hint=f"promote it directly with `cvg models promote {mv.id}`")
+    if (active := _active(session, mv.name)) is not None:
+        raise PolicyViolation(f"{mv.name} already has an active {active.mode} (deployment {active.id}, version "
+                              f"{active.version_id})", hint=f"promote it or `cvg models rollback {mv.name}` first")
+    d = Deployment(model_name=mv.name, version_id=mv.id, production_id=production.id, mode=mode, percent=share,
+                   guards=checked, min_requests=min_requests, status="active", started_at=utcnow(),
+                   started_by_id=principal.id)
+    session.add(d)
+    session.flush()
+    append(session=session, principal=principal, action="deployment.started", subject=Subject("model_version",
+                                                                                                 str(mv.id)),
+           payload={"deployment_id": d.id, "name": mv.name, "mode": mode, "percent": share,
+                    "production_id": production.id, "artifact_sha256": mv.artifact_sha256, "guards": checked,
+                    "min_requests": min_requests, "reason": reason})
+    return d
+
+
+def _share(mode: str, percent: float | None) -> float:
+    if mode == "shadow":
+        if percent not in (None, 100, 100.0):
+            raise InvalidInput("a shadow scores every request; --canary PCT answers a share")
+        return 100.0
+    ok = (isinstance(percent, (int, float)) and not isinstance(percent, bool) and math.isfinite(percent)
+          and 0 < percent <= 100)
+    if not ok:
+        raise InvalidInput("a canary needs a share of requests: a percentage above 0 and at most 100")
+    return float(percent)  # type: ignore[arg-type]
+
+
+def _active(session: Session, name: str) -> Deployment | None:
+    return session.execute(select(Deployment).where(Deployment.model_name == name,
+                                                    Deployment.status == "active")).scalars().first()
+
+
+def totals(*, session: Session, deployment_id: int) -> dict[str, Any]:
+    """What the replicas measured of a deployment, summed (p99 and drift: the worst replica's)."""
+    out: dict[str, Any] = {k: 0 for k in COUNTS} | {"abs_diff_sum": 0.0, "p99_ms": None, "output_drift": None,
+                                                     "replicas": 0}
+    for tally in session.execute(select(DeploymentTally).where(
+            DeploymentTally.deployment_id == deployment_id)).scalars():
+        out["replicas"] += 1
+        for key in COUNTS:
+            out[key] += tally.counts.get(key, 0)
+        for key in ("p99_ms", "output_drift"):
+            if (value := tally.counts.get(key)) is not None:
+                out[key] = max(value, out[key] or 0.0)
+    return out
+
+
+def promote(*, session: Session, principal: Principal, version_id: int, reason: str | None = None) -> Deployment:
+    """Finish a rollout: the newcomer becomes production (the previous one retires) once its guards have held
+    for ``min_requests`` answers over all replicas."""
+    require(session=session, principal=principal, permission="model.promote",
+            subject=Subject("model_version", str(version_id)))
+    serialize_writes(session=session)
+    mv = get_model(session=session, version_id=version_id)
+    d = _active(session, mv.name)
+    if d is None or d.version_id != mv.id:
+        raise PolicyViolation(f"version {mv.id} ({mv.name} v{mv.version}) is not being rolled out",
+                              hint=f"`cvg models deploy {mv.id} --canary 10` first, or promote it directly")
+    measured = totals(session=session, deployment_id=d.id)
+    if measured["requests"] < d.min_requests:
+        raise PolicyViolation(f"the guards have held for {measured['requests']:,} of the {d.min_requests:,} answers "
+                              f"promotion needs", hint="let it serve more traffic, then promote")
+    if broken := breaches(d.guards, measured):
+        raise PolicyViolation(f"guard {broken[0]['guard']} is broken ({broken[0]['measured']} > "
+                              f"{broken[0]['limit']}): it cannot be promoted")
+    promote_version(session=session, principal=principal, version_id=mv.id, reason=reason or f"rollout {d.id}")
+    _end(session, d, "promoted", principal, reason or "promoted", measured)
+    append(session=session, principal=principal, action="deployment.promoted", subject=Subject("model_version",
+                                                                                                  str(mv.id)),
+           payload={"deployment_id": d.id, "name": mv.name, "replaced": d.production_id, "measured": measured,
+                    "reason": reason})
+    return d
+
+
+def _end(session: Session, d: Deployment, status: str, principal: Principal, reason: str,
+         measured: dict[str, Any]) -> None:
+    d.status, d.ended_at, d.ended_by_id, d.end_reason, d.measured = status, utcnow(), principal.id, reason, measured
+
+
+def rollback(*, session: Session, principal: Principal, name: str, reason: str | None = None) -> Deployment | None:
+    """End ``name``'s active shadow or canary (the operator role): every replica answers with production alone at
+    its next poll. None when nothing is being rolled out."""
+    reason = check_text(reason, what="the reason")
+    require(session=session, principal=principal, permission="model.rollback", subject=Subject("model", name))
+    serialize_writes(session=session)
+    d = _active(session, name)
+    if d is None:
+        return None
+    measured = totals(session=session, deployment_id=d.id)
+    _end(session, d, "rolled_back", principal, reason or "rolled back", measured)
+    payload = {"deployment_id": d.id, "name": name, "version_id": d.version_id, "mode": d.mode,
+               "automatic": False, "measured": measured, "reason": reason}
+    append(session=session, principal=principal, action="deployment.rolled_back",
+           subject=Subject("model_version", str(d.version_id)), payload=payload)
+    enqueue(session=session, event_type="deployment.rolled_back",
+            data={**payload, "by": principal.name, "message": f"{name}: {d.mode} of version {d.version_id} rolled "
+                                                              f"back by {principal.name}"})
+    return d
+
+
+def trip(*, session: Session, deployment_id: int, replica: str, broken: list[dict[str, Any]],
+         measured: Mapping[str, Any]) -> Deployment | None:
+    """A guard broke on ``replica``: roll the deployment back (as ``system:rollout-guard``, on the operator's
+    guards), audited with the measured values, and raise a critical alert with its webhook. None when it had
+    already ended (another replica was first)."""
+    serialize_writes(session=session)
+    d = session.get(Deployment, deployment_id)
+    if d is None or d.status != "active":
+        return None
+    guard = system_principal(session=session, name="rollout-guard")
+    what = ", ".join(f"{b['guard']} {b['measured']} > {b['limit']}" for b in broken)
+    message = f"{d.model_name}: {d.mode} of version {d.version_id} rolled back automatically ({what})"
+    _end(session, d, "rolled_back", guard, message, {**measured, "breached": broken, "replica": replica})
+    payload = {"deployment_id": d.id, "name": d.model_name, "version_id": d.version_id, "mode": d.mode,
+               "automatic": True, "breached": broken, "measured": dict(measured), "replica": replica,
+               "guards": d.guards}
+    append(session=session, principal=guard, action="deployment.rolled_back",
+           subject=Subject("model_version", str(d.version_id)), payload=payload)
+    raise_alert(session=session, principal=guard, kind="rollback", severity="critical",
+                dedupe_key=f"rollback:{d.id}", subject=Subject("deployment", str(d.id)), message=message,
+                payload=payload)
+    enqueue(session=session, event_type="deployment.rolled_back", data={**payload, "message": message})
+    return d
+
+
+def report(*, session: Session, deployment_id: int, replica: str, counts: Mapping[str, Any]) -> None:
+    """A replica's measurements of an active deployment so far (replacing its last report); ignored once it ended."""
+    d = session.get(Deployment, deployment_id)
+    if d is None or d.status != "active":
+        return
+    tally = session.execute(select(DeploymentTally).where(DeploymentTally.deployment_id == deployment_id,
+                                                          DeploymentTally.replica == replica)).scalars().first()
+    if tally is None:
+        session.add(DeploymentTally(deployment_id=deployment_id, replica=replica, counts=dict(counts),
+                                    updated_at=utcnow()))
+    else:
+        tally.counts, tally.updated_at = dict(counts), utcnow()
+
+
+def states(*, session: Session, recent_s: float = 600.0) -> dict[str, dict[str, Any]]:
+    """Per model name, its newest deployment that is active or ended in the last ``recent_s`` (what replicas
+    poll: an ended one tells a replica whether to drop its newcomer or make it production)."""
+    since = utcnow() - dt.timedelta(seconds=recent_s)
+    rows = session.execute(select(Deployment).where(or_(Deployment.status == "active", Deployment.ended_at >= since))
+                           .order_by(Deployment.id)).scalars()
+    return {d.model_name: {"id": d.id, "version_id": d.version_id, "mode": d.mode, "percent": d.percent,
+                           "guards": dict(d.guards), "status": d.status} for d in rows}
+
+
+def approval_seq(*, session: Session, version_id: int) -> int | None:
+    """The ledger ``seq`` of the approval that lets ``version_id`` serve (its latest ``model.approved`` event)."""
+    return session.execute(select(AuditEvent.seq).where(
+        AuditEvent.subject_type == "model_version", AuditEvent.subject_id == str(version_id),
+        AuditEvent.action == "model.approved").order_by(AuditEvent.seq.desc()).limit(1)).scalar()
+
+
+def current(*, session: Session, name: str) -> dict[str, Any]:
+    """``name``'s active deployment with what replicas measured and how the guards stand; NotFound if none."""
+    if session.execute(select(ModelVersion.id).where(ModelVersion.name == name)).first() is None:
+        raise NotFound(f"no model called {name!r}", hint="`cvg models list` shows the registry")
+    d = _active(session, name)
+    if d is None:
+        raise NotFound(f"{name} has no active shadow or canary", hint="`cvg models deploy ID --canary 10` starts one")
+    measured = totals(session=session, deployment_id=d.id)
+    return {**to_dict(d), "measured": measured, "breached": breaches(d.guards, measured),
+            "promotable": measured["requests"] >= d.min_requests and not breaches(d.guards, measured)}
+
+
+def active_at(*, session: Session, name: str, at: dt.datetime) -> Deployment | None:
+    """The shadow or canary of ``name`` that was running at instant ``at``, if any."""
+    return session.execute(select(Deployment).where(
+        Deployment.model_name == name, Deployment.started_at <= at,
+        or_(Deployment.ended_at.is_(None), Deployment.ended_at > at)).order_by(Deployment.id.desc())).scalars().first()
+
+
+def to_dict(d: Deployment) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {"id": d.id, "name": d.model_name, "version_id": d.version_id, "production_id": d.production_id,
+            "mode": d.mode, "percent": d.percent, "guards": dict(d.guards), "min_requests": d.min_requests,
+            "status": d.status, "started_at": iso(d.started_at), "started_by_id": d.started_by_id,
+            "ended_at": iso(d.ended_at), "ended_by_id": d.ended_by_id, "end_reason": d.end_reason,
+            "measured": d.measured}
