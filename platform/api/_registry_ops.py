@@ -139,14 +139,44 @@ class RegistryOps(OperationsBase):
             return plain(gov.model_to_dict(gov.promote(session=session, principal=self.principal,
                                                        version_id=version_id, reason=reason)))
 
-    @op("POST", "/model-names/{name}/rollback", tag="models")
-    def rollback_model(self, name: Name, reason: Text | None = None) -> dict[str, Any]:
-        """Retire NAME's production version and restore the one it replaced."""
+    @op("POST", "/models/{version_id}/deploy", tag="models")
+    def deploy_model(self, version_id: Id, mode: Literal["shadow", "canary", "promote"], percent: Number | None = None,
+                     guards: JsonObject | None = None, min_requests: Id = 500,
+                     reason: Text | None = None) -> dict[str, Any]:
+        """Serve an approved version beside production as a shadow (scored, never answered) or a canary (PERCENT of
+        requests answered) with guards that roll it back; promote finishes it once the guards held for
+        min_requests answers (the operator role, not its registrant)."""
         from convergence import governance as gov
 
         with self.writing() as session:
-            return plain(gov.model_to_dict(gov.rollback(session=session, principal=self.principal, name=name,
-                                                        reason=reason)))
+            if mode == "promote":
+                d = gov.rollout.promote(session=session, principal=self.principal, version_id=version_id,
+                                        reason=reason)
+            else:
+                d = gov.rollout.deploy(session=session, principal=self.principal, version_id=version_id, mode=mode,
+                                       percent=percent, guards=guards, min_requests=min_requests, reason=reason)
+            return plain(gov.rollout.to_dict(d))
+
+    @op("GET", "/model-names/{name}/rollout", tag="models")
+    def model_rollout(self, name: Name) -> dict[str, Any]:
+        """NAME's running shadow or canary: its guards, what the replicas measured, and whether it may be promoted."""
+        from convergence import governance as gov
+
+        with self.reading("model.read") as session:
+            return plain(gov.rollout.current(session=session, name=name))
+
+    @op("POST", "/model-names/{name}/rollback", tag="models")
+    def rollback_model(self, name: Name, reason: Text | None = None) -> dict[str, Any]:
+        """End NAME's shadow or canary if one runs (production answers alone again); otherwise retire NAME's
+        production version and restore the one it replaced."""
+        from convergence import governance as gov
+
+        with self.writing() as session:
+            ended = gov.rollout.rollback(session=session, principal=self.principal, name=name, reason=reason)
+            if ended is not None:
+                return plain({"rolled_back": "deployment", **gov.rollout.to_dict(ended)})
+            return plain({"rolled_back": "production", **gov.model_to_dict(
+                gov.rollback(session=session, principal=self.principal, name=name, reason=reason))})
 
     @op("GET", "/models/{version_id}/lineage", tag="models")
     def model_lineage(self, version_id: Id) -> dict[str, Any]:
@@ -173,7 +203,13 @@ class RegistryOps(OperationsBase):
         when = parse_time(time, option="time")
         with self.reading("model.read") as session:
             mv = gov.in_production_at(session=session, name=name, at=when)
-            return plain({"time": when.isoformat(), **gov.model_to_dict(mv)})
+            d = gov.rollout.active_at(session=session, name=name, at=when)
+            split = [{"version_id": mv.id, "route": "production",
+                      "share": 100.0 - (d.percent if d is not None and d.mode == "canary" else 0.0)}]
+            if d is not None:
+                split.append({"version_id": d.version_id, "route": d.mode, "deployment_id": d.id,
+                              "share": d.percent if d.mode == "canary" else 0.0})
+            return plain({"time": when.isoformat(), **gov.model_to_dict(mv), "split": split})
 
     @op("PUT", "/model-names/{name}/classification", tag="models")
     def classify_model(self, name: Name, tier: Literal["high", "medium", "low"], owner: Ref, validator: Ref,

@@ -223,7 +223,99 @@ def rollback(
 ) -> None:
     """Retire the production version of NAME and restore the one it replaced (the operator role)."""
     ops = operations(actor)
-    _render(ops.rollback_model(name=name, reason=reason), json_out, verb=f"restored by {ops.principal.name}")
+    data = ops.rollback_model(name=name, reason=reason)
+    if data.pop("rolled_back") == "deployment":
+        if json_out:
+            print_json(data)
+        else:
+            console().print(f"{data['mode']} of version {data['version_id']} ({name}, deployment {data['id']}) "
+                            f"rolled back by {ops.principal.name}: production answers alone at every replica's "
+                            "next poll")
+        return
+    _render(data, json_out, verb=f"restored by {ops.principal.name}")
+
+
+@app.command()
+def deploy(
+    version_id: IdArg,
+    shadow: Annotated[bool, typer.Option("--shadow", help="Score every request with it; answer with production.")]
+    = False,
+    canary: Annotated[float | None, typer.Option("--canary", metavar="PCT", help="Answer this percentage of "
+                                                 "requests with it (by request key or body hash).")] = None,
+    promote_: Annotated[bool, typer.Option("--promote", help="Finish the running shadow or canary of this version: "
+                                           "it becomes production once its guards held for --min-requests.")] = False,
+    max_error_rate: Annotated[float | None, typer.Option(help="Guard: share of its answers that failed (0.02).")]
+    = None,
+    max_p99_ms: Annotated[float | None, typer.Option(help="Guard: its p99 latency in ms.")] = None,
+    max_disagreement: Annotated[float | None, typer.Option(help="Guard: share of answers farther than "
+                                                           "--disagreement-bound from production's (language: "
+                                                           "differing continuations at temperature 0).")] = None,
+    disagreement_bound: Annotated[float | None, typer.Option(help="How far an answer may differ and still agree "
+                                                             "(0).")] = None,
+    max_mean_abs_diff: Annotated[float | None, typer.Option(help="Guard: mean |its answer - production's|.")] = None,
+    max_output_drift: Annotated[float | None, typer.Option(help="Guard: KS statistic of its outputs against "
+                                                           "production's on the same requests.")] = None,
+    guard_after: Annotated[int | None, typer.Option(help="Answers measured before a guard may trip (50).")] = None,
+    min_requests: Annotated[int, typer.Option(help="Answers the guards must hold for before --promote.")] = 500,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Roll an approved version out beside production: --shadow, --canary PCT, then --promote (the operator role).
+
+    A guard that breaks rolls it back on every replica within a poll, audited as deployment.rolled_back with the
+    measured values, with a critical alert and its webhook.
+
+    `cvg models rollout NAME` shows what the replicas measured; `cvg models rollback NAME` ends it at any point.
+    """
+    from convergence.platform.errors import InvalidInput
+
+    if [shadow, canary is not None, promote_].count(True) != 1:
+        raise InvalidInput("say how to deploy: one of --shadow, --canary PCT or --promote")
+    mode = "shadow" if shadow else "canary" if canary is not None else "promote"
+    guards = {k: v for k, v in {"max_error_rate": max_error_rate, "max_p99_ms": max_p99_ms,
+                                "max_disagreement": max_disagreement, "disagreement_bound": disagreement_bound,
+                                "max_mean_abs_diff": max_mean_abs_diff, "max_output_drift": max_output_drift,
+                                "guard_after": guard_after}.items() if v is not None}
+    if mode == "promote" and guards:
+        raise InvalidInput("guards are set when the shadow or canary starts, not at --promote")
+    ops = operations(actor)
+    data = ops.deploy_model(version_id=version_id, mode=mode, percent=canary, guards=guards or None,
+                            min_requests=min_requests, reason=reason)
+    if json_out:
+        print_json(data)
+    elif mode == "promote":
+        console().print(f"version {version_id} ({data['name']}) promoted by {ops.principal.name} after "
+                        f"{data['measured']['requests']:,} answers with its guards held; it is production now")
+    else:
+        share = "scores every request (answers: production)" if mode == "shadow" else f"answers {data['percent']:g} %"
+        set_guards = ", ".join(f"{k} {v:g}" for k, v in data["guards"].items() if v is not None)
+        console().print(f"deployment {data['id']}: version {version_id} ({data['name']}) {share}, started by "
+                        f"{ops.principal.name}; guards: {set_guards}; promotable after {data['min_requests']:,} "
+                        "answers")
+
+
+@app.command()
+def rollout(name: Annotated[str, typer.Argument(help="Model name.")], actor: ActorOpt = None,
+            json_out: JsonOpt = False) -> None:
+    """NAME's running shadow or canary: guards, what the replicas measured, and whether it may be promoted."""
+    data = operations(actor).model_rollout(name=name)
+    if json_out:
+        print_json(data)
+        return
+    m = data["measured"]
+    rate = lambda a, b: f"{a / b:.4f}" if b else "—"  # noqa: E731
+    print_table(f"{data['mode']} of version {data['version_id']} ({name}, deployment {data['id']})",
+                ("measure", "value", "limit"),
+                [("answers (all replicas)", f"{m['requests']:,}", f"promote after {data['min_requests']:,}"),
+                 ("error rate", rate(m["errors"], m["requests"]), data["guards"].get("max_error_rate")),
+                 ("p99 ms", m["p99_ms"], data["guards"].get("max_p99_ms")),
+                 ("disagreement", rate(m["disagreements"], m["compared"]), data["guards"].get("max_disagreement")),
+                 ("mean |difference|", rate(m["abs_diff_sum"], m["compared"]), data["guards"].get("max_mean_abs_diff")),
+                 ("output drift (KS)", m["output_drift"], data["guards"].get("max_output_drift")),
+                 ("replicas reporting", m["replicas"], "")])
+    console().print("promotable now" if data["promotable"] else
+                    f"not promotable yet: {', '.join(b['guard'] for b in data['breached']) or 'too few answers'}")
 
 
 @app.command()
@@ -285,13 +377,18 @@ def at(
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Which version of NAME was in production at a given time."""
+    """Which version of NAME was in production at a given time, and the shadow or canary beside it then."""
     data = operations(actor).model_at(name=name, time=time)
     if json_out:
         print_json(data)
-    else:
-        console().print(f"at {data['time']} {name} was served by version {data['id']} (v{data['version']}, "
-                        f"artifact {short(data['artifact_sha256'], 16)}, registered by {data['created_by']})")
+        return
+    console().print(f"at {data['time']} {name} was served by version {data['id']} (v{data['version']}, "
+                    f"artifact {short(data['artifact_sha256'], 16)}, registered by {data['created_by']})")
+    if len(data["split"]) > 1:
+        prod, new = data["split"]
+        console().print(f"split: production {prod['share']:g} %, version {new['version_id']} as "
+                        f"{new['route']} {new['share']:g} % (deployment {new['deployment_id']})"
+                        + (", scoring every request" if new["route"] == "shadow" else ""))
 
 
 @app.command()
