@@ -99,6 +99,8 @@ class Settings(BaseSettings):
                                         "(422 above); tokenized on the event loop, and only its end fits the context.")
     serve_kill_poll_s: float = Field(default=0.25, gt=0, le=1.0, description="How often replicas read the kill switches "
                                      "and rollouts (a rollback reaches every replica within this).")
+    serve_follow_rollouts: bool = Field(default=True, description="Whether a replica serves its model's shadow or "
+                                        "canary beside it (`cvg serve --version N` sets false: exactly that version).")
     serve_rollout_report_s: float = Field(default=1.0, gt=0, le=60, description="How often a replica records what it "
                                           "measured of a shadow or canary (what promotion counts).")
     serve_log_sample: float = Field(default=1.0, ge=0, le=1, description="Share of predictions written to the log.")

@@ -111,7 +111,10 @@ def _arm(family: str, route: str, **which: Any) -> Arm:
     return Arm(loaded, batcher, logger, route)
 
 
-def start_replica(family: str, *, name: str | None = None, version_id: int | None = None) -> Replica:
+def start_replica(family: str, *, name: str | None = None, version_id: int | None = None,
+                  follow: bool | None = None) -> Replica:
+    """Load the version to serve and start the replica's threads; ``follow`` (default: when no exact version was
+    asked for) serves its name's shadow or canary beside it as the deployments table says."""
     import socket
 
     from convergence.platform.settings import get_settings
@@ -139,8 +142,8 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
                                f"takes {arm.loaded.extra['n_features']}")
         return new
 
-    if version_id is None:  # a replica pinned to one version (--version) does not follow rollouts
-        replica.follower = RolloutThread(replica, name=arm.loaded.extra["kill_names"][-1],
+    if follow if follow is not None else version_id is None:  # `--version N` serves exactly N
+        replica.follower = RolloutThread(replica, model_name=arm.loaded.extra["kill_names"][-1],
                                          replica_id=f"{socket.gethostname()[:40]}-{IDS.prefix[:8]}",
                                          report_s=s.serve_rollout_report_s, make_arm=newcomer)
         replica.follower.start()

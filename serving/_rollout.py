@@ -172,9 +172,9 @@ class RolloutThread(threading.Thread):
     """Follows the deployments the kill watcher polls, for the name this replica serves: loads a newcomer,
     makes it production on promotion, drops it on rollback, reports what it measured, and writes a trip."""
 
-    def __init__(self, replica: Any, *, name: str, replica_id: str, report_s: float, make_arm: Any) -> None:
+    def __init__(self, replica: Any, *, model_name: str, replica_id: str, report_s: float, make_arm: Any) -> None:
         super().__init__(name="cvg-rollout", daemon=True)
-        self.replica, self.name, self.replica_id, self.report_s = replica, name, replica_id, report_s
+        self.replica, self.model_name, self.replica_id, self.report_s = replica, model_name, replica_id, report_s
         self.make_arm = make_arm  # (version_id, route) -> Arm: loads and checks a version as serving does
         self.stop, self.wake = threading.Event(), threading.Event()
         self.last_report, self.failed_load = 0.0, None
@@ -192,7 +192,7 @@ class RolloutThread(threading.Thread):
             self.wake.clear()
 
     def step(self) -> None:
-        ro, state = self.replica.rollout, self.replica.watcher.rollouts.get(self.name)
+        ro, state = self.replica.rollout, self.replica.watcher.rollouts.get(self.model_name)
         if ro is not None and ro.tripped is not None:
             self._trip(ro)
             return

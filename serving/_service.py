@@ -33,7 +33,8 @@ class _Replica:
         from convergence.platform.settings import get_settings
 
         settings = get_settings()
-        start_replica(self.family, name=settings.serve_model or None, version_id=settings.serve_version)
+        start_replica(self.family, name=settings.serve_model or None, version_id=settings.serve_version,
+                      follow=settings.serve_follow_rollouts)
 
     def __is_ready__(self) -> bool:
         replica = REPLICAS.get(self.family)

@@ -32,15 +32,17 @@ def _approve(version_id: int, evidence: Path, promote: bool = True, safe_output:
             gov.promote(session=s, version_id=version_id, principal=ops, reason="release")
 
 
-def register_trading(tmp: Path, evidence: Path, *, name: str = "es-trading-student", stage: str = "production") -> int:
-    """A SYNTHETIC one-hidden-layer student with standardisation stats, registered and approved."""
+def register_trading(tmp: Path, evidence: Path, *, name: str = "es-trading-student", stage: str = "production",
+                     seed: int = 0) -> int:
+    """A SYNTHETIC one-hidden-layer student with standardisation stats, registered and approved (another
+    ``seed``: other weights, so other answers)."""
     import torch
 
     from convergence import governance as gov
     from convergence.pipelines import _nets as nets
     from convergence.platform.db import session_scope
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     arch = {"n_in": N_FEATURES, "hidden": [16], "dropout": 0.0}
     rng = np.random.default_rng(0)
     path = nets.save_artifact(tmp / f"{name}-{time.time_ns()}.pt", net=nets.from_arch(arch), role="student", arch=arch,
@@ -55,8 +57,9 @@ def register_trading(tmp: Path, evidence: Path, *, name: str = "es-trading-stude
     return version_id
 
 
-def register_language(tmp: Path, evidence: Path) -> int:
-    """A random-initialised (SYNTHETIC weights) tiny GPT with a real BPE tokenizer, registered and approved."""
+def register_language(tmp: Path, evidence: Path, *, stage: str = "production", seed: int = 0) -> int:
+    """A random-initialised (SYNTHETIC weights; ``seed``) tiny GPT with a real BPE tokenizer, registered and
+    approved."""
     import torch
 
     from convergence import governance as gov
@@ -67,13 +70,14 @@ def register_language(tmp: Path, evidence: Path) -> int:
     corpus = load_corpus(holdout_from_year=2010, max_train_docs=5, reuters=False)
     tok = lm.train_tokenizer([d.text for d in corpus.train], vocab_size=300, min_frequency=2)
     spec = lm.arch(vocab=tok.get_vocab_size(), context=48, d_model=32, layers=2, heads=2)
-    torch.manual_seed(0)
-    path = lm.save_artifact(tmp / "lm.pt", model=lm.build(spec), spec=spec, tokenizer=tok, role="student", meta={})
+    torch.manual_seed(seed)
+    path = lm.save_artifact(tmp / f"lm-{seed}.pt", model=lm.build(spec), spec=spec, tokenizer=tok, role="student",
+                            meta={})
     nlp = person("nlp")
     with session_scope() as s:
         version_id = gov.register_model(session=s, principal=nlp, name="sotu-lm-student", artifact=path,
                                         family="language", role="student").id
-    _approve(version_id, evidence)
+    _approve(version_id, evidence, promote=stage == "production")
     return version_id
 
 
