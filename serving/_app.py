@@ -145,7 +145,7 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
     if follow if follow is not None else version_id is None:  # `--version N` serves exactly N
         replica.follower = RolloutThread(replica, model_name=arm.loaded.extra["kill_names"][-1],
                                          replica_id=f"{socket.gethostname()[:40]}-{IDS.prefix[:8]}",
-                                         report_s=s.serve_rollout_report_s, make_arm=newcomer)
+                                         report_s=s.serve_rollout_report_s, make_arm=newcomer, ids=IDS)
         replica.follower.start()
     REPLICAS[family] = replica
     # Everything loaded so far (torch, BentoML, the model) lives as long as the process: keep the cyclic

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -160,13 +161,19 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
 
 
 class TradingBatcher:
-    """Feature rows in, predictions out; concurrent requests share forward passes."""
+    """Feature rows in, predictions out; concurrent requests share forward passes.
+
+    With a rollout attached (``rollout``), one cycle serves both versions: production predicts every row of the
+    batch (so the rows a canary answers come with production's answer to compare against, at almost no cost),
+    the canary predicts only its requests' rows, and after the answers went out the rollout scores the batch
+    (``after_batch``: a shadow's forward pass, comparisons, the shadow log)."""
 
     def __init__(self, loaded: Loaded, *, max_rows: int) -> None:
         self.loaded, self.max_rows = loaded, max_rows
-        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] | None = None
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[Any], bool]] | None = None
         self.depth = 0
         self.on_batch: Any = None  # callback(rows) for metrics
+        self.rollout: Any = None  # serving._rollout.Rollout while one is attached to this (production) batcher
 
     def predict_now(self, X: np.ndarray) -> np.ndarray:
         import torch
@@ -183,13 +190,17 @@ class TradingBatcher:
         return out.float().cpu().numpy().ravel() * e["y_scale"]
 
     async def submit(self, X: np.ndarray) -> np.ndarray:
+        return (await self.routed(X, canary=False))[0]
+
+    async def routed(self, X: np.ndarray, *, canary: bool) -> tuple[np.ndarray, Any]:
+        """Predictions for ``X`` and the rollout whose canary gave them (None: production did)."""
         loop = asyncio.get_running_loop()
         if self.queue is None:
             self.queue = asyncio.Queue()
             loop.create_task(self._run())
-        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         self.depth += 1
-        self.queue.put_nowait((X, fut))
+        self.queue.put_nowait((X, fut, canary))
         return await fut
 
     async def _run(self) -> None:
@@ -201,21 +212,39 @@ class TradingBatcher:
                 items.append(self.queue.get_nowait())
                 rows += len(items[-1][0])
             self.depth -= len(items)
+            X = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
             try:
-                y = self.predict_now(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
+                y = self.predict_now(X)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request, never lost
-                for _, fut in items:
+                for _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             if self.on_batch:
                 self.on_batch(rows)
-            start = 0
-            for x, fut in items:
-                if not fut.done():
-                    fut.set_result(y[start:start + len(x)])
-                start += len(x)
+            ro, canary, theirs = self.rollout, None, []
+            if ro is not None and any(c for _, _, c in items):
+                theirs = [x for x, _, c in items if c]
+                # None when the canary failed: production answers its rows
+                canary = ro.canary_rows(np.concatenate(theirs) if len(theirs) > 1 else theirs[0])
+            start = taken = 0
+            ours = []  # production's answers to the canary's rows, to compare with
+            for x, fut, c in items:
+                n = len(x)
+                if c and canary is not None:
+                    ours.append(y[start:start + n])
+                    if not fut.done():
+                        fut.set_result((canary[taken:taken + n], ro))
+                    taken += n
+                elif not fut.done():
+                    fut.set_result((y[start:start + n], None))
+                start += n
             await asyncio.sleep(0)  # let the answered requests go out before the next batch
+            if ro is not None:
+                try:
+                    ro.after_batch(X, y, theirs, ours, canary)
+                except Exception:  # noqa: BLE001 - a rollout's scoring must never stop production's batches
+                    logging.getLogger("convergence.serving").exception("rollout scoring failed")
 
 
 @dataclasses.dataclass

@@ -71,15 +71,16 @@ class GuardMeter:
         self.old: collections.deque[float] = collections.deque(maxlen=window)
         self.lock = threading.Lock()
 
-    def answered(self, latency_s: float) -> None:
+    def answered(self, n: int, latency_s: float) -> None:
+        """``n`` answers (trading: predictions, language: generations) that took ``latency_s``."""
         with self.lock:
-            self.requests += 1
+            self.requests += n
             self.latencies.append(latency_s * 1000)
 
-    def failed(self) -> None:
+    def failed(self, n: int = 1) -> None:
         with self.lock:
-            self.requests += 1
-            self.errors += 1
+            self.requests += n
+            self.errors += n
 
     def compare(self, new: Any, old: Any, *, greedy: bool = True) -> None:
         """Trading: two arrays of predictions. Language: two (text, tokens generated) pairs (a differing
@@ -100,9 +101,13 @@ class GuardMeter:
             self.new.extend(news)
             self.old.extend(olds)
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self, *, full: bool = True) -> dict[str, Any]:
+        """The measurements; ``full=False`` works out p99 and drift only when a guard needs them (they sort)."""
+        p99 = full or self.guards.get("max_p99_ms") is not None
+        drift = full or self.guards.get("max_output_drift") is not None
         with self.lock:
-            lat, new, old = list(self.latencies), np.array(self.new), np.array(self.old)
+            lat = list(self.latencies) if p99 else []
+            new, old = (np.array(self.new), np.array(self.old)) if drift else (np.empty(0), np.empty(0))
             out = {"requests": self.requests, "errors": self.errors, "compared": self.compared,
                    "disagreements": self.disagreements, "abs_diff_sum": self.abs_diff_sum}
         out["p99_ms"] = float(np.percentile(lat, 99)) if lat else None
@@ -119,11 +124,16 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Rollout:
-    """The deployment this replica follows now: the newcomer's arm, its split and its guards."""
+    """The deployment this replica follows now: the newcomer's arm, its split and its guards.
 
-    def __init__(self, state: dict[str, Any], arm: Arm, *, most_pending: int = 256) -> None:
+    Trading rows are scored batch by batch: after a batch's answers went out, the other version predicts the
+    same rows in one forward pass (a shadow scores production's batches; production scores a canary's), so a
+    comparison costs a forward pass per batch, not a task per request. Language generations are scored one by
+    one in tasks (bounded by ``most_pending``)."""
+
+    def __init__(self, state: dict[str, Any], arm: Arm, *, production: Arm, ids: Any, most_pending: int = 256) -> None:
         self.id, self.mode, self.percent = state["id"], state["mode"], float(state["percent"])
-        self.guards, self.arm = state["guards"], arm
+        self.guards, self.arm, self.production, self.ids = state["guards"], arm, production, ids
         self.meter = GuardMeter(self.guards)
         self.tripped: list[dict[str, Any]] | None = None
         self.tasks: set[Any] = set()  # comparisons in flight (held, so the loop does not drop them)
@@ -153,7 +163,59 @@ class Rollout:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def check(self, *, every_s: float = 0.02) -> None:
+    def attach(self) -> None:
+        """Trading: production's batcher serves the canary's rows and calls ``after_batch`` for every batch."""
+        if self.arm.loaded.family == "trading":
+            self.production.batcher.rollout = self
+
+    def detach(self) -> None:
+        if getattr(self.production.batcher, "rollout", None) is self:
+            self.production.batcher.rollout = None
+
+    def canary_rows(self, X: np.ndarray) -> np.ndarray | None:
+        """The canary's predictions for the rows it answers, in the production batch's cycle; None (counted
+        against it) when it fails, so production answers them."""
+        t0 = time.perf_counter()
+        try:
+            y = self.arm.batcher.predict_now(X)
+            if not np.isfinite(y).all():
+                raise ValueError("non-finite output")
+        except Exception:  # noqa: BLE001 - the newcomer's failure is measured, the client gets production's answer
+            self.meter.failed(len(X))
+            self.check()
+            return None
+        self.meter.answered(len(X), time.perf_counter() - t0)
+        return y
+
+    def after_batch(self, X: np.ndarray, y: np.ndarray, theirs: list[np.ndarray], ours: list[np.ndarray],
+                    canary: np.ndarray | None) -> None:
+        """After a batch's answers went out: a shadow predicts every row; the rows a canary answered (``theirs``)
+        are compared with production's answers to them (``ours``, logged as production's shadow rows)."""
+        if not self.live:
+            return
+        if self.mode == "shadow":
+            self._shadow_batch(X, y)
+        elif canary is not None and ours:
+            Xc, yc = (np.concatenate(theirs), np.concatenate(ours)) if len(ours) > 1 else (theirs[0], ours[0])
+            self.meter.compare(canary, yc)
+            self.production.logger.add(self.ids.take(len(Xc)), Xc, yc, None, shadow=True)
+        self.check()
+
+    def _shadow_batch(self, X: np.ndarray, answered: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        try:
+            y = self.arm.batcher.predict_now(X)
+            if not np.isfinite(y).all():
+                raise ValueError("non-finite output")
+        except Exception:  # noqa: BLE001 - the newcomer's failure is measured, never seen by a client
+            self.meter.failed(len(X))
+            return
+        latency = time.perf_counter() - t0
+        self.meter.answered(len(X), latency)
+        self.meter.compare(y, answered)
+        self.arm.logger.add(self.ids.take(len(X)), X, y, latency * 1000 / len(X), shadow=True)
+
+    def check(self, *, every_s: float = 0.1) -> None:
         """Judge the guards (at most every ``every_s``); a breach stops the newcomer here at once."""
         from convergence.governance import rollout
 
@@ -161,7 +223,7 @@ class Rollout:
         if not self.live or now - self.last_check < every_s:
             return
         self.last_check = now
-        broken = rollout.breaches(self.guards, self.meter.counts())
+        broken = rollout.breaches(self.guards, self.meter.counts(full=False))
         if broken:
             self.tripped = broken
             if self.on_trip:
@@ -172,8 +234,10 @@ class RolloutThread(threading.Thread):
     """Follows the deployments the kill watcher polls, for the name this replica serves: loads a newcomer,
     makes it production on promotion, drops it on rollback, reports what it measured, and writes a trip."""
 
-    def __init__(self, replica: Any, *, model_name: str, replica_id: str, report_s: float, make_arm: Any) -> None:
+    def __init__(self, replica: Any, *, model_name: str, replica_id: str, report_s: float, make_arm: Any,
+                 ids: Any) -> None:
         super().__init__(name="cvg-rollout", daemon=True)
+        self.ids = ids
         self.replica, self.model_name, self.replica_id, self.report_s = replica, model_name, replica_id, report_s
         self.make_arm = make_arm  # (version_id, route) -> Arm: loads and checks a version as serving does
         self.stop, self.wake = threading.Event(), threading.Event()
@@ -214,14 +278,16 @@ class RolloutThread(threading.Thread):
             self.failed_load = state["id"]
             log.error("rollout %s: version %s cannot serve here: %s", state["id"], state["version_id"], exc)
             return
-        ro = Rollout(state, arm)
+        ro = Rollout(state, arm, production=self.replica.arm, ids=self.ids)
         ro.on_trip = self.wake.set
+        ro.attach()
         self.replica.rollout = ro
         log.info("rollout %s: %s of version %s", state["id"], state["mode"], state["version_id"])
 
     def _finish(self, ro: Rollout, state: dict[str, Any] | None) -> None:
         """Promoted: the newcomer answers everything from now on. Rolled back (or gone): it stops."""
         self.replica.rollout = None
+        ro.detach()
         self.ended.add(ro.id)
         if state is not None and state["status"] == "promoted":
             old = self.replica.arm
@@ -251,6 +317,7 @@ class RolloutThread(threading.Thread):
             gov.rollout.trip(session=s, deployment_id=ro.id, replica=self.replica_id, broken=ro.tripped or [],
                              measured=counts)
         self.replica.rollout = None
+        ro.detach()
         self.ended.add(ro.id)
         ro.arm.logger.stop.set()
         log.warning("rollout %s rolled back: %s", ro.id, ro.tripped)
@@ -261,50 +328,10 @@ class RolloutThread(threading.Thread):
 
 
 async def rows_answer(arm: Arm, ro: Rollout | None, X: np.ndarray, key: bytes) -> tuple[Arm, np.ndarray]:
-    """Which arm answers ``X`` and its predictions: the canary for its share of keys (production if the canary
-    fails: counted against it), else production, with a shadow's scoring scheduled after the answer."""
-    if ro is not None and ro.takes(key):
-        t0 = time.perf_counter()
-        try:
-            y = await ro.arm.batcher.submit(X)
-            if not np.isfinite(y).all():
-                raise ValueError("non-finite output")
-        except Exception:  # noqa: BLE001 - the newcomer's failure is measured, the client gets production's answer
-            ro.meter.failed()
-            ro.check()
-        else:
-            ro.meter.answered(time.perf_counter() - t0)
-            if ro.room():
-                ro.spawn(_score_rows(ro, arm, X, y, newcomer_answered=True))
-            return ro.arm, y
-    y = await arm.batcher.submit(X)
-    if ro is not None and ro.mode == "shadow" and ro.room():
-        ro.spawn(_score_rows(ro, arm, X, y, newcomer_answered=False))
-    return arm, y
-
-
-async def _score_rows(ro: Rollout, arm: Arm, X: np.ndarray, answered: np.ndarray, *, newcomer_answered: bool) -> None:
-    """Off the request's path: the other arm's predictions for the same rows, compared and logged as shadow."""
-    from convergence.serving._app import IDS
-
-    other = arm if newcomer_answered else ro.arm
-    t0 = time.perf_counter()
-    try:
-        y = await other.batcher.submit(X)
-        if not np.isfinite(y).all():
-            raise ValueError("non-finite output")
-    except Exception:  # noqa: BLE001 - a shadow's failure is measured, never seen by a client
-        if not newcomer_answered:
-            ro.meter.failed()
-            ro.check()
-        return
-    latency = time.perf_counter() - t0
-    if not newcomer_answered:
-        ro.meter.answered(latency)
-    new, old = (answered, y) if newcomer_answered else (y, answered)
-    ro.meter.compare(new, old)
-    other.logger.add(IDS.take(len(X)), X, y, latency * 1000 / len(X), shadow=True)
-    ro.check()
+    """Which arm answers ``X`` and its predictions: the canary for its share of keys (production when the canary
+    fails, counted against it), else production; both in production's batch cycle."""
+    y, by = await arm.batcher.routed(X, canary=ro is not None and ro.takes(key))
+    return (by.arm if by is not None else arm), y
 
 
 async def prompt_answer(arm: Arm, ro: Rollout | None, prompt: str, params: tuple[int, float, int],
@@ -319,7 +346,7 @@ async def prompt_answer(arm: Arm, ro: Rollout | None, prompt: str, params: tuple
             ro.meter.failed()
             ro.check()
         else:
-            ro.meter.answered(time.perf_counter() - t0)
+            ro.meter.answered(1, time.perf_counter() - t0)
             if ro.room():
                 ro.spawn(_score_prompt(ro, arm, prompt, params, out, newcomer_answered=True))
             return ro.arm, out
@@ -349,8 +376,6 @@ async def generation(arm: Arm, prompt: str, max_tokens: int, temperature: float,
 
 async def _score_prompt(ro: Rollout, arm: Arm, prompt: str, params: tuple[int, float, int], answered: dict[str, Any],
                         *, newcomer_answered: bool) -> None:
-    from convergence.serving._app import IDS
-
     other = arm if newcomer_answered else ro.arm
     try:
         out = await generation(other, prompt, *params)
@@ -360,9 +385,9 @@ async def _score_prompt(ro: Rollout, arm: Arm, prompt: str, params: tuple[int, f
             ro.check()
         return
     if not newcomer_answered:
-        ro.meter.answered(out["latency_s"])
+        ro.meter.answered(1, out["latency_s"])
     new, old = (answered, out) if newcomer_answered else (out, answered)
     ro.meter.compare((new["text"], new["tokens"]), (old["text"], old["tokens"]), greedy=params[1] == 0)
-    other.logger.add(IDS.take(1), [[float(out["prompt_tokens"]), float(params[1]), float(params[0])]],
+    other.logger.add(ro.ids.take(1), [[float(out["prompt_tokens"]), float(params[1]), float(params[0])]],
                      [out["tokens"]], out["latency_s"] * 1000, shadow=True)
     ro.check()

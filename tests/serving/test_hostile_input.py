@@ -166,10 +166,10 @@ def test_an_unforeseen_failure_is_a_logged_counted_json_500(client: Any, monkeyp
     from convergence.serving import _app
     from convergence.serving._app import REPLICAS
 
-    async def broken(*args: Any) -> Any:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("not ours")
 
-    monkeypatch.setattr(REPLICAS["trading"].batcher, "submit", broken)
+    monkeypatch.setattr(REPLICAS["trading"].batcher, "routed", broken)
     answer = refused(client, "/predict", json.dumps({"rows": [ROW]}), 500)
     assert answer == {"error": "ConvergenceError", "message": "the server failed to answer; the failure is in its log"}
     monkeypatch.setattr(_app, "render_metrics", lambda: 1 / 0)  # outside the routes' own net: Starlette's

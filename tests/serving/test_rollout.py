@@ -283,7 +283,11 @@ def test_a_language_canary_splits_by_prompt_and_its_disagreement_guard_trips(lan
     with session_scope(write=False) as s:
         [event] = gov.query_events(session=s, action="deployment.rolled_back",
                                    subject=gov.Subject("model_version", str(newcomer)))[-1:]
-        shadow_rows = s.execute(text("SELECT COUNT(*) FROM prediction_log WHERE model_version_id = :v AND shadow"),
-                                {"v": newcomer}).scalar()
     assert event.payload_obj["breached"][0]["guard"] == "max_disagreement" and event.payload_obj["automatic"]
-    assert shadow_rows >= 10 and json.loads(event.payload) == event.payload_obj
+    assert event.payload_obj["measured"]["compared"] >= 10 and json.loads(event.payload) == event.payload_obj
+
+    def shadow_rows() -> int:  # the shadow's generations, logged under its version and flagged
+        with session_scope(write=False) as s:
+            return s.execute(text("SELECT COUNT(*) FROM prediction_log WHERE model_version_id = :v AND shadow"),
+                             {"v": newcomer}).scalar() >= 10
+    _until(shadow_rows, timeout_s=5)
