@@ -33,7 +33,8 @@ def _serve(family: str, model: str | None, version: int | None, port: int, host:
            "CVG_HOME": str(get_settings().home), "CVG_SERVE_WHY": info["why"],
            "CVG_SERVE_FOLLOW_ROLLOUTS": "false" if version is not None else "true"}
     if dry_run:
-        print_json({**info, "command": command, "env": {k: env[k] for k in ("CVG_SERVE_VERSION", "CVG_HOME")}})
+        print_json({**info, "command": command,
+                    "env": {k: env[k] for k in ("CVG_SERVE_VERSION", "CVG_HOME", "CVG_SERVE_FOLLOW_ROLLOUTS")}})
         return
     err = console(stderr=True)
     err.print(f"serving {info['name']} v{info['version']} (version {info['version_id']}, {info['role']}, "
