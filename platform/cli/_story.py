@@ -207,6 +207,17 @@ def _drift(story: Story, since: dt.datetime) -> None:
                     f"{receiver.rejected} rejected); Evidently report {report['html_report']}")
 
 
+def _rollout(story: Story, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """A retrained student rolled out beside the first: shadow, a canary that trips, a canary that is promoted."""
+    from convergence.pipelines import holdout_features
+    from convergence.platform.cli._story_rollout import retrain, rollout
+
+    new = retrain(story, QUICK)
+    if new is None:
+        return None
+    return rollout(story, holdout_features(version_id=summary["versions"]["student"], limit=600), new)
+
+
 def _language(story: Story) -> tuple[dict[str, int], dict[str, Any]]:
     """Train and distill the language model through the API, then validate, approve and promote its student."""
     story.say("nina asked the API to run the language pipeline: State of the Union addresses (npm) → byte-level BPE "
@@ -275,7 +286,7 @@ def _audit(story: Story, usage: dict[str, Any], lm_usage: dict[str, Any]) -> dic
 
 def _console_pages(story: Story, auditor: Any, student: int) -> None:
     """The console (`cvg api` serves it under /ui) as the auditor sees it: every page answers, read-only."""
-    paths = {"inventory": "/ui/", "the production student": f"/ui/models/{student}",
+    paths = {"inventory": "/ui/", "the first student": f"/ui/models/{student}",
              "time travel": f"/ui/time-travel?name={TRADING_MODEL}&at=now", "ledger": "/ui/ledger",
              "budgets": "/ui/budgets"}
     answers = {name: auditor.http.get(path) for name, path in paths.items()}
@@ -307,7 +318,9 @@ def _offline(story: Story, auditor: Any, cp: dict[str, Any], pack: Path) -> dict
     story.say(f"auditor exported the trail to {export}; with only the public key ({key.split('+')[0]}) the "
               f"standalone auditor says: {runs[0].stdout.strip()}; and for the approval of model version "
               f"{approval['subject_id']} (seq {approval['seq']}): {runs[1].stdout.strip()}")
-    story.say(f"auditor packed the production student for an examiner ({pack}: Hugging Face model card, strategy "
+    story.say(f"auditor packed student {story.facts['student']}, the one the desk traded on first, for an "
+              f"examiner ({pack}: "
+              "Hugging Face model card, strategy "
               f"summary, lineage, evidence, drift, usage, every ledger event with its proof, a signed manifest); "
               f"offline: {runs[2].stdout.strip()}")
     return {"export": export, "offline_ok": all(r.returncode == 0 for r in runs), "script": script, "key": key,
@@ -344,17 +357,18 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
         _four_eyes(story, summary)
         since = _serving(story, summary)
         _drift(story, since)
+        rolled = _rollout(story, summary)
         lm_versions, lm_usage = _language(story)
         audit = _audit(story, summary["usage"], lm_usage)
         revoked = revoke_demo_keys(story["sam"])
     story.say(f"sam revoked the {revoked} API keys the demo issued; the personas keep their identities and roles")
-    _summary(story, summary, lm_versions, audit, time.perf_counter() - started)
+    _summary(story, summary, lm_versions, audit, time.perf_counter() - started, rolled)
     return {"ok": audit["result"]["ok"] and audit["offline_ok"], "events": audit["result"]["head_seq"],
             "export": str(audit["export"]), "summary": summary}
 
 
 def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int], audit: dict[str, Any],
-             elapsed: float) -> None:
+             elapsed: float, rolled: dict[str, Any] | None) -> None:
     from convergence.platform.db import redact_url
     from convergence.platform.settings import get_settings
 
@@ -371,8 +385,11 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               f"checkpoint in {audit['note']}\n"
               f"took         {elapsed:.1f} s\n\n"
               f"evidence     {summary['evidence']}\n"
-              f"models       trading: teacher {v['teacher']}, student {v['student']} (production), INT8 "
-              f"{v.get('int8', '—')} (production), compiled {v.get('student_onnx', '—')} (approved)\n"
+              f"models       trading: teacher {v['teacher']}, student {v['student']} "
+              f"({'retired by the canary' if rolled else 'production'}), INT8 {v.get('int8', '—')} (production), "
+              f"compiled {v.get('student_onnx', '—')} (approved)"
+              + (f", retrained student {rolled['promoted']} (production after shadow and canary)" if rolled else "")
+              + "\n"
               + (f"             language: teacher {lm_versions['teacher']}, student {lm_versions['student']} "
                  "(production)\n" if lm_versions else "") + "\n"
               "look further (as your OS account, an auditor here"
@@ -380,6 +397,8 @@ def _summary(story: Story, summary: dict[str, Any], lm_versions: dict[str, int],
               f"  {cvg} models lineage {v.get('student_onnx', v['student'])}\n"
               + (f"  {cvg} models lineage {lm_versions['student']}\n" if lm_versions else "") +
               f"  {cvg} models history {TRADING_MODEL}\n"
+              + (f"  {cvg} audit query --action 'deployment.*'   # shadow, canaries, the guard's rollback, promotion\n"
+                 if rolled else "") +
               f"  {cvg} audit query --subject model_version:{v['student']}\n"
               f"  {cvg} audit query --action '*_refused'\n"
               f"  {cvg} principals list\n"

@@ -15,7 +15,8 @@ def demo(
 ) -> None:
     """Run the main job: migrate; train a teacher and distill a student on real E-mini ticks with Ray;
     validate and approve as two different people (a self-approval is refused); promote; check drift and
-    deliver signed alerts; train and distill a language model on the State of the Union addresses and
+    deliver signed alerts; retrain and roll the new student out as a shadow, a canary whose guard rolls it back,
+    and a canary that is promoted; train and distill a language model on the State of the Union addresses and
     approve it the same way; show budgets; checkpoint and verify the audit trail, export it and
     re-verify it offline; then summarise where to look."""
     from convergence.platform.cli._story import run_story

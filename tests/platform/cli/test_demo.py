@@ -23,7 +23,9 @@ def test_demo_tells_the_whole_story(cvg, tmp_path: Path, monkeypatch: pytest.Mon
                      "lineage: corpus", "the language run", "promoted both to production", "audit chain verified",
                      "auditor signed checkpoint", "published outside the database",
                      "match the signed checkpoint", "is included in the signed tree", "classified",
-                     "auditor packed the production student", "OK: audit pack of", "revoked the", "summary",
+                     "auditor packed student", "OK: audit pack of", "revoked the", "summary",
+                     "registered student", "ops started a shadow of", "were all answered by version(s)",
+                     "the replica's guard tripped and rolled it back itself", "ops promoted it",
                      "showed the auditor 5 of 5 pages"):
         assert fragment in result.out, (fragment, [line for line in result.out.splitlines()  # what happened instead
                                                    if "gates" in line or "language" in line or "failed" in line])
