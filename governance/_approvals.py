@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from convergence.governance._access import distinct, refuse, require, same_person
 from convergence.governance._artifacts import StoredArtifact, get_artifact_store
+from convergence.governance import _deploystate
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import Approval, ModelVersion, StageTransition
 from convergence.governance._principal import Principal, check_text
@@ -155,6 +156,10 @@ def _decide(session: Session, version_id: int, principal: Principal, reason: str
     moved = _move(session, mv, decision, actor=principal, reason=reason)
     if decision == "approved":
         mv.safe_output = safe
+    elif (d := _deploystate.active(session, mv.name)) is not None and d.version_id == mv.id:
+        # a rejected version stops serving beside production, in the same transaction
+        _deploystate.end(session, d, status="rolled_back", principal=principal, reason=f"version rejected: {reason}",
+                         measured={}, payload={"automatic": False, "reason": f"version rejected: {reason}"})
     approval = Approval(model_version_id=mv.id, decision=decision, actor=principal.name, principal_id=principal.id,
                         reason=reason, created_at=utcnow())
     session.add(approval)
@@ -183,9 +188,11 @@ def _production(session: Session, name: str) -> ModelVersion | None:
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.stage == "production")).scalars().first()
 
 
-def promote(*, session: Session, principal: Principal, version_id: int, reason: str | None = None) -> ModelVersion:
+def promote(*, session: Session, principal: Principal, version_id: int, reason: str | None = None,
+            rollout: int | None = None) -> ModelVersion:
     """Put an approved version into production and retire the one it replaces, atomically; the operator
-    must not be its registrant."""
+    must not be its registrant. While a shadow or canary of the name runs, only its own promotion (``rollout``,
+    the deployment's id: ``rollout.promote``) may change production."""
     reason = check_text(reason, what="the reason")
     require(session=session, principal=principal, permission="model.promote",
             subject=Subject("model_version", str(version_id)))
@@ -196,6 +203,7 @@ def promote(*, session: Session, principal: Principal, version_id: int, reason: 
         hint = _HOW.get("approved") if mv.stage == "validated" else None
         raise PolicyViolation(f"model version {mv.id} is {mv.stage}; only an approved version can be promoted",
                               hint=hint and f"approve it first with {hint}")
+    _no_rollout(session, mv.name, allowed=rollout)
     previous = _production(session, mv.name)
     if previous is not None:
         check_recorded(session=session, version=previous)
@@ -209,6 +217,16 @@ def promote(*, session: Session, principal: Principal, version_id: int, reason: 
     return mv
 
 
+def _no_rollout(session: Session, name: str, *, allowed: int | None = None) -> None:
+    """Production does not change under a running shadow or canary (its comparison and its evidence are about
+    the production version it started beside), except by that rollout's own promotion."""
+    d = _deploystate.active(session, name)
+    if d is not None and d.id != allowed:
+        raise PolicyViolation(f"{name} has an active {d.mode} of version {d.version_id} (deployment {d.id}): "
+                              "production changes only through it",
+                              hint=f"`cvg models deploy {d.version_id} --promote` or `cvg models rollback {name}`")
+
+
 def rollback(*, session: Session, principal: Principal, name: str, reason: str | None = None) -> ModelVersion:
     """Retire the production version of ``name`` and restore the one it replaced (the operator must not be
     the restored version's registrant)."""
@@ -218,6 +236,7 @@ def rollback(*, session: Session, principal: Principal, name: str, reason: str |
     current = _production(session, name)
     if current is None:
         raise NotFound(f"no version of {name!r} is in production")
+    _no_rollout(session, name)
     # The version this one retired when it was promoted: the latest production→retired move before now.
     previous = session.execute(
         select(ModelVersion)

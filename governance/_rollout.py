@@ -22,12 +22,16 @@ from convergence.governance._access import require
 from convergence.governance._alerts import raise_alert
 from convergence.governance._approvals import _not_registrant, _production
 from convergence.governance._approvals import promote as promote_version
+from convergence.governance._approvals import rollback as rollback_production
+from convergence.governance._deploystate import active as _active
+from convergence.governance._deploystate import end as _end
+from convergence.governance._deploystate import finite
 from convergence.governance._identity import system_principal
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import AuditEvent, Deployment, DeploymentTally, ModelVersion
 from convergence.governance._principal import Principal, check_text
 from convergence.governance._registry import get_model, load_artifact
-from convergence.governance._webhooks import enqueue
+from convergence.governance._replay import check_filed, state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
 
@@ -59,7 +63,8 @@ def check_guards(guards: Mapping[str, Any] | None) -> dict[str, float | None]:
             out[name] = None if name not in ("guard_after", "disagreement_bound") else DEFAULT_GUARDS[name]
             continue
         lo, hi, low_ok, _ = GUARDS[name]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+              and math.isfinite(value))  # the size first: math.isfinite(10**400) overflows
         if not ok or not (lo <= value if low_ok else lo < value) or value > hi:
             raise InvalidInput(f"guard {name} must be a number {'≥' if low_ok else '>'} {lo:g}"
                                + (f" and ≤ {hi:g}" if math.isfinite(hi) else "") + f", not {str(value)[:40]}")
@@ -74,14 +79,14 @@ def breaches(guards: Mapping[str, Any], counts: Mapping[str, Any]) -> list[dict[
     requests, compared = int(counts.get("requests", 0)), int(counts.get("compared", 0))
     measured: dict[str, float | None] = {
         "max_error_rate": counts.get("errors", 0) / requests if requests >= after else None,
-        "max_p99_ms": counts.get("p99_ms") if requests >= after else None,
+        "max_p99_ms": counts.get("p99_ms") if requests - counts.get("errors", 0) >= after else None,
         "max_disagreement": counts.get("disagreements", 0) / compared if compared >= after else None,
         "max_mean_abs_diff": counts.get("abs_diff_sum", 0.0) / compared if compared >= after else None,
         "max_output_drift": counts.get("output_drift") if compared >= after else None,
     }
     return [{"guard": name, "limit": guards[name], "measured": round(float(value), 6)}
             for name, value in measured.items()
-            if value is not None and guards.get(name) is not None and value > guards[name]]
+            if value is not None and math.isfinite(value) and guards.get(name) is not None and value > guards[name]]
 
 
 def deploy(*, session: Session, principal: Principal, version_id: int, mode: str, percent: float | None = None,
@@ -117,12 +122,11 @@ def deploy(*, session: Session, principal: Principal, version_id: int, mode: str
                    guards=checked, min_requests=min_requests, status="active", started_at=utcnow(),
                    started_by_id=principal.id)
     session.add(d)
-    session.flush()
     append(session=session, principal=principal, action="deployment.started", subject=Subject("model_version",
                                                                                                  str(mv.id)),
-           payload={"deployment_id": d.id, "name": mv.name, "mode": mode, "percent": share,
-                    "production_id": production.id, "artifact_sha256": mv.artifact_sha256, "guards": checked,
-                    "min_requests": min_requests, "reason": reason})
+           payload={"name": mv.name, "mode": mode, "percent": share, "production_id": production.id,
+                    "artifact_sha256": mv.artifact_sha256, "guards": checked, "min_requests": min_requests,
+                    "reason": reason, "state": state_entries(session, d)})
     return d
 
 
@@ -138,11 +142,6 @@ def _share(mode: str, percent: float | None) -> float:
     return float(percent)  # type: ignore[arg-type]
 
 
-def _active(session: Session, name: str) -> Deployment | None:
-    return session.execute(select(Deployment).where(Deployment.model_name == name,
-                                                    Deployment.status == "active")).scalars().first()
-
-
 def totals(*, session: Session, deployment_id: int) -> dict[str, Any]:
     """What the replicas measured of a deployment, summed (p99 and drift: the worst replica's)."""
     out: dict[str, Any] = {k: 0 for k in COUNTS} | {"abs_diff_sum": 0.0, "p99_ms": None, "output_drift": None,
@@ -150,12 +149,15 @@ def totals(*, session: Session, deployment_id: int) -> dict[str, Any]:
     for tally in session.execute(select(DeploymentTally).where(
             DeploymentTally.deployment_id == deployment_id)).scalars():
         out["replicas"] += 1
+        counts = {k: v for k, v in (tally.counts or {}).items()  # numbers only: a report is never trusted blindly
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
         for key in COUNTS:
-            out[key] += tally.counts.get(key, 0)
+            out[key] += counts.get(key, 0)
         for key in ("p99_ms", "output_drift"):
-            if (value := tally.counts.get(key)) is not None:
+            if (value := counts.get(key)) is not None:
                 out[key] = max(value, out[key] or 0.0)
-    return out
+    out["answered"] = out["requests"] - out["errors"]  # what promotion counts: answers, not attempts
+    return finite(out)
 
 
 def promote(*, session: Session, principal: Principal, version_id: int, reason: str | None = None) -> Deployment:
@@ -170,45 +172,51 @@ def promote(*, session: Session, principal: Principal, version_id: int, reason: 
         raise PolicyViolation(f"version {mv.id} ({mv.name} v{mv.version}) is not being rolled out",
                               hint=f"`cvg models deploy {mv.id} --canary 10` first, or promote it directly")
     measured = totals(session=session, deployment_id=d.id)
-    if measured["requests"] < d.min_requests:
-        raise PolicyViolation(f"the guards have held for {measured['requests']:,} of the {d.min_requests:,} answers "
+    if measured["answered"] < d.min_requests:
+        raise PolicyViolation(f"the guards have held for {measured['answered']:,} of the {d.min_requests:,} answers "
                               f"promotion needs", hint="let it serve more traffic, then promote")
     if broken := breaches(d.guards, measured):
         raise PolicyViolation(f"guard {broken[0]['guard']} is broken ({broken[0]['measured']} > "
                               f"{broken[0]['limit']}): it cannot be promoted")
-    promote_version(session=session, principal=principal, version_id=mv.id, reason=reason or f"rollout {d.id}")
-    _end(session, d, "promoted", principal, reason or "promoted", measured)
-    append(session=session, principal=principal, action="deployment.promoted", subject=Subject("model_version",
-                                                                                                  str(mv.id)),
-           payload={"deployment_id": d.id, "name": mv.name, "replaced": d.production_id, "measured": measured,
-                    "reason": reason})
+    promote_version(session=session, principal=principal, version_id=mv.id, reason=reason or f"rollout {d.id}",
+                    rollout=d.id)
+    _end(session, d, status="promoted", principal=principal, reason=reason or "promoted", measured=measured,
+         payload={"replaced": d.production_id, "reason": reason})
     return d
 
 
-def _end(session: Session, d: Deployment, status: str, principal: Principal, reason: str,
-         measured: dict[str, Any]) -> None:
-    d.status, d.ended_at, d.ended_by_id, d.end_reason, d.measured = status, utcnow(), principal.id, reason, measured
+RECENT_S = 600.0  # a rollout that ended this recently makes a bare `cvg models rollback` ask which one
 
 
-def rollback(*, session: Session, principal: Principal, name: str, reason: str | None = None) -> Deployment | None:
-    """End ``name``'s active shadow or canary (the operator role): every replica answers with production alone at
-    its next poll. None when nothing is being rolled out."""
+def rollback(*, session: Session, principal: Principal, name: str, reason: str | None = None,
+             target: str = "rollout") -> Deployment | ModelVersion | None:
+    """Roll ``name`` back (the operator role). ``rollout``: end its active shadow or canary (None if none runs);
+    every replica answers with production alone at its next poll. ``production``: restore the version production
+    replaced (refused while a rollout runs). ``auto``: the rollout if one runs, else production, except right
+    after a rollout ended (a guard may just have ended the one the caller meant): then it asks."""
     reason = check_text(reason, what="the reason")
+    if target not in ("auto", "rollout", "production"):
+        raise InvalidInput("target must be auto, rollout or production")
     require(session=session, principal=principal, permission="model.rollback", subject=Subject("model", name))
     serialize_writes(session=session)
     d = _active(session, name)
-    if d is None:
+    if d is not None and target in ("auto", "rollout"):
+        _end(session, d, status="rolled_back", principal=principal, reason=reason or "rolled back",
+             measured=totals(session=session, deployment_id=d.id), payload={"automatic": False, "reason": reason})
+        return d
+    if target == "rollout":
         return None
-    measured = totals(session=session, deployment_id=d.id)
-    _end(session, d, "rolled_back", principal, reason or "rolled back", measured)
-    payload = {"deployment_id": d.id, "name": name, "version_id": d.version_id, "mode": d.mode,
-               "automatic": False, "measured": measured, "reason": reason}
-    append(session=session, principal=principal, action="deployment.rolled_back",
-           subject=Subject("model_version", str(d.version_id)), payload=payload)
-    enqueue(session=session, event_type="deployment.rolled_back",
-            data={**payload, "by": principal.name, "message": f"{name}: {d.mode} of version {d.version_id} rolled "
-                                                              f"back by {principal.name}"})
-    return d
+    if target == "auto" and (recent := _ended_lately(session, name)) is not None:
+        raise PolicyViolation(f"{name}'s {recent.mode} of version {recent.version_id} ended {recent.status.replace('_', ' ')} "
+                              f"at {recent.ended_at:%H:%M:%S} UTC ({recent.end_reason}); nothing is being rolled out now",
+                              hint="to roll production itself back, say so: `cvg models rollback NAME --production`")
+    return rollback_production(session=session, principal=principal, name=name, reason=reason)
+
+
+def _ended_lately(session: Session, name: str) -> Deployment | None:
+    since = utcnow() - dt.timedelta(seconds=RECENT_S)
+    return session.execute(select(Deployment).where(Deployment.model_name == name, Deployment.ended_at >= since)
+                           .order_by(Deployment.ended_at.desc()).limit(1)).scalars().first()
 
 
 def trip(*, session: Session, deployment_id: int, replica: str, broken: list[dict[str, Any]],
@@ -221,18 +229,15 @@ def trip(*, session: Session, deployment_id: int, replica: str, broken: list[dic
     if d is None or d.status != "active":
         return None
     guard = system_principal(session=session, name="rollout-guard")
+    broken = finite(list(broken))
     what = ", ".join(f"{b['guard']} {b['measured']} > {b['limit']}" for b in broken)
     message = f"{d.model_name}: {d.mode} of version {d.version_id} rolled back automatically ({what})"
-    _end(session, d, "rolled_back", guard, message, {**measured, "breached": broken, "replica": replica})
-    payload = {"deployment_id": d.id, "name": d.model_name, "version_id": d.version_id, "mode": d.mode,
-               "automatic": True, "breached": broken, "measured": dict(measured), "replica": replica,
-               "guards": d.guards}
-    append(session=session, principal=guard, action="deployment.rolled_back",
-           subject=Subject("model_version", str(d.version_id)), payload=payload)
+    payload = _end(session, d, status="rolled_back", principal=guard, reason=message, measured=measured,
+                   payload={"automatic": True, "breached": broken, "replica": replica, "guards": d.guards,
+                            "message": message})
     raise_alert(session=session, principal=guard, kind="rollback", severity="critical",
                 dedupe_key=f"rollback:{d.id}", subject=Subject("deployment", str(d.id)), message=message,
                 payload=payload)
-    enqueue(session=session, event_type="deployment.rolled_back", data={**payload, "message": message})
     return d
 
 
@@ -243,21 +248,43 @@ def report(*, session: Session, deployment_id: int, replica: str, counts: Mappin
         return
     tally = session.execute(select(DeploymentTally).where(DeploymentTally.deployment_id == deployment_id,
                                                           DeploymentTally.replica == replica)).scalars().first()
+    counts = finite(dict(counts))
     if tally is None:
-        session.add(DeploymentTally(deployment_id=deployment_id, replica=replica, counts=dict(counts),
-                                    updated_at=utcnow()))
+        session.add(DeploymentTally(deployment_id=deployment_id, replica=replica, counts=counts, updated_at=utcnow()))
     else:
-        tally.counts, tally.updated_at = dict(counts), utcnow()
+        tally.counts, tally.updated_at = counts, utcnow()
 
 
 def states(*, session: Session, recent_s: float = 600.0) -> dict[str, dict[str, Any]]:
     """Per model name, its newest deployment that is active or ended in the last ``recent_s`` (what replicas
     poll: an ended one tells a replica whether to drop its newcomer or make it production)."""
     since = utcnow() - dt.timedelta(seconds=recent_s)
-    rows = session.execute(select(Deployment).where(or_(Deployment.status == "active", Deployment.ended_at >= since))
-                           .order_by(Deployment.id)).scalars()
+    rows = session.execute(select(Deployment, ModelVersion.stage).join(ModelVersion,
+                                                                       ModelVersion.id == Deployment.version_id)
+                           .where(or_(Deployment.status == "active", Deployment.ended_at >= since))
+                           .order_by(Deployment.id)).all()
+    # an active deployment of a version no longer approved (rejected, retired, edited) serves nothing
     return {d.model_name: {"id": d.id, "version_id": d.version_id, "mode": d.mode, "percent": d.percent,
-                           "guards": dict(d.guards), "status": d.status} for d in rows}
+                           "guards": dict(d.guards),
+                           "status": d.status if d.status != "active" or stage == "approved" else "stale"}
+            for d, stage in rows}
+
+
+def status(*, session: Session, deployment_id: int) -> str | None:
+    """A deployment's status now (a replica asks about the one it serves when the poll shows another)."""
+    return session.execute(select(Deployment.status).where(Deployment.id == deployment_id)).scalar()
+
+
+def check_deployment(*, session: Session, deployment_id: int) -> Deployment:
+    """The deployment a replica is about to follow, as the ledger recorded it: IntegrityError when its row was
+    edited (a mode, share, guard or status the ledger never saw), PolicyViolation when it is not active."""
+    d = session.get(Deployment, deployment_id)
+    if d is None:
+        raise NotFound(f"no deployment {deployment_id}")
+    check_filed(session=session, row=d, version_id=d.version_id)
+    if d.status != "active":
+        raise PolicyViolation(f"deployment {deployment_id} is {d.status}")
+    return d
 
 
 def approval_seq(*, session: Session, version_id: int) -> int | None:
@@ -276,7 +303,7 @@ def current(*, session: Session, name: str) -> dict[str, Any]:
         raise NotFound(f"{name} has no active shadow or canary", hint="`cvg models deploy ID --canary 10` starts one")
     measured = totals(session=session, deployment_id=d.id)
     return {**to_dict(d), "measured": measured, "breached": breaches(d.guards, measured),
-            "promotable": measured["requests"] >= d.min_requests and not breaches(d.guards, measured)}
+            "promotable": measured["answered"] >= d.min_requests and not breaches(d.guards, measured)}
 
 
 def active_at(*, session: Session, name: str, at: dt.datetime) -> Deployment | None:

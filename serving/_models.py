@@ -190,10 +190,12 @@ class TradingBatcher:
         return out.float().cpu().numpy().ravel() * e["y_scale"]
 
     async def submit(self, X: np.ndarray) -> np.ndarray:
-        return (await self.routed(X, canary=False))[0]
+        return (await self.routed(X, canary=None))[0]
 
-    async def routed(self, X: np.ndarray, *, canary: bool) -> tuple[np.ndarray, Any]:
-        """Predictions for ``X`` and the rollout whose canary gave them (None: production did)."""
+    async def routed(self, X: np.ndarray, *, canary: Any) -> tuple[np.ndarray, Any]:
+        """Predictions for ``X`` and the rollout whose canary gave them (None: production did). ``canary``: the
+        rollout whose canary should answer, as the request saw it; if another one (or none) is attached by the
+        time the batch runs, or it tripped, production answers."""
         loop = asyncio.get_running_loop()
         if self.queue is None:
             self.queue = asyncio.Queue()
@@ -222,27 +224,19 @@ class TradingBatcher:
                 continue
             if self.on_batch:
                 self.on_batch(rows)
-            ro, canary, theirs = self.rollout, None, []
-            if ro is not None and any(c for _, _, c in items):
-                theirs = [x for x, _, c in items if c]
-                # None when the canary failed: production answers its rows
-                canary = ro.canary_rows(np.concatenate(theirs) if len(theirs) > 1 else theirs[0])
-            start = taken = 0
-            ours = []  # production's answers to the canary's rows, to compare with
-            for x, fut, c in items:
-                n = len(x)
-                if c and canary is not None:
-                    ours.append(y[start:start + n])
+            ro = self.rollout
+            if ro is not None:
+                scored = ro.answer(items, y)  # its canary's requests get the canary's answers
+            else:
+                start = 0
+                for x, fut, _ in items:
                     if not fut.done():
-                        fut.set_result((canary[taken:taken + n], ro))
-                    taken += n
-                elif not fut.done():
-                    fut.set_result((y[start:start + n], None))
-                start += n
+                        fut.set_result((y[start:start + len(x)], None))
+                    start += len(x)
             await asyncio.sleep(0)  # let the answered requests go out before the next batch
             if ro is not None:
                 try:
-                    ro.after_batch(X, y, theirs, ours, canary)
+                    ro.after_batch(X, y, scored)
                 except Exception:  # noqa: BLE001 - a rollout's scoring must never stop production's batches
                     logging.getLogger("convergence.serving").exception("rollout scoring failed")
 

@@ -85,6 +85,8 @@ class GuardMeter:
     def compare(self, new: Any, old: Any, *, greedy: bool = True) -> None:
         """Trading: two arrays of predictions. Language: two (text, tokens generated) pairs (a differing
         continuation at temperature 0 disagrees; the difference measured is in tokens generated)."""
+        if isinstance(new, np.ndarray) and not (ok := np.isfinite(new) & np.isfinite(old)).all():
+            new, old = new[ok], np.asarray(old)[ok]  # a comparison with inf is no measurement
         if isinstance(new, tuple):  # (text, tokens generated)
             news, olds, n = [float(new[1])], [float(old[1])], 1
             differ, total = int(greedy and new[0] != old[0]), float(abs(new[1] - old[1]))
@@ -110,7 +112,7 @@ class GuardMeter:
             new, old = (np.array(self.new), np.array(self.old)) if drift else (np.empty(0), np.empty(0))
             out = {"requests": self.requests, "errors": self.errors, "compared": self.compared,
                    "disagreements": self.disagreements, "abs_diff_sum": self.abs_diff_sum}
-        out["p99_ms"] = float(np.percentile(lat, 99)) if lat else None
+        out["p99_ms"] = float(np.percentile(lat, 99)) if len(lat) >= 20 else None  # not from a handful
         out["output_drift"] = ks_statistic(new, old) if len(new) and len(old) else None
         return out
 
@@ -172,48 +174,78 @@ class Rollout:
         if getattr(self.production.batcher, "rollout", None) is self:
             self.production.batcher.rollout = None
 
-    def canary_rows(self, X: np.ndarray) -> np.ndarray | None:
-        """The canary's predictions for the rows it answers, in the production batch's cycle; None (counted
-        against it) when it fails, so production answers them."""
+    def answer(self, items: list[tuple[np.ndarray, Any, Any]], y: np.ndarray) -> dict[str, Any]:
+        """Settle a production batch's requests (X, future, the rollout the request chose): those that chose this
+        live canary get its answers where they are finite, the rest production's. What the canary answered, and
+        production's answers to the same rows, go to ``after_batch``."""
+        mine = [i for i, item in enumerate(items) if item[2] is self] if self.live and self.mode == "canary" else []
+        canary, latency = self._canary([items[i][0] for i in mine]) if mine else (None, 0.0)
+        scored: dict[str, Any] = {"theirs": [], "ours": [], "answers": [], "failed": 0, "latency": latency}
+        start = taken = 0
+        for x, fut, chose in items:
+            n, answer = len(x), (y[start:start + len(x)], None)
+            if chose is self and mine:
+                ours = answer[0]
+                if canary is not None and np.isfinite(part := canary[taken:taken + n]).all():
+                    answer = (part, self)
+                    scored["theirs"].append(x), scored["ours"].append(ours), scored["answers"].append(part)
+                elif np.isfinite(ours).all():  # a row production cannot answer either is the client's, not the canary's
+                    scored["failed"] += n
+                taken += n
+            if not fut.done():
+                fut.set_result(answer)
+            start += n
+        return scored
+
+    def _canary(self, xs: list[np.ndarray]) -> tuple[np.ndarray | None, float]:
         t0 = time.perf_counter()
         try:
-            y = self.arm.batcher.predict_now(X)
-            if not np.isfinite(y).all():
-                raise ValueError("non-finite output")
-        except Exception:  # noqa: BLE001 - the newcomer's failure is measured, the client gets production's answer
-            self.meter.failed(len(X))
-            self.check()
-            return None
-        self.meter.answered(len(X), time.perf_counter() - t0)
-        return y
+            return self.arm.batcher.predict_now(np.concatenate(xs) if len(xs) > 1 else xs[0]), time.perf_counter() - t0
+        except Exception:  # noqa: BLE001 - the newcomer's failure is measured; production answers its rows
+            return None, time.perf_counter() - t0
 
-    def after_batch(self, X: np.ndarray, y: np.ndarray, theirs: list[np.ndarray], ours: list[np.ndarray],
-                    canary: np.ndarray | None) -> None:
-        """After a batch's answers went out: a shadow predicts every row; the rows a canary answered (``theirs``)
-        are compared with production's answers to them (``ours``, logged as production's shadow rows)."""
+    def after_batch(self, X: np.ndarray, y: np.ndarray, scored: dict[str, Any]) -> None:
+        """After a batch's answers went out: a shadow predicts every row; the rows a canary answered are compared
+        with production's answers to them (logged as production's shadow rows)."""
         if not self.live:
             return
         if self.mode == "shadow":
             self._shadow_batch(X, y)
-        elif canary is not None and ours:
-            Xc, yc = (np.concatenate(theirs), np.concatenate(ours)) if len(ours) > 1 else (theirs[0], ours[0])
-            self.meter.compare(canary, yc)
-            self.production.logger.add(self.ids.take(len(Xc)), Xc, yc, None, shadow=True)
+        else:
+            if scored["failed"]:
+                self.meter.failed(scored["failed"])
+            if scored["answers"]:
+                theirs, ours, answers = scored["theirs"], scored["ours"], scored["answers"]
+                Xc, yc, ac = ((np.concatenate(theirs), np.concatenate(ours), np.concatenate(answers))
+                              if len(ours) > 1 else (theirs[0], ours[0], answers[0]))
+                self.meter.answered(len(Xc), scored["latency"])
+                self.meter.compare(ac, yc)
+                self.production.logger.add(self.ids.take(len(Xc)), Xc, yc, None, shadow=True)
         self.check()
 
     def _shadow_batch(self, X: np.ndarray, answered: np.ndarray) -> None:
+        """The shadow's predictions for the rows production answered (a row production could not answer, the
+        client got a 4xx for: left out); a non-finite one counts against the shadow."""
+        ok = np.isfinite(answered)
+        if not ok.all():
+            X, answered = X[ok], answered[ok]
+            if not len(X):
+                return
         t0 = time.perf_counter()
         try:
             y = self.arm.batcher.predict_now(X)
-            if not np.isfinite(y).all():
-                raise ValueError("non-finite output")
         except Exception:  # noqa: BLE001 - the newcomer's failure is measured, never seen by a client
             self.meter.failed(len(X))
             return
         latency = time.perf_counter() - t0
+        good = np.isfinite(y)
+        if not good.all():
+            self.meter.failed(int((~good).sum()))
+            X, y, answered = X[good], y[good], answered[good]
         self.meter.answered(len(X), latency)
-        self.meter.compare(y, answered)
-        self.arm.logger.add(self.ids.take(len(X)), X, y, latency * 1000 / len(X), shadow=True)
+        if len(X):
+            self.meter.compare(y, answered)
+            self.arm.logger.add(self.ids.take(len(X)), X, y, latency * 1000 / len(X), shadow=True)
 
     def check(self, *, every_s: float = 0.1) -> None:
         """Judge the guards (at most every ``every_s``); a breach stops the newcomer here at once."""
@@ -228,6 +260,13 @@ class Rollout:
             self.tripped = broken
             if self.on_trip:
                 self.on_trip()
+
+
+def retire_logger(logger: Any, grace_s: float = 2.0) -> None:
+    """Stop a prediction log once the requests still holding it have added their rows (it then writes out)."""
+    timer = threading.Timer(grace_s, logger.stop.set)
+    timer.daemon = True
+    timer.start()
 
 
 class RolloutThread(threading.Thread):
@@ -260,23 +299,42 @@ class RolloutThread(threading.Thread):
         if ro is not None and ro.tripped is not None:
             self._trip(ro)
             return
+        if ro is not None and (state is None or state["id"] != ro.id or state["status"] != "active"):
+            # ours ended (or the poll shows a newer one): finish ours by its own status before anything else
+            self._finish(ro, state["status"] if state is not None and state["id"] == ro.id else self._status(ro.id))
+            ro = None
         if state is None or state["status"] != "active":
-            if ro is not None and (state is None or state["id"] == ro.id):
-                self._finish(ro, state)
             return
-        if ro is None or ro.id != state["id"]:
+        if ro is None:
             if state["id"] not in self.ended and self.failed_load != state["id"]:
                 self._start(state)
             return
         if time.monotonic() - self.last_report >= self.report_s:
             self._report(ro)
 
+    @staticmethod
+    def _status(deployment_id: int) -> str | None:
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+
+        with session_scope(write=False) as s:
+            return gov.rollout.status(session=s, deployment_id=deployment_id)
+
     def _start(self, state: dict[str, Any]) -> None:
+        """Load the newcomer of a deployment the ledger recorded as it stands, of this replica's model name."""
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+
         try:
+            with session_scope(write=False) as s:
+                gov.rollout.check_deployment(session=s, deployment_id=state["id"])
             arm = self.make_arm(state["version_id"], "canary" if state["mode"] == "canary" else "shadow")
-        except ConvergenceError as exc:
+            if arm.loaded.name != self.model_name:
+                retire_logger(arm.logger)
+                raise ValueError(f"version {state['version_id']} is {arm.loaded.name}, not {self.model_name}")
+        except Exception as exc:  # noqa: BLE001 - whatever stops the newcomer, production keeps serving alone
             self.failed_load = state["id"]
-            log.error("rollout %s: version %s cannot serve here: %s", state["id"], state["version_id"], exc)
+            log.error("rollout %s: version %s will not serve here: %s", state["id"], state["version_id"], exc)
             return
         ro = Rollout(state, arm, production=self.replica.arm, ids=self.ids)
         ro.on_trip = self.wake.set
@@ -284,18 +342,19 @@ class RolloutThread(threading.Thread):
         self.replica.rollout = ro
         log.info("rollout %s: %s of version %s", state["id"], state["mode"], state["version_id"])
 
-    def _finish(self, ro: Rollout, state: dict[str, Any] | None) -> None:
-        """Promoted: the newcomer answers everything from now on. Rolled back (or gone): it stops."""
+    def _finish(self, ro: Rollout, status: str | None) -> None:
+        """Promoted: the newcomer answers everything from now on. Otherwise (rolled back, stale, gone): it stops.
+        A stopped arm's log keeps taking rows for a grace period (requests in flight), then is written out."""
         self.replica.rollout = None
         ro.detach()
         self.ended.add(ro.id)
-        if state is not None and state["status"] == "promoted":
+        if status == "promoted":
             old = self.replica.arm
             ro.arm.relabel("production")
             self.replica.promote(ro.arm)
-            old.logger.stop.set()
+            retire_logger(old.logger)
         else:
-            ro.arm.logger.stop.set()
+            retire_logger(ro.arm.logger)
 
     def _report(self, ro: Rollout) -> None:
         from convergence import governance as gov
@@ -319,7 +378,7 @@ class RolloutThread(threading.Thread):
         self.replica.rollout = None
         ro.detach()
         self.ended.add(ro.id)
-        ro.arm.logger.stop.set()
+        retire_logger(ro.arm.logger)
         log.warning("rollout %s rolled back: %s", ro.id, ro.tripped)
         try:
             gov.deliver_until_idle(deadline_s=5.0)
@@ -330,7 +389,7 @@ class RolloutThread(threading.Thread):
 async def rows_answer(arm: Arm, ro: Rollout | None, X: np.ndarray, key: bytes) -> tuple[Arm, np.ndarray]:
     """Which arm answers ``X`` and its predictions: the canary for its share of keys (production when the canary
     fails, counted against it), else production; both in production's batch cycle."""
-    y, by = await arm.batcher.routed(X, canary=ro is not None and ro.takes(key))
+    y, by = await arm.batcher.routed(X, canary=ro if ro is not None and ro.takes(key) else None)
     return (by.arm if by is not None else arm), y
 
 

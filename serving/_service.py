@@ -32,9 +32,17 @@ class _Replica:
     def __init__(self) -> None:
         from convergence.platform.settings import get_settings
 
+        from convergence.platform.errors import PolicyViolation
+
         settings = get_settings()
-        start_replica(self.family, name=settings.serve_model or None, version_id=settings.serve_version,
-                      follow=settings.serve_follow_rollouts)
+        try:
+            start_replica(self.family, name=settings.serve_model or None, version_id=settings.serve_version,
+                          follow=settings.serve_follow_rollouts)
+        except PolicyViolation:
+            if not (settings.serve_follow_rollouts and settings.serve_version):
+                raise
+            # a worker restarted after a rollout's promotion retired the version `cvg serve` checked: follow the name
+            start_replica(self.family, name=settings.serve_model or None, follow=True)
 
     def __is_ready__(self) -> bool:
         replica = REPLICAS.get(self.family)

@@ -166,17 +166,24 @@ class RegistryOps(OperationsBase):
             return plain(gov.rollout.current(session=session, name=name))
 
     @op("POST", "/model-names/{name}/rollback", tag="models")
-    def rollback_model(self, name: Name, reason: Text | None = None) -> dict[str, Any]:
-        """End NAME's shadow or canary if one runs (production answers alone again); otherwise retire NAME's
-        production version and restore the one it replaced."""
+    def rollback_model(self, name: Name, reason: Text | None = None,
+                       target: Literal["auto", "rollout", "production"] = "auto") -> dict[str, Any]:
+        """Roll NAME back. rollout: end its shadow or canary (production answers alone again). production: retire
+        its production version and restore the one it replaced. auto: the rollout if one runs, else production
+        (asks, right after a rollout ended: a guard may have ended the one you meant)."""
         from convergence import governance as gov
 
         with self.writing() as session:
-            ended = gov.rollout.rollback(session=session, principal=self.principal, name=name, reason=reason)
-            if ended is not None:
-                return plain({"rolled_back": "deployment", **gov.rollout.to_dict(ended)})
-            return plain({"rolled_back": "production", **gov.model_to_dict(
-                gov.rollback(session=session, principal=self.principal, name=name, reason=reason))})
+            done = gov.rollout.rollback(session=session, principal=self.principal, name=name, reason=reason,
+                                        target=target)
+            if done is None:
+                from convergence.platform.errors import NotFound
+
+                raise NotFound(f"{name} has no active shadow or canary",
+                               hint="`cvg models rollback NAME --production` rolls production back")
+            if isinstance(done, gov.Deployment):
+                return plain({"rolled_back": "rollout", **gov.rollout.to_dict(done)})
+            return plain({"rolled_back": "production", **gov.model_to_dict(done)})
 
     @op("GET", "/models/{version_id}/lineage", tag="models")
     def model_lineage(self, version_id: Id) -> dict[str, Any]:

@@ -218,13 +218,23 @@ def promote(
 def rollback(
     name: Annotated[str, typer.Argument(help="Model name.")],
     reason: Annotated[str | None, typer.Option("--reason")] = None,
+    rollout_only: Annotated[bool, typer.Option("--rollout", help="Only end NAME's shadow or canary.")] = False,
+    production: Annotated[bool, typer.Option("--production", help="Only roll production back: retire its version "
+                                             "and restore the one it replaced.")] = False,
     actor: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Retire the production version of NAME and restore the one it replaced (the operator role)."""
+    """End NAME's shadow or canary if one runs; otherwise retire NAME's production version and restore the one
+    it replaced (the operator role). Right after a rollout ended (a guard may have ended the one you meant),
+    rolling production back needs --production."""
+    from convergence.platform.errors import InvalidInput
+
+    if rollout_only and production:
+        raise InvalidInput("--rollout and --production exclude each other")
     ops = operations(actor)
-    data = ops.rollback_model(name=name, reason=reason)
-    if data.pop("rolled_back") == "deployment":
+    data = ops.rollback_model(name=name, reason=reason,
+                              target="rollout" if rollout_only else "production" if production else "auto")
+    if data.pop("rolled_back") == "rollout":
         if json_out:
             print_json(data)
         else:

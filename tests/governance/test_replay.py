@@ -84,6 +84,11 @@ def _models_lifecycle(model_file: Path, evidence_file: Path) -> tuple[int, int]:
         gov.kill(session=s, name="student", reason="runaway", principal=person("risk"), safe_output=True)
     with session_scope() as s:
         gov.resume(session=s, name="student", principal=person("risk"))
+    third = _approved(model_file, evidence_file, "student", parent_id=teacher)
+    with session_scope() as s:  # a canary, recorded with its state, then rolled back
+        gov.rollout.deploy(session=s, principal=person("ops"), version_id=third, mode="canary", percent=5)
+    with session_scope() as s:
+        gov.rollout.rollback(session=s, principal=person("ops"), name="student", reason="enough")
     return first, second
 
 

@@ -216,6 +216,63 @@ def test_a_tripped_guard_rolls_back_once_with_an_alert_and_a_webhook(versions: d
         assert gov.rollout.states(session=s)["m"]["status"] == "rolled_back" and gov.verify(session=s).ok
 
 
+def test_production_changes_only_through_the_running_rollout(versions: dict[str, int]) -> None:
+    ops, alice = person("ops"), person("boss")
+    d = _deploy(versions["new"])
+    with pytest.raises(PolicyViolation, match="has an active canary of version"), session_scope() as s:
+        gov.promote(session=s, principal=ops, version_id=versions["new"])  # no evidence yet: not by the side door
+    with pytest.raises(PolicyViolation, match="has an active canary"), session_scope() as s:
+        gov.rollback(session=s, principal=ops, name="m")
+    with pytest.raises(PolicyViolation, match="has an active canary"), session_scope() as s:
+        gov.rollout.rollback(session=s, principal=ops, name="m", target="production")
+    with session_scope() as s:  # rejecting the version ends its canary in the same transaction
+        gov.reject(session=s, principal=alice, version_id=versions["new"], reason="found a leak")
+    with session_scope(write=False) as s:
+        assert s.get(gov.Deployment, d.id).status == "rolled_back"
+        assert gov.rollout.states(session=s)["m"]["status"] == "rolled_back"
+    [event] = _events("deployment.rolled_back")
+    assert event.actor == "boss" and "version rejected: found a leak" in event.payload_obj["reason"]
+    # a bare rollback right after a rollout ended asks which one was meant; --production says so
+    with pytest.raises(PolicyViolation, match="nothing is being rolled out now"), session_scope() as s:
+        gov.rollout.rollback(session=s, principal=ops, name="m", target="auto")
+    with pytest.raises(PolicyViolation, match="is the first production version"), session_scope() as s:
+        gov.rollout.rollback(session=s, principal=ops, name="m", target="production")
+
+
+def test_a_stale_canary_of_a_version_no_longer_approved_serves_nothing(versions: dict[str, int], unprotect) -> None:
+    d = _deploy(versions["new"])
+    with session_scope() as s:  # an administrator edits the share and the stage behind the ledger's back
+        s.execute(text("UPDATE deployments SET percent = 100 WHERE id = :i"), {"i": d.id})
+    with pytest.raises(IntegrityError, match="percent is 100.0 in the table but 10.0 in the audit ledger"), \
+            session_scope(write=False) as s:
+        gov.rollout.check_deployment(session=s, deployment_id=d.id)
+    with session_scope(write=False) as s:  # the ledger rebuilds what was decided
+        assert gov.replay(session=s)["deployments", d.id].fields["percent"] == 10.0
+    with session_scope() as s:
+        s.execute(text("UPDATE model_versions SET stage = 'rejected' WHERE id = :i"), {"i": versions["new"]})
+    with session_scope(write=False) as s:
+        assert gov.rollout.states(session=s)["m"]["status"] == "stale"
+
+
+def test_poisoned_measurements_never_block_a_rollback_and_huge_guards_are_one_line(versions: dict[str, int]) -> None:
+    d = _deploy(versions["new"])
+    inf = float("inf")
+    with session_scope() as s:
+        gov.rollout.report(session=s, deployment_id=d.id, replica="r",
+                           counts={"requests": 60, "compared": 60, "abs_diff_sum": inf, "output_drift": float("nan")})
+        summed = gov.rollout.totals(session=s, deployment_id=d.id)  # stored without inf or NaN, summed without them
+        assert summed["abs_diff_sum"] == 0.0 and summed["output_drift"] is None and summed["requests"] == 60
+        gov.rollout.trip(session=s, deployment_id=d.id, replica="r",
+                         broken=[{"guard": "max_mean_abs_diff", "limit": 1.0, "measured": inf}],
+                         measured={"abs_diff_sum": inf})
+    with session_scope(write=False) as s:
+        assert s.get(gov.Deployment, d.id).status == "rolled_back" and gov.verify(session=s).ok
+    for value in (10**400, -10**400, float("inf")):
+        with pytest.raises(InvalidInput, match="guard max_p99_ms must be a number"), session_scope() as s:
+            gov.rollout.deploy(session=s, principal=person("ops"), version_id=versions["new"], mode="shadow",
+                               guards={"max_p99_ms": value})
+
+
 def test_the_split_at_an_instant(versions: dict[str, int]) -> None:
     before = dt.datetime.now(dt.timezone.utc)
     d = _deploy(versions["new"], percent=25)

@@ -51,8 +51,14 @@ def test_a_canary_from_start_to_rollback(db_url: str, sandbox: str, cvg, tmp_pat
 
     ended = cvg("models", "rollback", NAME, "--reason", "not today", "--as", "ops")
     assert ended.code == 0 and f"canary of version {newcomer}" in ended.out and "rolled back by ops" in ended.out
-    # nothing runs now: rollback means production's own rollback again, and v1 has nothing before it
-    assert_one_line_error(cvg("models", "rollback", NAME, "--as", "ops"), 4, "is the first production version")
+    # a bare rollback right after a rollout ended asks which one was meant (a guard may have ended it first)
+    assert_one_line_error(cvg("models", "rollback", NAME, "--as", "ops"), 4, "nothing is being rolled out now")
+    assert_one_line_error(cvg("models", "rollback", NAME, "--rollout", "--as", "ops"), 3,
+                          "has no active shadow or canary")
+    assert_one_line_error(cvg("models", "rollback", NAME, "--production", "--as", "ops"), 4,
+                          "is the first production version")
+    assert_one_line_error(cvg("models", "rollback", NAME, "--production", "--rollout", "--as", "ops"), 2,
+                          "exclude each other")
     events = cvg("audit", "query", "--action", "deployment.*", "--json").json
     assert [e["action"] for e in events] == ["deployment.started", "deployment.rolled_back"]
     assert events[0]["payload"]["reason"] == "try it on a tenth" and events[1]["payload"]["reason"] == "not today"
