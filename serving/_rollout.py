@@ -138,6 +138,7 @@ class Rollout:
         self.guards, self.arm, self.production, self.ids = state["guards"], arm, production, ids
         self.meter = GuardMeter(self.guards)
         self.tripped: list[dict[str, Any]] | None = None
+        self.ended = False  # the follower finished it: nothing new is routed or scored
         self.tasks: set[Any] = set()  # comparisons in flight (held, so the loop does not drop them)
         self.most_pending, self.skipped = most_pending, 0
         self.last_check = 0.0
@@ -145,7 +146,7 @@ class Rollout:
 
     @property
     def live(self) -> bool:
-        return self.tripped is None
+        return self.tripped is None and not self.ended
 
     def takes(self, key: bytes) -> bool:
         """Whether the canary answers this request (a shadow never answers)."""
@@ -281,7 +282,7 @@ class RolloutThread(threading.Thread):
         self.make_arm = make_arm  # (version_id, route) -> Arm: loads and checks a version as serving does
         self.stop, self.wake = threading.Event(), threading.Event()
         self.last_report, self.failed_load = 0.0, None
-        self.ended: set[int] = set()
+        self.finished: set[int] = set()  # deployments this replica is done with
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -306,7 +307,7 @@ class RolloutThread(threading.Thread):
         if state is None or state["status"] != "active":
             return
         if ro is None:
-            if state["id"] not in self.ended and self.failed_load != state["id"]:
+            if state["id"] not in self.finished and self.failed_load != state["id"]:
                 self._start(state)
             return
         if time.monotonic() - self.last_report >= self.report_s:
@@ -346,8 +347,9 @@ class RolloutThread(threading.Thread):
         """Promoted: the newcomer answers everything from now on. Otherwise (rolled back, stale, gone): it stops.
         A stopped arm's log keeps taking rows for a grace period (requests in flight), then is written out."""
         self.replica.rollout = None
+        ro.ended = True
         ro.detach()
-        self.ended.add(ro.id)
+        self.finished.add(ro.id)
         if status == "promoted":
             old = self.replica.arm
             ro.arm.relabel("production")
@@ -376,8 +378,9 @@ class RolloutThread(threading.Thread):
             gov.rollout.trip(session=s, deployment_id=ro.id, replica=self.replica_id, broken=ro.tripped or [],
                              measured=counts)
         self.replica.rollout = None
+        ro.ended = True
         ro.detach()
-        self.ended.add(ro.id)
+        self.finished.add(ro.id)
         retire_logger(ro.arm.logger)
         log.warning("rollout %s rolled back: %s", ro.id, ro.tripped)
         try:

@@ -86,11 +86,13 @@ def rollout(story: Any, X: Any, new: int) -> dict[str, Any]:
             if i % 20 == 19 and following(None):
                 break
         _wait(lambda: following(None), 5)
-        tripped = _wait(lambda: list(receiver.events.values()), 15)  # the replica delivers it, signed
+        # the replica delivers the guard's webhook itself, signed (the shadow's manual rollback sent one too)
+        tripped = _wait(lambda: [e for e in receiver.events.values() if e["data"].get("automatic")], 15)
         story.say(f"ops started a 30 % canary (deployment {strict['id']}) with a guard ten times stricter than the shadow's "
                   f"difference: after {sent} requests the replica's guard tripped and rolled it back itself "
                   f"(system:rollout-guard, deployment.rolled_back with the measured values, a critical alert); the "
-                  f"receiver verified {len(tripped)} signed webhook(s)")
+                  f"receiver verified its signed webhook ({tripped[0]['data']['breached'][0]['guard']} "
+                  f"{tripped[0]['data']['breached'][0]['measured']:.2e} > {tripped[0]['data']['breached'][0]['limit']:.2e})")
         held = ops.deploy_model(version_id=new, mode="canary", percent=30, min_requests=100,
                                 guards={"max_error_rate": 0.01, "max_p99_ms": 250.0}, reason="canary under sane guards")
         _wait(lambda: following("canary"))
