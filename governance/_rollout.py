@@ -63,6 +63,8 @@ def check_guards(guards: Mapping[str, Any] | None) -> dict[str, float | None]:
             out[name] = None if name not in ("guard_after", "disagreement_bound") else DEFAULT_GUARDS[name]
             continue
         lo, hi, low_ok, _ = GUARDS[name]
+        if name == "guard_after" and not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise InvalidInput(f"guard guard_after must be a whole number of answers, not {str(value)[:40]}")
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
               and math.isfinite(value))  # the size first: math.isfinite(10**400) overflows
         if not ok or not (lo <= value if low_ok else lo < value) or value > hi:
@@ -149,7 +151,8 @@ def totals(*, session: Session, deployment_id: int) -> dict[str, Any]:
     for tally in session.execute(select(DeploymentTally).where(
             DeploymentTally.deployment_id == deployment_id)).scalars():
         out["replicas"] += 1
-        counts = {k: v for k, v in (tally.counts or {}).items()  # numbers only: a report is never trusted blindly
+        given = tally.counts if isinstance(tally.counts, dict) else {}
+        counts = {k: v for k, v in given.items()  # numbers only: a report is never trusted blindly
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
         for key in COUNTS:
             out[key] += counts.get(key, 0)
@@ -171,6 +174,7 @@ def promote(*, session: Session, principal: Principal, version_id: int, reason: 
     if d is None or d.version_id != mv.id:
         raise PolicyViolation(f"version {mv.id} ({mv.name} v{mv.version}) is not being rolled out",
                               hint=f"`cvg models deploy {mv.id} --canary 10` first, or promote it directly")
+    check_filed(session=session, row=d, version_id=d.version_id)  # its guards and evidence rule, as recorded
     measured = totals(session=session, deployment_id=d.id)
     if measured["answered"] < d.min_requests:
         raise PolicyViolation(f"the guards have held for {measured['answered']:,} of the {d.min_requests:,} answers "
@@ -225,7 +229,9 @@ def trip(*, session: Session, deployment_id: int, replica: str, broken: list[dic
     guards), audited with the measured values, and raise a critical alert with its webhook. None when it had
     already ended (another replica was first)."""
     serialize_writes(session=session)
-    d = session.get(Deployment, deployment_id)
+    # read again under the lock: this session may hold the row from before (report), and PostgreSQL lets a
+    # promotion or another replica's trip commit in between
+    d = session.get(Deployment, deployment_id, populate_existing=True)
     if d is None or d.status != "active":
         return None
     guard = system_principal(session=session, name="rollout-guard")
@@ -264,8 +270,8 @@ def states(*, session: Session, recent_s: float = 600.0) -> dict[str, dict[str, 
                            .where(or_(Deployment.status == "active", Deployment.ended_at >= since))
                            .order_by(Deployment.id)).all()
     # an active deployment of a version no longer approved (rejected, retired, edited) serves nothing
-    return {d.model_name: {"id": d.id, "version_id": d.version_id, "mode": d.mode, "percent": d.percent,
-                           "guards": dict(d.guards),
+    return {d.model_name: {"id": d.id, "version_id": d.version_id, "production_id": d.production_id, "mode": d.mode,
+                           "percent": d.percent, "guards": d.guards if isinstance(d.guards, dict) else {},
                            "status": d.status if d.status != "active" or stage == "approved" else "stale"}
             for d, stage in rows}
 
@@ -273,6 +279,22 @@ def states(*, session: Session, recent_s: float = 600.0) -> dict[str, dict[str, 
 def status(*, session: Session, deployment_id: int) -> str | None:
     """A deployment's status now (a replica asks about the one it serves when the poll shows another)."""
     return session.execute(select(Deployment.status).where(Deployment.id == deployment_id)).scalar()
+
+
+def check_promoted(*, session: Session, deployment_id: int) -> ModelVersion:
+    """A deployment a replica is told was promoted, as the ledger recorded it, and its version in production as
+    the ledger recorded it: only then does the replica make it answer everything (IntegrityError otherwise)."""
+    d = session.get(Deployment, deployment_id)
+    if d is None:
+        raise NotFound(f"no deployment {deployment_id}")
+    check_filed(session=session, row=d, version_id=d.version_id)
+    mv = get_model(session=session, version_id=d.version_id)
+    from convergence.governance._replay import check_recorded
+
+    check_recorded(session=session, version=mv)
+    if d.status != "promoted" or mv.stage != "production":
+        raise PolicyViolation(f"deployment {deployment_id} is {d.status}; version {mv.id} is {mv.stage}")
+    return mv
 
 
 def check_deployment(*, session: Session, deployment_id: int) -> Deployment:

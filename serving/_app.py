@@ -416,8 +416,9 @@ def build_app() -> Any:
                 replica.metrics.inc("killed_total", len(X), model=arm.loaded.name)
                 safe = _safe_answer(replica, kill)
                 arm.logger.add(ids, X, [safe] * len(X), (time.perf_counter() - t0) * 1000 / len(X), killed=True)
-                return JSONResponse({**arm.head, "prediction_ids": ids, "predictions": [safe] * len(X),
-                                     "killed": True, "reason": kill["reason"]}, headers=arm.headers)
+                head, _, headers = arm.label
+                return JSONResponse({**head, "prediction_ids": ids, "predictions": [safe] * len(X),
+                                     "killed": True, "reason": kill["reason"]}, headers=headers)
             key = split_key(request.headers.get(KEY_HEADER), raw) if ro is not None else b""
             served, y = await rows_answer(arm, ro, X, key)
             if not np.isfinite(y).all():  # finite features far outside what the net knows can overflow it
@@ -435,8 +436,9 @@ def build_app() -> Any:
         # The same JSON as json.dumps of head + predictions, written directly (the ids are hex and digits, and
         # float's repr of a finite number is JSON): json.dumps was 4 % of the event loop at 64 connections.
         ids_json, y_json = '", "'.join(ids), ", ".join(map(repr, y.tolist()))
-        body = f'{served.head_json}, "prediction_ids": ["{ids_json}"], "predictions": [{y_json}]}}'
-        return Response(body, media_type="application/json", headers=served.headers)
+        _, head_json, headers = served.label
+        body = f'{head_json}, "prediction_ids": ["{ids_json}"], "predictions": [{y_json}]}}'
+        return Response(body, media_type="application/json", headers=headers)
 
     async def generate(request: Any) -> Any:
         t0 = time.perf_counter()
@@ -474,8 +476,9 @@ def build_app() -> Any:
         # The log is numeric (what drift reads): prompt tokens, temperature, max_tokens → tokens generated.
         served.logger.add([pid], [[float(out["prompt_tokens"]), float(temperature), float(max_tokens)]],
                           [out["tokens"]], latency * 1000)
-        return JSONResponse({**served.head, "prediction_id": pid, "text": out["text"], "tokens": out["tokens"],
-                             "finish_reason": out["finish_reason"]}, headers=served.headers)
+        head, _, headers = served.label
+        return JSONResponse({**head, "prediction_id": pid, "text": out["text"], "tokens": out["tokens"],
+                             "finish_reason": out["finish_reason"]}, headers=headers)
 
     async def info(request: Any) -> Any:
         out = {}

@@ -141,6 +141,8 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         traced = {"sha256": mv.artifact_sha256, "approval_seq": gov.rollout.approval_seq(session=s, version_id=mv.id)}
         # a compiled or INT8 copy is its eager network in another form: that network's kill switch stops it too
         kill_names = (mv.name, mv.parent.name) if role in ("compiled", "quantized") and mv.parent else (mv.name,)
+        # the production version this network is (itself, or the version a copy was made from)
+        production_id = mv.parent_id if role in ("compiled", "quantized") and mv.parent else mv.id
     torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
     if family == "trading":
         net, blob = load_trading_artifact(path, device="cuda" if cuda else "cpu",
@@ -156,7 +158,7 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         device = "cuda" if cuda else "cpu"
         extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"]), "runtime": "torch"}
         model = net.to(device).eval()
-    extra.update(role=role, why=why or chosen, kill_names=kill_names, **traced)
+    extra.update(role=role, why=why or chosen, kill_names=kill_names, production_id=production_id, **traced)
     return Loaded(*info, model, extra, device, safe_output)
 
 
@@ -224,17 +226,20 @@ class TradingBatcher:
                 continue
             if self.on_batch:
                 self.on_batch(rows)
-            ro = self.rollout
+            ro, scored = self.rollout, None
             if ro is not None:
-                scored = ro.answer(items, y)  # its canary's requests get the canary's answers
-            else:
-                start = 0
-                for x, fut, _ in items:
-                    if not fut.done():
-                        fut.set_result((y[start:start + len(x)], None))
-                    start += len(x)
+                try:
+                    scored = ro.answer(items, y)  # its canary's requests get the canary's answers
+                except Exception:  # noqa: BLE001 - production answers whatever the rollout could not settle
+                    logging.getLogger("convergence.serving").exception("rollout answer failed")
+                    ro = None
+            start = 0
+            for x, fut, _ in items:
+                if not fut.done():
+                    fut.set_result((y[start:start + len(x)], None))
+                start += len(x)
             await asyncio.sleep(0)  # let the answered requests go out before the next batch
-            if ro is not None:
+            if ro is not None and scored is not None:
                 try:
                     ro.after_batch(X, y, scored)
                 except Exception:  # noqa: BLE001 - a rollout's scoring must never stop production's batches

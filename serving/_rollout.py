@@ -33,18 +33,23 @@ class Arm:
         self.relabel(route)
 
     def relabel(self, route: str) -> None:
-        """``production`` or ``canary``: written into every answer's head and headers, fixed here once."""
-        e = self.loaded.extra
-        self.route = route
-        self.head = {"model": self.loaded.name, "version": self.loaded.version, "version_id": self.loaded.version_id,
-                     "artifact_sha256": e.get("sha256"), "approval_seq": e.get("approval_seq"), "route": route}
+        """``production`` or ``canary``: what every answer's body and headers say of it, built whole and swapped
+        in with one assignment (``label``), so no answer mixes two routes while a promotion relabels it."""
         import json
 
-        self.head_json = json.dumps(self.head)[:-1]  # the start of a /predict answer, written directly
-        self.headers = {"x-model-name": self.loaded.name, "x-model-version": str(self.loaded.version_id),
-                        "x-model-version-number": str(self.loaded.version),
-                        "x-model-artifact-sha256": str(e.get("sha256")), "x-approval-seq": str(e.get("approval_seq")),
-                        "x-route": route}
+        e = self.loaded.extra
+        head = {"model": self.loaded.name, "version": self.loaded.version, "version_id": self.loaded.version_id,
+                "artifact_sha256": e.get("sha256"), "approval_seq": e.get("approval_seq"), "route": route}
+        headers = {"x-model-name": self.loaded.name, "x-model-version": str(self.loaded.version_id),
+                   "x-model-version-number": str(self.loaded.version),
+                   "x-model-artifact-sha256": str(e.get("sha256")), "x-approval-seq": str(e.get("approval_seq")),
+                   "x-route": route}
+        # (head, the start of a /predict answer written directly, headers)
+        self.label: tuple[dict[str, Any], str, dict[str, str]] = (head, json.dumps(head)[:-1], headers)
+
+    @property
+    def route(self) -> str:
+        return self.label[0]["route"]
 
 
 def split_key(header: str | None, body: bytes) -> bytes:
@@ -281,7 +286,8 @@ class RolloutThread(threading.Thread):
         self.replica, self.model_name, self.replica_id, self.report_s = replica, model_name, replica_id, report_s
         self.make_arm = make_arm  # (version_id, route) -> Arm: loads and checks a version as serving does
         self.stop, self.wake = threading.Event(), threading.Event()
-        self.last_report, self.failed_load = 0.0, None
+        self.last_report, self.retry_s = 0.0, 5.0
+        self.retry_at: dict[int, float] = {}  # deployment id → when a failed load may be tried again
         self.finished: set[int] = set()  # deployments this replica is done with
 
     def run(self) -> None:
@@ -304,10 +310,15 @@ class RolloutThread(threading.Thread):
             # ours ended (or the poll shows a newer one): finish ours by its own status before anything else
             self._finish(ro, state["status"] if state is not None and state["id"] == ro.id else self._status(ro.id))
             ro = None
-        if state is None or state["status"] != "active":
+        if state is None:
+            return
+        if state["status"] == "promoted" and state["id"] not in self.finished:
+            self._catch_up(state)  # promoted while this replica was not serving it (a failed load, a restart)
+            return
+        if state["status"] != "active":
             return
         if ro is None:
-            if state["id"] not in self.finished and self.failed_load != state["id"]:
+            if state["id"] not in self.finished and time.monotonic() >= self.retry_at.get(state["id"], 0.0):
                 self._start(state)
             return
         if time.monotonic() - self.last_report >= self.report_s:
@@ -322,20 +333,27 @@ class RolloutThread(threading.Thread):
             return gov.rollout.status(session=s, deployment_id=deployment_id)
 
     def _start(self, state: dict[str, Any]) -> None:
-        """Load the newcomer of a deployment the ledger recorded as it stands, of this replica's model name."""
+        """Load the newcomer of a deployment the ledger recorded as it stands, of this replica's model name and
+        beside the production version it was started against; on failure production serves alone and the load
+        is tried again later (a database hiccup must not shut a replica out of a rollout for good)."""
         from convergence import governance as gov
         from convergence.platform.db import session_scope
 
         try:
             with session_scope(write=False) as s:
                 gov.rollout.check_deployment(session=s, deployment_id=state["id"])
+            ours = self.replica.arm.loaded.extra.get("production_id")
+            if state.get("production_id") != ours:
+                raise ValueError(f"it was started beside version {state.get('production_id')}; this replica serves "
+                                 f"version {ours}")
             arm = self.make_arm(state["version_id"], "canary" if state["mode"] == "canary" else "shadow")
             if arm.loaded.name != self.model_name:
                 retire_logger(arm.logger)
                 raise ValueError(f"version {state['version_id']} is {arm.loaded.name}, not {self.model_name}")
         except Exception as exc:  # noqa: BLE001 - whatever stops the newcomer, production keeps serving alone
-            self.failed_load = state["id"]
-            log.error("rollout %s: version %s will not serve here: %s", state["id"], state["version_id"], exc)
+            self.retry_at[state["id"]] = time.monotonic() + self.retry_s
+            log.error("rollout %s: version %s does not serve here (tried again in %.0f s): %s", state["id"],
+                      state["version_id"], self.retry_s, exc)
             return
         ro = Rollout(state, arm, production=self.replica.arm, ids=self.ids)
         ro.on_trip = self.wake.set
@@ -343,13 +361,48 @@ class RolloutThread(threading.Thread):
         self.replica.rollout = ro
         log.info("rollout %s: %s of version %s", state["id"], state["mode"], state["version_id"])
 
+    def _catch_up(self, state: dict[str, Any]) -> None:
+        """A promotion this replica did not serve the rollout of: load the promoted version as production."""
+        if self.replica.arm.loaded.extra.get("production_id") == state["version_id"]:
+            self.finished.add(state["id"])
+            return
+        if time.monotonic() < self.retry_at.get(state["id"], 0.0):
+            return
+        try:
+            self._check_promoted(state["id"])
+            arm = self.make_arm(state["version_id"], "production")
+        except Exception as exc:  # noqa: BLE001 - keep serving what it serves; try again later
+            self.retry_at[state["id"]] = time.monotonic() + self.retry_s
+            log.error("rollout %s was promoted; version %s does not load here yet: %s", state["id"],
+                      state["version_id"], exc)
+            return
+        old = self.replica.arm
+        self.replica.promote(arm)
+        retire_logger(old.logger)
+        self.finished.add(state["id"])
+
+    @staticmethod
+    def _check_promoted(deployment_id: int) -> None:
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+
+        with session_scope(write=False) as s:
+            gov.rollout.check_promoted(session=s, deployment_id=deployment_id)
+
     def _finish(self, ro: Rollout, status: str | None) -> None:
-        """Promoted: the newcomer answers everything from now on. Otherwise (rolled back, stale, gone): it stops.
-        A stopped arm's log keeps taking rows for a grace period (requests in flight), then is written out."""
+        """Promoted (as the ledger recorded it): the newcomer answers everything from now on. Otherwise (rolled
+        back, stale, gone): it stops. A stopped arm's log keeps taking rows for a grace period (requests in
+        flight), then is written out."""
         self.replica.rollout = None
         ro.ended = True
         ro.detach()
         self.finished.add(ro.id)
+        if status == "promoted":
+            try:
+                self._check_promoted(ro.id)
+            except Exception as exc:  # noqa: BLE001 - a promotion the ledger does not show changes nothing
+                log.error("rollout %s says promoted, but: %s; production stays", ro.id, exc)
+                status = None
         if status == "promoted":
             old = self.replica.arm
             ro.arm.relabel("production")
@@ -368,20 +421,20 @@ class RolloutThread(threading.Thread):
         self.last_report = time.monotonic()
 
     def _trip(self, ro: Rollout) -> None:
-        """Write the rollback this replica's guard decided, then deliver its webhook (best effort, retried)."""
+        """Write the rollback this replica's guard decided, then deliver its webhook (best effort, retried). If the
+        deployment had already ended (promoted on every replica's evidence, or rolled back), finish by that."""
         from convergence import governance as gov
         from convergence.platform.db import session_scope
 
         counts = {**ro.meter.counts(), "skipped": ro.skipped}
         with session_scope() as s:
             gov.rollout.report(session=s, deployment_id=ro.id, replica=self.replica_id, counts=counts)
-            gov.rollout.trip(session=s, deployment_id=ro.id, replica=self.replica_id, broken=ro.tripped or [],
-                             measured=counts)
-        self.replica.rollout = None
-        ro.ended = True
-        ro.detach()
-        self.finished.add(ro.id)
-        retire_logger(ro.arm.logger)
+            done = gov.rollout.trip(session=s, deployment_id=ro.id, replica=self.replica_id, broken=ro.tripped or [],
+                                    measured=counts)
+        if done is None:
+            self._finish(ro, self._status(ro.id))
+            return
+        self._finish(ro, "rolled_back")
         log.warning("rollout %s rolled back: %s", ro.id, ro.tripped)
         try:
             gov.deliver_until_idle(deadline_s=5.0)

@@ -52,8 +52,11 @@ class KillWatcher(threading.Thread):
         from convergence.platform.db import session_scope
 
         with session_scope(write=False) as s:
-            states, rollouts = gov.kill_states(session=s), gov.rollout.states(session=s)
-        self.states, self.rollouts = states, rollouts
+            self.states = gov.kill_states(session=s)
+            try:  # the kill switches come first: nothing about a rollout may stop them from being read
+                self.rollouts = gov.rollout.states(session=s)
+            except Exception:  # noqa: BLE001 - keep the last known rollouts, and say why
+                log.exception("rollout poll failed; keeping the last known rollouts")
         self.polled.set()
 
     def run(self) -> None:
@@ -62,6 +65,8 @@ class KillWatcher(threading.Thread):
                 self.poll()
             except ConvergenceError as exc:  # the database is away: keep serving on the last known state
                 log.warning("kill-switch poll failed: %s", exc)
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad poll
+                log.exception("kill-switch poll failed")
             self.stop.wait(self.interval_s)
 
     def state(self, name: str) -> dict[str, Any] | None:

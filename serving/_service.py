@@ -26,23 +26,31 @@ CONFIG: dict[str, Any] = {
 }
 
 
+def _still_production(version_id: int) -> bool:
+    """Whether the version `cvg serve` pinned (or, for a compiled or INT8 copy, the version it was made from) is
+    still its name's production version."""
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+
+    with session_scope(write=False) as s:
+        mv = gov.get_model(session=s, version_id=version_id)
+        source = mv.parent if mv.role in ("compiled", "quantized") and mv.parent is not None else mv
+        return source.stage == "production"
+
+
 class _Replica:
     family = ""
 
     def __init__(self) -> None:
         from convergence.platform.settings import get_settings
 
-        from convergence.platform.errors import PolicyViolation
-
         settings = get_settings()
-        try:
-            start_replica(self.family, name=settings.serve_model or None, version_id=settings.serve_version,
-                          follow=settings.serve_follow_rollouts)
-        except PolicyViolation:
-            if not (settings.serve_follow_rollouts and settings.serve_version):
-                raise
-            # a worker restarted after a rollout's promotion retired the version `cvg serve` checked: follow the name
-            start_replica(self.family, name=settings.serve_model or None, follow=True)
+        pinned = settings.serve_version
+        if pinned and settings.serve_follow_rollouts and not _still_production(pinned):
+            # a worker restarted after a rollout's promotion retired what `cvg serve` checked: follow the name
+            pinned = None
+        start_replica(self.family, name=settings.serve_model or None, version_id=pinned,
+                      follow=settings.serve_follow_rollouts)
 
     def __is_ready__(self) -> bool:
         replica = REPLICAS.get(self.family)

@@ -148,6 +148,10 @@ class RegistryOps(OperationsBase):
         min_requests answers (the operator role, not its registrant)."""
         from convergence import governance as gov
 
+        if mode == "promote" and (guards is not None or percent is not None):
+            from convergence.platform.errors import InvalidInput
+
+            raise InvalidInput("guards and percent are set when the shadow or canary starts, not at promote")
         with self.writing() as session:
             if mode == "promote":
                 d = gov.rollout.promote(session=session, principal=self.principal, version_id=version_id,

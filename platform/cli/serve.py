@@ -31,7 +31,8 @@ def _serve(family: str, model: str | None, version: int | None, port: int, host:
     command = serve_command(family, port=port, host=host)
     env = {**os.environ, "CVG_SERVE_VERSION": str(info["version_id"]), "BENTOML_DO_NOT_TRACK": "true",
            "CVG_HOME": str(get_settings().home), "CVG_SERVE_WHY": info["why"],
-           "CVG_SERVE_FOLLOW_ROLLOUTS": "false" if version is not None else "true"}
+           "CVG_SERVE_FOLLOW_ROLLOUTS": "false" if version is not None else "true",
+           **({"CVG_SERVE_MODEL": model} if model else {})}  # the name a restarted worker follows
     if dry_run:
         print_json({**info, "command": command,
                     "env": {k: env[k] for k in ("CVG_SERVE_VERSION", "CVG_HOME", "CVG_SERVE_FOLLOW_ROLLOUTS")}})

@@ -65,7 +65,8 @@ def test_a_canary_is_recorded_with_its_guards_and_replicas_see_it(versions: dict
         mv = gov.get_model(session=s, version_id=versions["new"])
         assert body["artifact_sha256"] == mv.artifact_sha256
         assert gov.rollout.states(session=s)["m"] == {"id": d.id, "version_id": versions["new"], "mode": "canary",
-                                                       "percent": 10.0, "guards": d.guards, "status": "active"}
+                                                       "production_id": versions["prod"], "percent": 10.0,
+                                                       "guards": d.guards, "status": "active"}
         assert gov.verify(session=s).ok
 
 
@@ -271,6 +272,28 @@ def test_poisoned_measurements_never_block_a_rollback_and_huge_guards_are_one_li
         with pytest.raises(InvalidInput, match="guard max_p99_ms must be a number"), session_scope() as s:
             gov.rollout.deploy(session=s, principal=person("ops"), version_id=versions["new"], mode="shadow",
                                guards={"max_p99_ms": value})
+
+
+def test_a_trip_never_overwrites_a_promotion_committed_in_between(versions: dict[str, int], backend: str) -> None:
+    """The replica's session reads the row (its report), a promotion commits, then the trip: on PostgreSQL the
+    two interleave (SQLite's write sessions lock at BEGIN, so there the trip simply comes after)."""
+    d = _deploy(versions["new"], min_requests=1)
+    with session_scope() as s:
+        gov.rollout.report(session=s, deployment_id=d.id, replica="a", counts={"requests": 5})
+    with session_scope() as replica:
+        gov.rollout.report(session=replica, deployment_id=d.id, replica="b", counts={"requests": 5})
+        if backend == "postgres":
+            with session_scope() as operator:
+                gov.rollout.promote(session=operator, principal=person("ops"), version_id=versions["new"])
+        tripped = gov.rollout.trip(session=replica, deployment_id=d.id, replica="b",
+                                   broken=[{"guard": "max_error_rate", "limit": 0.02, "measured": 0.5}],
+                                   measured={"requests": 5})
+    if backend == "postgres":
+        assert tripped is None  # it read the row again under the lock
+        with session_scope(write=False) as s:
+            assert s.get(gov.Deployment, d.id).status == "promoted" and _events("deployment.rolled_back") == []
+    else:
+        assert tripped is not None and tripped.status == "rolled_back"
 
 
 def test_the_split_at_an_instant(versions: dict[str, int]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ def _arm(version_id: int, scale: float, route: str = "production") -> Arm:
     loaded = Loaded(version_id, "m", version_id, "trading", "approved", net,
                     {"mean": np.zeros(2, np.float32), "std": np.ones(2, np.float32), "y_scale": 1.0,
                      "runtime": "torch", "n_features": 2, "sha256": f"{version_id:064x}", "approval_seq": version_id,
-                     "kill_names": ("m",)}, "cpu")
+                     "kill_names": ("m",), "production_id": version_id}, "cpu")
     return Arm(loaded, TradingBatcher(loaded, max_rows=512), Log(), route)
 
 
@@ -142,12 +143,100 @@ def test_the_follower_finishes_its_own_deployment_by_id_before_the_next(monkeypa
     monkeypatch.setattr("convergence.governance.rollout.check_deployment", lambda **kw: None)
     monkeypatch.setattr("convergence.platform.db.session_scope", _NoSession)
     # the poll already shows deployment 2 (a new canary): deployment 1's promotion happened in between
-    replica.watcher.rollouts["m"] = {"id": 2, "version_id": 3, "mode": "canary", "percent": 10.0,
+    replica.watcher.rollouts["m"] = {"id": 2, "version_id": 3, "production_id": 2, "mode": "canary", "percent": 10.0,
                                      "guards": dict(GUARDS), "status": "active"}
+    checked: list[int] = []
+    monkeypatch.setattr(RolloutThread, "_check_promoted", staticmethod(checked.append))
     follower.step()
+    assert checked == [1]  # the promotion, as the ledger recorded it, before the newcomer answers everything
     assert replica.arm is promoted and promoted.route == "production"  # the promotion was applied first
     assert replica.rollout is not None and replica.rollout.id == 2 and replica.rollout.production is promoted
     assert prod.batcher.rollout is None and promoted.batcher.rollout is replica.rollout
+
+
+def _follower(replica: _Replica, arms: dict[int, Arm], monkeypatch: pytest.MonkeyPatch) -> RolloutThread:
+    monkeypatch.setattr("convergence.governance.rollout.check_deployment", lambda **kw: None)
+    monkeypatch.setattr("convergence.platform.db.session_scope", _NoSession)
+    monkeypatch.setattr(RolloutThread, "_check_promoted", staticmethod(lambda deployment_id: None))
+    return RolloutThread(replica, model_name="m", replica_id="r", report_s=60, ids=Ids(),
+                         make_arm=lambda version, route: arms[version])
+
+
+def _state(deployment_id: int, version_id: int, status: str, production_id: int = 1) -> dict[str, Any]:
+    return {"id": deployment_id, "version_id": version_id, "production_id": production_id, "mode": "canary",
+            "percent": 50.0, "guards": dict(GUARDS), "status": status}
+
+
+def test_a_failed_load_is_tried_again_and_a_promotion_it_missed_is_caught_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    prod, new = _arm(1, 1.0), _arm(2, 2.0)
+    replica, attempts = _Replica(prod), []
+
+    def flaky(version: int, route: str) -> Arm:
+        attempts.append(route)
+        if len(attempts) == 1:
+            from convergence.platform.errors import Unavailable
+
+            raise Unavailable("the database is away")
+        return new
+
+    follower = _follower(replica, {}, monkeypatch)
+    follower.make_arm = flaky
+    replica.watcher.rollouts["m"] = _state(1, 2, "active")
+    follower.step()
+    assert replica.rollout is None and attempts == ["canary"]  # production serves alone meanwhile
+    follower.retry_at[1] = 0.0  # the back-off has passed
+    replica.watcher.rollouts["m"] = _state(1, 2, "promoted")  # ... and the rollout was promoted elsewhere
+    follower.step()
+    assert replica.arm is new and attempts == ["canary", "production"] and 1 in follower.finished
+    follower.step()
+    assert attempts == ["canary", "production"]  # done once
+
+
+def test_a_trip_after_the_promotion_finishes_by_the_promotion(monkeypatch: pytest.MonkeyPatch) -> None:
+    prod, new = _arm(1, 1.0), _arm(2, 2.0, "canary")
+    replica = _Replica(prod)
+    follower = _follower(replica, {2: new}, monkeypatch)
+    replica.watcher.rollouts["m"] = _state(1, 2, "active")
+    follower.step()
+    ro = replica.rollout
+    assert ro is not None
+    ro.tripped = [{"guard": "max_error_rate", "limit": 0.02, "measured": 1.0}]  # this replica's guard broke ...
+    monkeypatch.setattr("convergence.governance.rollout.report", lambda **kw: None)
+    monkeypatch.setattr("convergence.governance.rollout.trip", lambda **kw: None)  # ... after it was promoted
+    monkeypatch.setattr(RolloutThread, "_status", staticmethod(lambda deployment_id: "promoted"))
+    follower.step()
+    assert replica.arm is new and replica.rollout is None  # the newcomer answers: never the retired version
+
+
+def test_production_answers_when_the_rollout_cannot_settle_a_batch() -> None:
+    prod, new = _arm(1, 1.0), _arm(2, 2.0, "canary")
+    ro = _rollout("canary", prod, new)
+    ro.answer = lambda items, y: 1 / 0  # type: ignore[method-assign]
+    X = np.ones((1, 2), np.float32)
+
+    async def run() -> Any:
+        return await asyncio.wait_for(_batch(prod.batcher, [(X, ro), (X, None)]), 5)
+
+    assert [(float(y[0]), by) for y, by in asyncio.run(run())] == [(2.0, None), (2.0, None)]
+
+
+def test_a_bad_rollout_row_never_stops_the_kill_switch_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.serving._runtime import KillWatcher
+
+    monkeypatch.setattr("convergence.platform.db.session_scope", _NoSession)
+    monkeypatch.setattr("convergence.governance.kill_states", lambda **kw: {"m": {"reason": "stop"}})
+
+    def broken(**kw: Any) -> Any:
+        raise TypeError("guards is not an object")
+
+    monkeypatch.setattr("convergence.governance.rollout.states", broken)
+    watcher = KillWatcher(0.01)
+    watcher.rollouts = {"m": {"id": 7}}
+    watcher.start()
+    time.sleep(0.1)
+    watcher.stop.set()
+    assert watcher.is_alive() or watcher.polled.is_set()
+    assert watcher.state("m") == {"reason": "stop"} and watcher.rollouts == {"m": {"id": 7}}
 
 
 class _NoSession:
