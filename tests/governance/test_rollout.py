@@ -296,6 +296,18 @@ def test_a_trip_never_overwrites_a_promotion_committed_in_between(versions: dict
         assert tripped is not None and tripped.status == "rolled_back"
 
 
+def test_a_dropped_deployments_table_still_disagrees_with_the_ledger(adopted: str, versions: dict[str, int]) -> None:
+    _deploy(versions["new"])
+    with session_scope(write=False) as s:
+        assert gov.reconcile(session=s) is None
+    with session_scope() as s:  # an older revision has no such table; at head, its absence is evidence
+        s.execute(text("DROP TABLE deployment_tallies"))
+        s.execute(text("DROP TABLE deployments"))
+    with session_scope(write=False) as s:
+        found = gov.reconcile(session=s)
+    assert (found.table, found.problem) == ("deployments", "missing")
+
+
 def test_the_split_at_an_instant(versions: dict[str, int]) -> None:
     before = dt.datetime.now(dt.timezone.utc)
     d = _deploy(versions["new"], percent=25)
