@@ -30,7 +30,7 @@ from convergence.governance._identity import system_principal
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import AuditEvent, Deployment, DeploymentTally, ModelVersion
 from convergence.governance._principal import Principal, check_text
-from convergence.governance._registry import get_model, load_artifact
+from convergence.governance._registry import finite_number, get_model, load_artifact
 from convergence.governance._replay import check_filed, state_entries
 from convergence.platform.db import utcnow
 from convergence.platform.errors import InvalidInput, NotFound, PolicyViolation
@@ -65,13 +65,20 @@ def check_guards(guards: Mapping[str, Any] | None) -> dict[str, float | None]:
         lo, hi, low_ok, _ = GUARDS[name]
         if name == "guard_after" and not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise InvalidInput(f"guard guard_after must be a whole number of answers, not {str(value)[:40]}")
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
-              and math.isfinite(value))  # the size first: math.isfinite(10**400) overflows
-        if not ok or not (lo <= value if low_ok else lo < value) or value > hi:
+        number = _number(value)
+        if number is None or not (lo <= number if low_ok else lo < number) or number > hi:
             raise InvalidInput(f"guard {name} must be a number {'≥' if low_ok else '>'} {lo:g}"
                                + (f" and ≤ {hi:g}" if math.isfinite(hi) else "") + f", not {str(value)[:40]}")
-        out[name] = int(value) if name == "guard_after" else float(value)
+        out[name] = int(number) if name == "guard_after" else number
     return out
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (a bool, a string, NaN, ±inf, an integer past a float's range)."""
+    try:
+        return finite_number(value, what="a number")
+    except InvalidInput:
+        return None
 
 
 def breaches(guards: Mapping[str, Any], counts: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -137,11 +144,10 @@ def _share(mode: str, percent: float | None) -> float:
         if percent not in (None, 100, 100.0):
             raise InvalidInput("a shadow scores every request; --canary PCT answers a share")
         return 100.0
-    ok = (isinstance(percent, (int, float)) and not isinstance(percent, bool) and math.isfinite(percent)
-          and 0 < percent <= 100)
-    if not ok:
+    share = _number(percent)
+    if share is None or not 0 < share <= 100:
         raise InvalidInput("a canary needs a share of requests: a percentage above 0 and at most 100")
-    return float(percent)  # type: ignore[arg-type]
+    return share
 
 
 def totals(*, session: Session, deployment_id: int) -> dict[str, Any]:
@@ -152,8 +158,8 @@ def totals(*, session: Session, deployment_id: int) -> dict[str, Any]:
             DeploymentTally.deployment_id == deployment_id)).scalars():
         out["replicas"] += 1
         given = tally.counts if isinstance(tally.counts, dict) else {}
-        counts = {k: v for k, v in given.items()  # numbers only: a report is never trusted blindly
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
+        # numbers only: a report is never trusted blindly
+        counts = {k: v for k, v in given.items() if (n := _number(v)) is not None and n >= 0}
         for key in COUNTS:
             out[key] += counts.get(key, 0)
         for key in ("p99_ms", "output_drift"):
@@ -211,8 +217,9 @@ def rollback(*, session: Session, principal: Principal, name: str, reason: str |
     if target == "rollout":
         return None
     if target == "auto" and (recent := _ended_lately(session, name)) is not None:
-        raise PolicyViolation(f"{name}'s {recent.mode} of version {recent.version_id} ended {recent.status.replace('_', ' ')} "
-                              f"at {recent.ended_at:%H:%M:%S} UTC ({recent.end_reason}); nothing is being rolled out now",
+        how = recent.status.replace("_", " ")
+        raise PolicyViolation(f"{name}'s {recent.mode} of version {recent.version_id} ended {how} at "
+                              f"{recent.ended_at:%H:%M:%S} UTC ({recent.end_reason}); nothing is being rolled out now",
                               hint="to roll production itself back, say so: `cvg models rollback NAME --production`")
     return rollback_production(session=session, principal=principal, name=name, reason=reason)
 

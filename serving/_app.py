@@ -72,6 +72,7 @@ class Replica:
 
     def promote(self, arm: Arm) -> None:
         """A rollout was promoted: its arm answers everything now (one assignment: a request sees one or the other)."""
+        arm.batcher.on_batch = self.arm.batcher.on_batch  # the batch-size histogram goes on
         self.arm = arm
         self.usage.model_version_id = arm.loaded.version_id
 
@@ -136,10 +137,11 @@ def start_replica(family: str, *, name: str | None = None, version_id: int | Non
 
     def newcomer(version: int, route: str) -> Arm:
         new = _arm(family, route, version_id=version, why=f"the {route} of a rollout")
-        if family == "trading" and new.loaded.extra["n_features"] != arm.loaded.extra["n_features"]:
+        served = replica.arm.loaded.extra  # production now (it changes with a promotion)
+        if family == "trading" and new.loaded.extra["n_features"] != served["n_features"]:
             new.logger.stop.set()
             raise InvalidInput(f"version {version} takes {new.loaded.extra['n_features']} features; production "
-                               f"takes {arm.loaded.extra['n_features']}")
+                               f"takes {served['n_features']}")
         return new
 
     if follow if follow is not None else version_id is None:  # `--version N` serves exactly N
@@ -500,7 +502,7 @@ def build_app() -> Any:
                 "device": r.loaded.device, "kill": _killed(r),
                 "safe_output": r.loaded.safe_output, "queue_depth": r.batcher.depth, "logged": r.logger.written,
                 "log_failed": r.logger.failed,
-                **({"rollout_measured": {**ro.meter.counts(), "skipped": ro.skipped}} if ro is not None else {})}
+                **({"rollout_measured": ro.measured()} if ro is not None else {})}
         return JSONResponse(out)
 
     async def metrics(request: Any) -> Any:

@@ -35,6 +35,12 @@ class Loaded:
     safe_output: float | None = None  # fixed by the approver: what a kill answers instead of 503
 
 
+def source_version(mv: Any) -> Any:
+    """The version a compiled or INT8 copy was made from (the network whose kill switch and rollouts it follows);
+    any other version is its own."""
+    return mv.parent if mv.role in ("compiled", "quantized") and mv.parent is not None else mv
+
+
 def resolve(*, session: Any, family: str, name: str | None = None, version_id: int | None = None,
             prefer_int8: bool | None = False) -> Any:
     """The version to serve (see ``choose``), as the ledger recorded it."""
@@ -140,9 +146,10 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         # every answer names the bytes it came from and the approval that let them serve
         traced = {"sha256": mv.artifact_sha256, "approval_seq": gov.rollout.approval_seq(session=s, version_id=mv.id)}
         # a compiled or INT8 copy is its eager network in another form: that network's kill switch stops it too
-        kill_names = (mv.name, mv.parent.name) if role in ("compiled", "quantized") and mv.parent else (mv.name,)
         # the production version this network is (itself, or the version a copy was made from)
-        production_id = mv.parent_id if role in ("compiled", "quantized") and mv.parent else mv.id
+        source = source_version(mv)
+        kill_names = (mv.name, source.name) if source is not mv else (mv.name,)
+        production_id = source.id
     torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
     if family == "trading":
         net, blob = load_trading_artifact(path, device="cuda" if cuda else "cpu",

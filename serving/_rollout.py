@@ -149,6 +149,10 @@ class Rollout:
         self.last_check = 0.0
         self.on_trip: Any = None  # callback(): wakes the thread that writes the rollback
 
+    def measured(self) -> dict[str, Any]:
+        """What this replica reports of it: the meter's counts and the comparisons it skipped."""
+        return {**self.meter.counts(), "skipped": self.skipped}
+
     @property
     def live(self) -> bool:
         return self.tripped is None and not self.ended
@@ -415,9 +419,8 @@ class RolloutThread(threading.Thread):
         from convergence import governance as gov
         from convergence.platform.db import session_scope
 
-        counts = {**ro.meter.counts(), "skipped": ro.skipped}
         with session_scope() as s:
-            gov.rollout.report(session=s, deployment_id=ro.id, replica=self.replica_id, counts=counts)
+            gov.rollout.report(session=s, deployment_id=ro.id, replica=self.replica_id, counts=ro.measured())
         self.last_report = time.monotonic()
 
     def _trip(self, ro: Rollout) -> None:
@@ -426,7 +429,7 @@ class RolloutThread(threading.Thread):
         from convergence import governance as gov
         from convergence.platform.db import session_scope
 
-        counts = {**ro.meter.counts(), "skipped": ro.skipped}
+        counts = ro.measured()
         with session_scope() as s:
             gov.rollout.report(session=s, deployment_id=ro.id, replica=self.replica_id, counts=counts)
             done = gov.rollout.trip(session=s, deployment_id=ro.id, replica=self.replica_id, broken=ro.tripped or [],

@@ -31,11 +31,10 @@ def _still_production(version_id: int) -> bool:
     still its name's production version."""
     from convergence import governance as gov
     from convergence.platform.db import session_scope
+    from convergence.serving._models import source_version
 
     with session_scope(write=False) as s:
-        mv = gov.get_model(session=s, version_id=version_id)
-        source = mv.parent if mv.role in ("compiled", "quantized") and mv.parent is not None else mv
-        return source.stage == "production"
+        return source_version(gov.get_model(session=s, version_id=version_id)).stage == "production"
 
 
 class _Replica:
