@@ -40,9 +40,9 @@ FLOOR_APP = textwrap.dedent('''
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
-    from convergence.pipelines import load_trading_artifact
+    from convergence.governance import contract
     torch.set_num_threads(1)
-    net, blob = load_trading_artifact(__ARTIFACT__)
+    net, blob = contract.trading.load_artifact(__ARTIFACT__)
     mean, std, scale = blob["mean"].astype(np.float32), blob["std"].astype(np.float32), blob["y_scale"]
     async def predict(request):
         X = np.asarray(json.loads(await request.body())["rows"], dtype=np.float32)
@@ -54,9 +54,9 @@ FLOOR_APP = textwrap.dedent('''
 
 PLAIN_SERVICE = textwrap.dedent('''
     import bentoml, numpy as np, torch
-    from convergence.pipelines import load_trading_artifact
+    from convergence.governance import contract
     torch.set_num_threads(1)
-    net, blob = load_trading_artifact(__ARTIFACT__)
+    net, blob = contract.trading.load_artifact(__ARTIFACT__)
     mean, std, scale = blob["mean"].astype(np.float32), blob["std"].astype(np.float32), blob["y_scale"]
     @bentoml.service
     class Plain:

@@ -6,7 +6,7 @@ Identity (principals, authentication, roles, separation of duties) is the concep
 or serving.
 """
 
-from convergence.governance import artifacts, identity, ledger, pack, retention, rollout, views
+from convergence.governance import artifacts, contract, identity, ledger, pack, retention, rollout, views
 
 from convergence.governance._alerts import list_alerts, raise_alert
 from convergence.governance._approvals import TRANSITIONS, approve, promote, reject, rollback, validate
@@ -176,6 +176,7 @@ __all__ = [
     "append_many",
     "approve",
     "artifacts",
+    "contract",
     "budget_status",
     "canonical_payload",
     "check_before",

@@ -1,7 +1,8 @@
 """Pipelines: market data and text corpora, teacher/student training and distillation on Ray, Kubeflow.
 
 Builds on governance (registry, lineage, audit); talks to serving only through the registry.
-Importing this package is cheap: torch, ray and kfp load inside the functions that need them.
+Importing this package is cheap: torch, ray and kfp load inside the functions that need them. Models are
+written through the model contract (``convergence.governance.contract``), which serving reads too.
 """
 
 from convergence.pipelines._config import LanguageConfig, TradingConfig, load_config, parse_config
@@ -9,9 +10,6 @@ from convergence.pipelines._compile_model import compile_model
 from convergence.pipelines._convert import convert_legacy
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
 from convergence.pipelines._language_pipeline import run_language
-from convergence.pipelines._lm import generate
-from convergence.pipelines._lm import load_artifact as load_language_artifact
-from convergence.pipelines._nets import load_artifact as load_trading_artifact
 from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, schedule_run, submit_job, trigger_run
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
@@ -26,12 +24,9 @@ __all__ = [
     "compile_model",
     "compile_pipeline",
     "convert_legacy",
-    "generate",
     "holdout_features",
     "job_manifest",
     "load_config",
-    "load_language_artifact",
-    "load_trading_artifact",
     "parse_config",
     "rayjob_manifest",
     "retrain_after_alerts",

@@ -60,10 +60,10 @@ def compile_model(*, principal: Any, version_id: int, local_files: bool = True) 
     if mv["family"] != "trading" or mv["role"] not in ("teacher", "student"):
         raise InvalidInput(f"version {version_id} is a {mv['family']} {mv['role']}: only eager trading teachers and "
                            "students compile (language generation stays on PyTorch; see the README)")
-    from convergence.pipelines import _safeio as safeio
+    from convergence.governance import contract
 
-    if safeio.format_of(path) != nets.ARTIFACT_FORMAT:  # a graph already, or another family's file
-        raise InvalidInput(f"version {version_id} is not an eager trading network ({safeio.format_of(path)})")
+    if (fmt := contract.format_of(path)) != contract.trading.ARTIFACT_FORMAT:  # a graph already, or another family's
+        raise InvalidInput(f"version {version_id} is not an eager trading network ({fmt})")
     cfg, fs, p, (train, test) = _inputs(mv, local_files=local_files)
     net, blob = nets.load_artifact(path)
     key = mv["role"]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from convergence.governance import contract
 from convergence.pipelines import _compile as compiled
 from convergence.pipelines import _nets as nets
 from convergence.pipelines import _trading as T
@@ -182,13 +183,11 @@ def holdout_features(*, version_id: int, limit: int | None = None) -> np.ndarray
 
 
 def _reference(net: Any, p: T.Prepared, fs: FeatureSet, train: list[int]) -> tuple[np.ndarray, list[str], list[int]]:
-    """What drift is measured on: the newest bar's features (raw, as served) and the model's output."""
+    """What drift is measured on, as the model contract's signature says (the newest bar's raw features and the
+    model's output)."""
     lo, hi = train
-    width = len(fs.feature_names)
-    positions = list(range((fs.window - 1) * width, fs.window * width))
-    output = nets.predict(net, p.Xn[lo:hi]) * p.y_scale
-    data = np.column_stack([fs.X[lo:hi][:, positions].astype(np.float64), output.astype(np.float64)])
-    return data, [*fs.feature_names, "output"], [*positions, -1]
+    sig = contract.trading.signature(list(fs.feature_names), fs.window)
+    return contract.trading.reference(net, p.Xn[lo:hi], fs.X[lo:hi], p.y_scale, sig), sig.columns, sig.positions
 
 
 def _not_registered(compiled: dict[str, Any]) -> dict[str, list[str]]:

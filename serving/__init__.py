@@ -2,7 +2,8 @@
 batched prediction logging, Prometheus metrics.
 
 Finds models only through the governance registry (approved or production versions, SHA-256 checked);
-reads their artifacts with the pipelines' format readers. BentoML and torch load only when serving.
+reads their artifacts through the model contract (governance.contract), never the training code. BentoML and
+torch load only when serving.
 """
 
 from convergence.serving._check import check_servable, known_servers, record_server, serve_command

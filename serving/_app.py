@@ -475,9 +475,8 @@ def build_app() -> Any:
         replica.metrics.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
         replica.metrics.inc("predictions_total", 1, version_id=str(served.loaded.version_id))
         replica.metrics.inc("tokens_total", out["tokens"])
-        # The log is numeric (what drift reads): prompt tokens, temperature, max_tokens → tokens generated.
-        served.logger.add([pid], [[float(out["prompt_tokens"]), float(temperature), float(max_tokens)]],
-                          [out["tokens"]], latency * 1000)
+        # The log is the model contract's signature (what drift reads): lengths, finish, likelihood, token bands.
+        served.logger.add([pid], out["logged"][None], [out["tokens"]], latency * 1000)
         head, _, headers = served.label
         return JSONResponse({**head, "prediction_id": pid, "text": out["text"], "tokens": out["tokens"],
                              "finish_reason": out["finish_reason"]}, headers=headers)

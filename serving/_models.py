@@ -132,7 +132,7 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
     import torch
 
     from convergence import governance as gov
-    from convergence.pipelines import load_language_artifact, load_trading_artifact
+    from convergence.governance import contract
     from convergence.platform.db import session_scope
     from convergence.platform.settings import get_settings
 
@@ -152,8 +152,8 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
         production_id = source.id
     torch.set_num_threads(1)  # one request thread per worker; batching, not intra-op threads, gives throughput
     if family == "trading":
-        net, blob = load_trading_artifact(path, device="cuda" if cuda else "cpu",
-                                          threads=get_settings().serve_onnx_threads)
+        net, blob = contract.trading.load_artifact(path, device="cuda" if cuda else "cpu",
+                                                   threads=get_settings().serve_onnx_threads)
         runtime = "onnxruntime" if "runtime" in blob else "torch"
         device = net.device if runtime == "onnxruntime" else "cuda" if cuda and not blob.get("quantized") else "cpu"
         extra = {"mean": blob["mean"].astype(np.float32), "std": blob["std"].astype(np.float32),
@@ -161,7 +161,7 @@ def load(*, family: str, name: str | None = None, version_id: int | None = None,
                  "quantized": bool(blob.get("quantized")), "meta": blob.get("meta", {}), "runtime": runtime}
         model = net if runtime == "onnxruntime" else net.to(device).eval()
     else:
-        net, tokenizer, blob = load_language_artifact(path)
+        net, tokenizer, blob = contract.language.load_artifact(path)
         device = "cuda" if cuda else "cpu"
         extra = {"tokenizer": tokenizer, "context": int(blob["arch"]["context"]), "runtime": "torch"}
         model = net.to(device).eval()
@@ -259,7 +259,7 @@ class GenRequest:
     max_tokens: int
     temperature: float
     seed: int
-    future: asyncio.Future[list[int]]
+    future: asyncio.Future[tuple[list[int], float]]
 
 
 class LanguageBatcher:
@@ -271,20 +271,24 @@ class LanguageBatcher:
         self.depth = 0
         self.on_batch: Any = None
 
-    def generate_now(self, reqs: list[GenRequest]) -> list[list[int]]:
-        from convergence.pipelines import generate
+    def generate_now(self, reqs: list[GenRequest]) -> list[tuple[list[int], float]]:
+        """Each request's tokens and the served text's mean log-likelihood (the monitoring signature's)."""
+        from convergence.governance import contract
 
-        eos = self.loaded.extra["tokenizer"].token_to_id("<|endoftext|>")
-        out = generate(self.loaded.model, [r.prompt for r in reqs], max_new_tokens=max(r.max_tokens for r in reqs),
-                       temperature=[r.temperature for r in reqs], seed=[r.seed for r in reqs], eos_id=eos)
-        return [tokens[:r.max_tokens] for tokens, r in zip(out, reqs, strict=True)]
+        eos = self.loaded.extra["tokenizer"].token_to_id(contract.language.EOS)
+        out, scores = contract.language.generate_scored(
+            self.loaded.model, [r.prompt for r in reqs], max_new_tokens=max(r.max_tokens for r in reqs),
+            temperature=[r.temperature for r in reqs], seed=[r.seed for r in reqs], eos_id=eos,
+            limits=[r.max_tokens for r in reqs])
+        return [(tokens[:r.max_tokens], lp) for tokens, r, lp in zip(out, reqs, scores, strict=True)]
 
-    async def submit(self, prompt: list[int], max_tokens: int, temperature: float, seed: int) -> list[int]:
+    async def submit(self, prompt: list[int], max_tokens: int, temperature: float,
+                     seed: int) -> tuple[list[int], float]:
         loop = asyncio.get_running_loop()
         if self.queue is None:
             self.queue = asyncio.Queue()
             loop.create_task(self._run())
-        fut: asyncio.Future[list[int]] = loop.create_future()
+        fut: asyncio.Future[tuple[list[int], float]] = loop.create_future()
         self.depth += 1
         self.queue.put_nowait(GenRequest(prompt, max_tokens, temperature, seed, fut))
         return await fut

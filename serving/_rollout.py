@@ -476,20 +476,23 @@ async def prompt_answer(arm: Arm, ro: Rollout | None, prompt: str, params: tuple
 
 async def generation(arm: Arm, prompt: str, max_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
     """One generation on ``arm`` with its own tokenizer: text, tokens, finish reason, prompt tokens, latency."""
+    from convergence.governance import contract
     from convergence.platform.errors import InvalidInput
 
     t0 = time.perf_counter()
     tok, context = arm.loaded.extra["tokenizer"], arm.loaded.extra["context"]
     if not 1 <= max_tokens < context:
         raise InvalidInput(f'"max_tokens" must be an integer from 1 to {context - 1}')
-    ids = tok.encode(prompt, add_special_tokens=False).ids
+    ids = contract.language.encode(tok, prompt)
     if not ids:  # generate() refuses the whole batch for one empty prompt: refuse it alone, here
         raise InvalidInput('"prompt" has no tokens for this model')
-    tokens = await arm.batcher.submit(list(ids), max_tokens, float(temperature), seed)
-    eos = tok.token_to_id("<|endoftext|>")
+    tokens, loglik = await arm.batcher.submit(list(ids), max_tokens, float(temperature), seed)
+    eos = tok.token_to_id(contract.language.EOS)
+    logged = contract.language.log_vector(ids, tokens, eos_id=eos, loglik=loglik, temperature=float(temperature),
+                                          max_tokens=max_tokens, vocab=tok.get_vocab_size())
     return {"text": tok.decode([t for t in tokens if t != eos], skip_special_tokens=False), "tokens": len(tokens),
             "finish_reason": "eos" if tokens and tokens[-1] == eos else "length", "prompt_tokens": len(ids),
-            "latency_s": time.perf_counter() - t0}
+            "latency_s": time.perf_counter() - t0, "logged": logged}
 
 
 async def _score_prompt(ro: Rollout, arm: Arm, prompt: str, params: tuple[int, float, int], answered: dict[str, Any],
@@ -506,6 +509,5 @@ async def _score_prompt(ro: Rollout, arm: Arm, prompt: str, params: tuple[int, f
         ro.meter.answered(1, out["latency_s"])
     new, old = (answered, out) if newcomer_answered else (out, answered)
     ro.meter.compare((new["text"], new["tokens"]), (old["text"], old["tokens"]), greedy=params[1] == 0)
-    other.logger.add(ro.ids.take(1), [[float(out["prompt_tokens"]), float(params[1]), float(params[0])]],
-                     [out["tokens"]], out["latency_s"] * 1000, shadow=True)
+    other.logger.add(ro.ids.take(1), out["logged"][None], [out["tokens"]], out["latency_s"] * 1000, shadow=True)
     ro.check()

@@ -78,7 +78,8 @@ TOP = ("cli", "api")  # the CLI and the control-plane API: the top layer, which 
     ("governance", ("convergence.pipelines", "convergence.serving", "convergence.platform.cli",
                     "convergence.platform.api")),
     ("pipelines", ("convergence.serving", "convergence.platform.cli", "convergence.platform.api")),
-    ("serving", ("convergence.platform.cli", "convergence.platform.api")),
+    # serving reads models through the model contract (governance.contract), never the training code
+    ("serving", ("convergence.pipelines", "convergence.platform.cli", "convergence.platform.api")),
     ("platform", ("convergence.governance", "convergence.pipelines", "convergence.serving")),
 ])
 def test_imports_go_one_way(folder: str, forbidden: tuple[str, ...]) -> None:
@@ -92,7 +93,18 @@ def test_imports_go_one_way(folder: str, forbidden: tuple[str, ...]) -> None:
     assert not offenders
 
 
-@pytest.mark.parametrize("module", ["convergence.governance", "convergence.pipelines", "convergence.serving",
+def test_serving_and_the_model_contract_load_no_training_code() -> None:
+    """The whole serving package and the contract import without the pipelines, Ray or KFP (at run time too,
+    not only in the source): a serving replica never carries training code."""
+    code = ("import sys\nimport convergence.serving._app, convergence.serving._service, convergence.serving._rollout\n"
+            "import convergence.governance.contract as c\nc.trading.signature(['a'], 2); c.language.SIGNATURE.positions\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.startswith(('convergence.pipelines', 'ray', 'kfp'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+
+
+@pytest.mark.parametrize("module", ["convergence.governance", "convergence.governance.contract",
+                                    "convergence.pipelines", "convergence.serving",
                                     "convergence.platform.errors", "convergence.platform.db",
                                     "convergence.platform.settings"])
 def test_public_surfaces_are_sorted_and_importable(module: str) -> None:
