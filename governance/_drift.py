@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from convergence.governance._access import require
 from convergence.governance._alerts import raise_alert
 from convergence.governance._artifacts import get_artifact_store
+from convergence.governance._driftlog import window_matrix
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import DriftReport, ModelVersion, PredictionLog, ReferenceProfile
 from convergence.governance._principal import Principal
@@ -133,7 +134,7 @@ def fast_drift(stats: dict[str, dict[str, Any]], columns: list[str], current: np
         # the window below each reference quantile (exact at the 2,001 grid points).
         below = np.searchsorted(ordered[:, i], q_ref[:, i], side="right") / len(cur)
         result = {"wasserstein_normed": w_norm, "psi": psi, "ks_statistic": float(np.max(np.abs(below - LEVELS))),
-                  "reference_mean": s["mean"], "current_mean": float(cur.mean())}
+                  "reference_mean": s["mean"], "current_mean": float(cur.mean(dtype=np.float64))}
         few_values = "values" in s and len(set(s["values"]) | {repr(float(x)) for x in np.unique(cur)}) <= 5
         if s["n"] <= 1000:  # Evidently's rule for small references (it would use chi-square for few values)
             if reference_sample is None:
@@ -199,27 +200,6 @@ def served_as(session: Session, mv: ModelVersion) -> list[int]:
     return [mv.id, *copies]
 
 
-def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime,
-                  until: dt.datetime, versions: list[int] | None = None) -> np.ndarray:
-    """The logged features and outputs of ``versions`` (default: the profile's own) in the window."""
-    versions = versions or [profile.model_version_id]
-    found = session.execute(select(PredictionLog.features, PredictionLog.features_f32, PredictionLog.output).where(
-        PredictionLog.model_version_id.in_(versions), PredictionLog.ts >= since,
-        PredictionLog.ts < until, PredictionLog.killed.is_(False))).all()  # a kill's safe outputs are not the model
-    rows = [(np.frombuffer(raw, dtype="<f4") if raw is not None else features, out) for features, raw, out in found]
-    if not rows:
-        raise InvalidInput(f"no predictions of version {profile.model_version_id} were logged between "
-                           f"{since.isoformat()} and {until.isoformat()}", hint="widen --window or --since/--until")
-    width = max(p for p in profile.positions if p >= 0) + 1
-    short = [i for i, (features, _) in enumerate(rows) if len(features) < width]
-    if short:
-        raise InvalidInput(f"{len(short)} logged predictions have fewer than {width} features: the log lacks "
-                           f"columns the reference profile monitors")
-    feats = np.array([features for features, _ in rows], dtype=np.float64)
-    out = np.array([o for _, o in rows], dtype=np.float64)
-    return np.column_stack([feats[:, p] if p >= 0 else out for p in profile.positions])
-
-
 def check_drift(*, session: Session, principal: Principal, name: str, since: dt.datetime, until: dt.datetime,
                 evidently: bool = True) -> tuple[DriftReport, list[Any]]:
     """Compare the window with the production version's profile, store the report, raise alerts and
@@ -243,7 +223,8 @@ def check_drift(*, session: Session, principal: Principal, name: str, since: dt.
         import pandas as pd
 
         with tempfile.TemporaryDirectory() as tmp:
-            html, js, verdicts = evidently_report(sample, pd.DataFrame(current, columns=profile.columns), Path(tmp))
+            frame = pd.DataFrame(current.astype(np.float64), columns=profile.columns)
+            html, js, verdicts = evidently_report(sample, frame, Path(tmp))
             store = get_artifact_store()
             html_uri, json_uri = store.put(html).uri, store.put(js).uri
         for column, verdict in verdicts.items():

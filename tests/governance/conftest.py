@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -34,3 +36,27 @@ def adopted(db_url: str) -> str:
 
     record_seeded()
     return db_url
+
+
+@pytest.fixture
+def wide_production(db_url: str, model_file: Path, evidence_file: Path) -> int:
+    """A promoted version whose SYNTHETIC profile watches the trading signature's shape: 208 logged float32
+    values, the newest 26 (positions 182–207) and the output."""
+    import numpy as np
+
+    from convergence import governance as gov
+    from convergence.platform.db import session_scope
+    from tests.people import person
+
+    columns = [f"f{p}" for p in range(182, 208)] + ["output"]
+    data = np.random.default_rng(1).normal(0, 1, (5000, len(columns)))
+    with session_scope() as s:
+        mv = gov.register_model(session=s, principal=person("quant"), name="wide", artifact=model_file,
+                                family="trading", role="student")
+        gov.save_profile(session=s, model_version_id=mv.id, data=data, columns=columns,
+                         positions=[*range(182, 208), -1])
+    with session_scope() as s:
+        gov.validate(session=s, version_id=mv.id, principal=person("val"), evidence=evidence_file)
+        gov.approve(session=s, version_id=mv.id, principal=person("boss"), reason="ok")
+        gov.promote(session=s, version_id=mv.id, principal=person("ops"))
+    return mv.id
