@@ -193,6 +193,11 @@ def production_params(*, session: Session, name: str) -> dict[str, Any]:
     return dict(mv.params or {})
 
 
+def production_family(*, session: Session, name: str) -> str:
+    """The model family of NAME's production version (a retraining run runs that family's pipeline)."""
+    return production_version(session, name).family
+
+
 def served_as(session: Session, mv: ModelVersion) -> list[int]:
     """The versions whose answers are ``mv``'s: it and its compiled and INT8 copies (serving may pick one)."""
     copies = session.execute(select(ModelVersion.id).where(ModelVersion.parent_id == mv.id,

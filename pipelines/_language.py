@@ -18,7 +18,8 @@ from convergence.pipelines import _progress as progress
 from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import LanguageConfig
 from convergence.pipelines._corpus import Corpus
-from convergence.pipelines._runner import fit_on_ray_train, ray_get_all, report_checkpoint
+from convergence.pipelines._runner import fit_on_ray_train, ray_get_all, ray_node, report_checkpoint
+from convergence.platform.errors import InvalidInput
 
 STEPS = ("load_corpus", "tokenize", "train_teacher", "distill_student", "evaluate_register")
 MODEL_KEYS = ("teacher", "student", "label_only")
@@ -117,7 +118,8 @@ def train_teacher_ray(tokens: np.ndarray, spec: dict[str, Any], cfg: LanguageCon
 def train_student(tokens: np.ndarray, spec: dict[str, Any], teacher: dict[str, Any] | None,
                   cfg: LanguageConfig, board: Any = None, who: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the student; with ``teacher`` ({"arch", "state"}) by distillation (KL to its softened logits plus
-    cross-entropy), without it on the next token only. Returns the state dict and the final loss."""
+    cross-entropy), without it on the next token only. Returns the state dict, the final loss and the Ray node
+    that trained it."""
     import torch
     from torch.nn import functional as F
 
@@ -156,7 +158,7 @@ def train_student(tokens: np.ndarray, spec: dict[str, Any], teacher: dict[str, A
         if (step + 1) % max(1, t.student_steps // 20) == 0 or step + 1 == t.student_steps:
             progress.tell(board, "distill_student", f"step {step + 1}/{t.student_steps}, loss {running:.3f}", who)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return state, {"loss": running, "steps": t.student_steps, "distilled": teacher is not None}
+    return state, {"loss": running, "steps": t.student_steps, "distilled": teacher is not None, "ray_node": ray_node()}
 
 
 bounded_student = bounded("distill_student")(train_student)
@@ -237,3 +239,35 @@ def gate(result: dict[str, Any], cfg: LanguageConfig) -> dict[str, Any]:
     return {"passed": all(r["passed"] for r in results), "checks": results,
             "failed": [f"{r['check']} = {r['value']:.4g}, needs {r['op']} {r['threshold']}" for r in results
                        if not r["passed"]]}
+
+
+# --- the reference traffic of a language profile ----------------------------------------------------
+
+REFERENCE_PROMPTS, REFERENCE_TOKENS = 1200, 16  # > 1,000 rows: Wasserstein, not 13 K-S tests at 5 % each
+
+
+def prompts_from(stream: np.ndarray, tokenizer: Any, *, n: int, seed: int, lengths: tuple[int, int] = (8, 40)) -> list[str]:
+    """``n`` prompts cut from a token stream (spans of 8–40 tokens, document ends dropped) and decoded to text:
+    what a language profile's reference traffic is (held-out text), or a test's traffic from another corpus."""
+    eos = tokenizer.token_to_id(lm.EOS)
+    rng = np.random.default_rng(seed)
+    if len(stream) <= lengths[1]:
+        raise InvalidInput(f"a token stream of {len(stream)} tokens is too short to cut prompts from")
+    prompts = []
+    for start, size in zip(rng.integers(0, len(stream) - lengths[1], n), rng.integers(lengths[0], lengths[1] + 1, n),
+                           strict=True):
+        span = [int(t) for t in stream[start:start + size] if t != eos]
+        text = lm.decode(tokenizer, span).strip()
+        prompts.append(text or lm.decode(tokenizer, [int(t) for t in stream[:lengths[0]] if t != eos]))
+    return prompts
+
+
+def reference_profiles(models: dict[str, Any], tokenizer: Any, holdout: np.ndarray, keys: tuple[str, ...],
+                       seed: int) -> dict[str, np.ndarray]:
+    """Each registered model's reference data, logged through the model contract exactly as serving logs a
+    generation (greedy, ``REFERENCE_TOKENS`` new tokens) over prompts from the held-out split."""
+    from convergence.governance import contract
+
+    prompts = prompts_from(holdout, tokenizer, n=REFERENCE_PROMPTS, seed=seed)
+    return {key: contract.language.reference(models[key], tokenizer, prompts, max_new_tokens=REFERENCE_TOKENS)
+            for key in keys}

@@ -83,9 +83,11 @@ def build_evidence(*, cfg: LanguageConfig, run_id: int, dataset: dict[str, Any],
 
 
 def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_map: dict[str, dict[str, Any]],
-             tokenizer: Any, evidence: dict[str, Any], project: str) -> dict[str, int]:
-    """Write artifacts, then register teacher → student and close the run in one transaction."""
+             tokenizer: Any, evidence: dict[str, Any], project: str, *, holdout: Any) -> dict[str, int]:
+    """Write artifacts, then register teacher → student, each with its reference profile (the model contract's
+    monitoring signature over held-out prompts), and close the run in one transaction."""
     from convergence import governance as gov
+    from convergence.governance import contract
 
     evidence_path = ctx.workdir / "evidence.json"
     evidence_path.write_text(json.dumps(evidence, indent=2, default=str))
@@ -95,10 +97,14 @@ def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_
     verdict = evidence["gates"]
     stored = gov.get_artifact_store().put(evidence_path)
     versions: dict[str, int] = {}
+    keys = ("teacher", "student")
+    # generated before the transaction opens: seconds of generation never hold the registry's write lock
+    references = L.reference_profiles(models, tokenizer, holdout, keys, cfg.seed) if verdict["passed"] else {}
+    sig = contract.language.SIGNATURE
     with session_scope() as s:
         if verdict["passed"]:
             parent = None
-            for key in ("teacher", "student"):
+            for key in keys:
                 ppl, speed, size = (evidence[k][key] for k in ("perplexity", "speed", "size"))
                 metrics = {f"perplexity_{k}": float(v) for k, v in ppl.items()}
                 metrics.update({k: float(v) for k, v in speed.items()}, params=float(size["params"]))
@@ -109,6 +115,8 @@ def register(ctx: RunContext, cfg: LanguageConfig, models: dict[str, Any], spec_
                                                 "evidence_sha256": stored.sha256, "evidence_uri": stored.uri,
                                                 "corpus_dataset_id": evidence["dataset"]["id"], "gates_passed": True},
                                         description=f"language pipeline run {ctx.run_id}")
+                gov.save_profile(session=s, model_version_id=mv.id, data=references[key], columns=sig.columns,
+                                 positions=sig.positions)
                 versions[key] = parent = mv.id
         ctx.close(s, verdict=verdict, versions=versions, evidence_sha256=stored.sha256)
     return versions
@@ -147,7 +155,7 @@ def run_language(cfg: LanguageConfig, *, principal: Principal, ray_address: str 
                                   tokens=tokens.counts(), assessed=assessed,
                                   training={"teacher": teacher_metrics, **student_metrics})
         with ctx.step("register"):
-            versions = register(ctx, cfg, models, spec_map, tokens.tokenizer, evidence, project)
+            versions = register(ctx, cfg, models, spec_map, tokens.tokenizer, evidence, project, holdout=tokens.holdout)
     with session_scope(write=False) as s:
         usage = gov.run_usage(session=s, run_id=ctx.run_id)
     return {"run_id": ctx.run_id, "status": "succeeded" if assessed["gates"]["passed"] else "gates_failed",
@@ -213,5 +221,5 @@ def run_language_step(step: str, cfg: LanguageConfig, inputs: list[Path], out: P
                               corpus=state["corpus"], tokens=state["tokens"], training=state.get("training", {}),
                               assessed=assessed)
     ctx = RunContext(state["run_id"], principal, out, lambda *a: None)
-    versions = register(ctx, cfg, models, spec_map, tokens.tokenizer, evidence, "default")
+    versions = register(ctx, cfg, models, spec_map, tokens.tokenizer, evidence, "default", holdout=tokens.holdout)
     return {**state, "versions": versions, "gates_passed": assessed["gates"]["passed"]}

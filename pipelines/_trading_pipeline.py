@@ -144,28 +144,36 @@ def run_trading(cfg: TradingConfig, *, principal: Principal, ray_address: str | 
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def retrain_after_alerts(*, name: str, alert_ids: list[int], principal: Principal, cfg: TradingConfig | None = None,
+def retrain_after_alerts(*, name: str, alert_ids: list[int], principal: Principal, cfg: Any = None,
                          progress: Progress | None = None, kubernetes: bool = False,
                          api: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A drift alert's retraining run — on local Ray, or as a Kubernetes Job — with its trigger recorded on
-    the run (so lineage reads alert → run → candidate); the new versions are candidates like any others."""
+    """A drift alert's retraining run of the production version's own family (trading or language), with its
+    production config — on local Ray, or as a Kubernetes Job — and its trigger recorded on the run (so lineage
+    reads alert → run → candidate); the new versions are candidates like any others."""
     from convergence import governance as gov
     from convergence.pipelines._config import parse_config
 
     with session_scope(write=False) as s:
         params = gov.production_params(session=s, name=name)
+        family = gov.production_family(session=s, name=name)
     config = cfg.to_dict() if cfg else dict(params.get("config") or {})
-    cfg = parse_config(config)
+    cfg = parse_config(config, family)
     trigger = {"kind": "drift", "alert_ids": alert_ids, "model": name}
     with session_scope() as s:
         gov.append(session=s, principal=principal, action="drift.retrain_requested", subject=gov.Subject("model", name),
-                   payload={"alert_ids": alert_ids, "where": "kubernetes" if kubernetes else "local"})
+                   payload={"alert_ids": alert_ids, "where": "kubernetes" if kubernetes else "local", "family": family})
     if kubernetes:
         from convergence.pipelines._kubernetes import trigger_run
 
-        return trigger_run(family="trading", requested_by=principal, overrides=config, trigger=trigger, **(api or {}))
-    summary = run_trading(cfg, principal=principal, progress=progress, trigger=trigger)
-    return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"]}
+        return trigger_run(family=family, requested_by=principal, overrides=config, trigger=trigger, **(api or {}))
+    if family == "language":
+        from convergence.pipelines._language_pipeline import run_language
+
+        summary = run_language(cfg, principal=principal, progress=progress, trigger=trigger)
+    else:
+        summary = run_trading(cfg, principal=principal, progress=progress, trigger=trigger)
+    return {"run_id": summary["run_id"], "status": summary["status"], "versions": summary["versions"],
+            "family": family}
 
 
 def holdout_features(*, version_id: int, limit: int | None = None) -> np.ndarray:
