@@ -218,6 +218,16 @@ def connect_ray(address: str | None = None) -> bool:
     return True
 
 
+def ray_node() -> dict[str, str]:
+    """Which Ray node runs the caller (its id and IP), for evidence of where a fold or a student trained;
+    empty outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
 def fit_on_ray_train(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, workers: int,
                      storage: Path, run_name: str, checkpoint_file: str = "teacher.safetensors") -> tuple[Any, dict[str, Any]]:
     """Run ``loop`` on Ray Train's TorchTrainer (GPUs when torch sees one, else a CPU per worker) and return

@@ -20,7 +20,7 @@ from convergence.pipelines._boundary import bounded
 from convergence.pipelines._config import TradingConfig
 from convergence.pipelines._features import FeatureSet, standardize
 from convergence.pipelines._metrics import equity_curve, evaluate, pearson, periods_per_year
-from convergence.pipelines._runner import fit_on_ray_train, report_checkpoint
+from convergence.pipelines._runner import fit_on_ray_train, ray_node, report_checkpoint
 
 STEPS = ("load_data", "build_features", "train_teacher", "distill_student", "walk_forward", "compile", "evaluate",
          "gate")
@@ -122,7 +122,7 @@ def score(models: dict[str, Any], fs: FeatureSet, p: Prepared, test: range, cfg:
 def fold_task(fs: FeatureSet, train: range, test: range, cfg: TradingConfig, fold: int,
               board: Any = None) -> dict[str, Any]:
     """One walk-forward fold, end to end on one thread (a Ray task, or a loop iteration); tells ``board`` its
-    epochs and when it is done."""
+    epochs and when it is done, and records which Ray node ran it."""
     import torch
 
     torch.set_num_threads(1)
@@ -137,7 +137,7 @@ def fold_task(fs: FeatureSet, train: range, test: range, cfg: TradingConfig, fol
                                  cost_bps=cfg.eval.cost_bps)
     progress.tell(board, "walk_forward", "done", who)
     out.update(fold=fold, train=[train.start, train.stop], test=[test.start, test.stop],
-               train_end=str(fs.label_end[train.stop - 1]), test_start=str(fs.times[test.start]))
+               train_end=str(fs.label_end[train.stop - 1]), test_start=str(fs.times[test.start]), ray_node=ray_node())
     return out
 
 
