@@ -95,20 +95,22 @@ LOG_DTYPE = "<f4"  # each answer's logged vector: little-endian float32, one blo
 class Signature:
     """What a family logs per answer and what its reference profile watches: the names of the logged vector's
     values, the meaning of the logged output, and the watched columns with their positions in the vector
-    (-1 is the output). The profile stores ``columns`` and ``positions``; drift reads exactly those."""
+    (-1 is the logged output, when it is watched). The profile stores ``columns`` and ``positions``; drift reads
+    exactly those."""
 
     logged: tuple[str, ...]
     output: str
     watched: tuple[str, ...]
+    watch_output: bool = True  # False where the output depends on what the client asked for (language)
 
     @property
     def columns(self) -> list[str]:
-        return [*self.watched, "output"]
+        return [*self.watched, *(["output"] if self.watch_output else [])]
 
     @property
     def positions(self) -> list[int]:
         index = {name: i for i, name in enumerate(self.logged)}
-        return [*(index[name] for name in self.watched), -1]
+        return [*(index[name] for name in self.watched), *([-1] if self.watch_output else [])]
 
 
 def encode_log(vector: Any) -> bytes:

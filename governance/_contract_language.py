@@ -8,6 +8,7 @@ torch and tokenizers load only inside the functions that need them; importing th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -115,26 +116,36 @@ def generate(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempe
                            eos_id=eos_id, scored=False)[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """What the model thought of one served text, untempered: the kept prompt's log-likelihood (summed over its
+    tokens after the first) and each new token's log-probability, up to and including EOS."""
+
+    prompt_sum: float
+    prompt_scored: int
+    tokens: tuple[float, ...]
+
+
 def generate_scored(model: Any, prompts: list[list[int]], *, max_new_tokens: int,
                     temperature: float | list[float] = 0.0, seed: int | list[int] = 0, eos_id: int | None = None,
-                    scored: bool = True, limits: list[int] | None = None) -> tuple[list[list[int]], list[float]]:
+                    scored: bool = True, limits: list[int] | None = None) -> tuple[list[list[int]], list[Score]]:
     """New tokens for each prompt, all prompts in shared forward passes with a KV cache, and (``scored``) each
-    row's mean log-likelihood per token of the served text (the prompt as kept, then the new tokens up to EOS)
-    under the model itself, untempered: what the monitoring signature logs. ``limits``: each row's own token
-    budget (≤ ``max_new_tokens``), for serving's batches of requests that asked for different lengths.
+    row's ``Score``: what the monitoring signature logs. ``limits``: each row's own token budget
+    (≤ ``max_new_tokens``), for serving's batches of requests that asked for different lengths; a row's prompt
+    is cut to fit its own budget, so its result never depends on the rest of its batch.
 
     Prompts are left-padded and the padding masked; a prompt longer than the context keeps its end.
     Temperature 0 is greedy; otherwise sampling is reproducible for a seed. Temperature and seed may be
-    given per prompt (concurrent requests batched by serving), and a row's result does not depend on
-    the other rows of its batch.
+    given per prompt (concurrent requests batched by serving).
     """
     import torch
 
     context = model.context
-    if max_new_tokens < 1 or max_new_tokens >= context:
+    limits = list(limits) if limits is not None else [max_new_tokens] * len(prompts)
+    if max_new_tokens < 1 or max_new_tokens >= context or any(not 1 <= n <= max_new_tokens for n in limits):
         raise InvalidInput(f"max_tokens must be between 1 and {context - 1} (the model's context is {context})")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise InvalidInput("every prompt needs at least one token")
+    if not prompts or any(len(p) == 0 for p in prompts) or len(limits) != len(prompts):
+        raise InvalidInput("every prompt needs at least one token (and one token budget)")
     temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(prompts)
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
     if len(temps) != len(prompts) or len(seeds) != len(prompts):
@@ -142,16 +153,9 @@ def generate_scored(model: Any, prompts: list[list[int]], *, max_new_tokens: int
     for t in temps:
         if t < 0 or not math.isfinite(t):
             raise InvalidInput(f"temperature must be ≥ 0, got {t}")
-    keep = context - max_new_tokens
-    prompts = [list(p[-keep:]) for p in prompts]
+    prompts = [list(p[-(context - n):]) for p, n in zip(prompts, limits, strict=True)]
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    idx = torch.zeros(len(prompts), width, dtype=torch.long)
-    valid = torch.zeros(len(prompts), width, dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        idx[row, width - len(p):] = torch.tensor(p)
-        valid[row, width - len(p):] = True
-    idx, valid = idx.to(device), valid.to(device)
+    idx, valid = _left_padded(prompts, device)
     # Sampling by inverting each row's CDF with one uniform number per row and step, drawn up front from
     # the row's own seed: a row's tokens never depend on the rest of its batch, and a step is vectorised.
     temp = torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
@@ -161,46 +165,63 @@ def generate_scored(model: Any, prompts: list[list[int]], *, max_new_tokens: int
                                for sd in seeds]).to(device)
     ragged = not bool(valid.all())
     positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-    if ragged:
-        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=device))
-        mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)[None]
-        mask = mask[:, None]  # (B, 1, T, T); a padded query attends to itself so no row is empty
-    else:
-        mask = None
     out = torch.empty(len(prompts), max_new_tokens, dtype=torch.long, device=device)
+    steps: list[Any] = []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     cache: list[Any] = []
     model.eval()
     with torch.no_grad():
-        full = model(idx, positions=positions, mask=mask, cache=cache)
+        full = model(idx, positions=positions, mask=_prefill_mask(valid) if ragged else None, cache=cache)
         logits = full[:, -1]
         if scored:  # the prompt's own tokens, each under the positions before it (padding pairs masked)
             pairs = valid[:, :-1] & valid[:, 1:]
             lp = torch.log_softmax(full[:, :-1].float(), -1).gather(-1, idx[:, 1:, None])[..., 0]
-            total, count = (lp * pairs).sum(1), pairs.sum(1).float()
+            prompt_sum, prompt_n = (lp * pairs).sum(1).cpu().tolist(), pairs.sum(1).cpu().tolist()
         del full
-        cap = None if limits is None else torch.tensor(limits, device=device)
         pos = positions[:, -1]
         for t in range(max_new_tokens):
             nxt = logits.argmax(-1) if uniform is None else sample_rows(logits, temp, uniform[:, t])
-            live = ~done if cap is None else ~done & (cap > t)  # a row's EOS counts once, the filler never
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
             if scored:
-                step = torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
-                total, count = total + step * live, count + live.float()
+                steps.append(torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0])
             out[:, t] = nxt
             if t == max_new_tokens - 1:
                 break
-            pos = pos + 1
+            pos = (pos + 1).clamp(max=context - 1)  # a row past its own budget computes tokens nobody keeps
             valid = torch.cat([valid, torch.ones(len(prompts), 1, dtype=torch.bool, device=device)], dim=1)
             step_mask = valid[:, None, None, :] if ragged else None
             logits = model(nxt[:, None], positions=pos[:, None], mask=step_mask, cache=cache)[:, -1]
-    rows = out.cpu().tolist()
+    rows = [r[:n] for r, n in zip(out.cpu().tolist(), limits, strict=True)]
     if eos_id is not None:
         rows = [r[:r.index(eos_id) + 1] if eos_id in r else r for r in rows]
-    return rows, ((total / count.clamp(min=1)).cpu().tolist() if scored else [])
+    if not scored:
+        return rows, []
+    per_step = torch.stack(steps, 1).cpu().tolist()
+    return rows, [Score(prompt_sum[i], int(prompt_n[i]), tuple(per_step[i][:len(r)])) for i, r in enumerate(rows)]
+
+
+def _left_padded(prompts: list[list[int]], device: Any) -> tuple[Any, Any]:
+    """Token ids left-padded to one width, and the mask of real (not padding) positions."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    idx = torch.zeros(len(prompts), width, dtype=torch.long)
+    valid = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        idx[row, width - len(p):] = torch.tensor(p)
+        valid[row, width - len(p):] = True
+    return idx.to(device), valid.to(device)
+
+
+def _prefill_mask(valid: Any) -> Any:
+    """(B, 1, T, T) causal attention over real positions; a padded query attends to itself so no row is empty."""
+    import torch
+
+    width = valid.shape[1]
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=valid.device))
+    return ((causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=valid.device)[None])[:, None]
 
 
 def sample_rows(logits: Any, temp: Any, u: Any) -> Any:
@@ -252,38 +273,63 @@ def read_legacy_artifact(path: Path) -> tuple[Any, Any, dict[str, Any]]:
 
 BANDS = 8  # the prompt's token ids, as shares in equal id ranges (byte-level ids low, learned merges high)
 SIGNATURE = Signature(
-    logged=("prompt_tokens", "output_tokens", "finish_eos", "loglik_per_token", "temperature", "max_tokens",
-            *(f"token_band_{k}" for k in range(BANDS))),
+    # watched first, one run (drift reads only those bytes); then what was served as the client asked for it
+    logged=("prompt_tokens", "prompt_loglik_per_token", *(f"token_band_{k}" for k in range(BANDS)),
+            "greedy_output_tokens", "greedy_eos", "greedy_loglik_per_token",
+            "output_tokens", "finish_eos", "loglik_per_token", "temperature", "max_tokens"),
     output="output_tokens",
-    watched=("prompt_tokens", "finish_eos", "loglik_per_token", *(f"token_band_{k}" for k in range(BANDS))))
+    watched=("prompt_tokens", "prompt_loglik_per_token", *(f"token_band_{k}" for k in range(BANDS)),
+             "greedy_output_tokens", "greedy_eos", "greedy_loglik_per_token"),
+    watch_output=False)
 
 
-def log_vector(prompt_ids: list[int], tokens: list[int], *, eos_id: int | None, loglik: float, temperature: float,
-               max_tokens: int, vocab: int) -> np.ndarray:
-    """What serving logs about one generation (``SIGNATURE.logged``): prompt and output lengths, whether it ended
-    at EOS, the served text's mean log-likelihood per token, the request's parameters and the prompt's token
-    ids as shares in ``BANDS`` id ranges. The logged output is the number of tokens generated."""
-    bands = np.bincount(np.minimum(np.asarray(prompt_ids, dtype=np.int64) * BANDS // max(vocab, 1), BANDS - 1),
-                        minlength=BANDS) / max(len(prompt_ids), 1)
-    eos = 1.0 if tokens and eos_id is not None and tokens[-1] == eos_id else 0.0
-    head = [len(prompt_ids), len(tokens), eos, loglik if math.isfinite(loglik) else -1e4, temperature, max_tokens]
-    return np.asarray([*head, *bands], dtype=LOG_DTYPE)
+def monitor_tokens(context: int) -> int:
+    """The greedy view's length: the first K new tokens, the same for every greedy request that asked for at
+    least K (what the reference generates, so its output columns compare with any such answer)."""
+    return max(1, min(16, context // 2))
 
 
-def reference(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, batch: int = 64) -> np.ndarray:
-    """A reference profile's data: each prompt generated greedily and logged exactly as serving logs it, the
-    signature's watched columns then the output, one row per prompt."""
-    eos, vocab = tokenizer.token_to_id(EOS), tokenizer.get_vocab_size()
-    ids = [encode(tokenizer, text) for text in prompts]
-    ids = [p for p in ids if p]
+def log_vector(prompt_ids: list[int], tokens: list[int], score: Score, *, eos_id: int | None, temperature: float,
+               max_tokens: int, vocab: int, context: int) -> np.ndarray:
+    """What serving logs about one generation (``SIGNATURE.logged``). Request-independent: the prompt's length,
+    its log-likelihood per token under the model and its token ids as shares in ``BANDS`` id ranges. The greedy
+    view (a temperature-0 request for at least ``monitor_tokens`` tokens; NaN otherwise, and drift leaves NaN
+    out): the first K tokens' count, whether EOS was among them, and the log-likelihood per token of the prompt
+    and those K. Then the answer as served: its length, EOS, log-likelihood, and the request's parameters."""
+    k = monitor_tokens(context)
+    ids = np.minimum(np.asarray(prompt_ids, dtype=np.int64), max(vocab, 1) - 1)
+    bands = np.bincount(ids * BANDS // max(vocab, 1), minlength=BANDS)[:BANDS] / max(len(prompt_ids), 1)
+
+    def per_token(extra: tuple[float, ...]) -> float:
+        n = score.prompt_scored + len(extra)
+        return (score.prompt_sum + sum(extra)) / n if n else math.nan
+
+    def ended(seq: list[int]) -> float:
+        return 1.0 if seq and eos_id is not None and seq[-1] == eos_id else 0.0
+
+    prompt = [len(prompt_ids), per_token(()), *bands]
+    if temperature == 0 and max_tokens >= k:
+        greedy = [min(len(tokens), k), ended(tokens[:k]), per_token(score.tokens[:k])]
+    else:
+        greedy = [math.nan] * 3
+    served = [len(tokens), ended(tokens), per_token(score.tokens), temperature, max_tokens]
+    vector = np.asarray([*prompt, *greedy, *served], dtype=np.float64)
+    vector[~np.isfinite(vector)] = np.nan  # a non-finite likelihood is "not measured", never a huge number
+    return vector.astype(LOG_DTYPE)
+
+
+def reference(model: Any, tokenizer: Any, prompts: list[str], *, batch: int = 256) -> np.ndarray:
+    """A reference profile's data: each prompt generated greedily for ``monitor_tokens`` tokens and logged
+    exactly as serving logs a generation, the signature's watched columns, one row per prompt."""
+    eos, vocab, context = tokenizer.token_to_id(EOS), tokenizer.get_vocab_size(), model.context
+    k = monitor_tokens(context)
+    ids = [p for p in (encode(tokenizer, text) for text in prompts) if p]
     if not ids:
         raise InvalidInput("no reference prompt has a token")
     rows = []
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
-        outs, scores = generate_scored(model, chunk, max_new_tokens=max_new_tokens, eos_id=eos)
-        rows += [log_vector(p, out, eos_id=eos, loglik=lp, temperature=0.0, max_tokens=max_new_tokens, vocab=vocab)
-                 for p, out, lp in zip(chunk, outs, scores, strict=True)]
-    logged = np.stack(rows).astype(np.float64)
-    return np.column_stack([logged[:, [p for p in SIGNATURE.positions if p >= 0]],
-                            logged[:, SIGNATURE.logged.index(SIGNATURE.output)]])
+        outs, scores = generate_scored(model, chunk, max_new_tokens=k, eos_id=eos)
+        rows += [log_vector(p, out, sc, eos_id=eos, temperature=0.0, max_tokens=k, vocab=vocab, context=context)
+                 for p, out, sc in zip(chunk, outs, scores, strict=True)]
+    return np.stack(rows).astype(np.float64)[:, SIGNATURE.positions]

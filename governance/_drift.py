@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from convergence.governance._access import require
 from convergence.governance._alerts import raise_alert
 from convergence.governance._artifacts import get_artifact_store
+from convergence.governance._contract_io import encode_log
 from convergence.governance._driftlog import window_matrix
 from convergence.governance._ledger import Subject, append, serialize_writes
 from convergence.governance._models import DriftReport, ModelVersion, PredictionLog, ReferenceProfile
@@ -105,14 +106,35 @@ def _js(ref_counts: dict[str, int], cur: np.ndarray) -> float:
 
 def fast_drift(stats: dict[str, dict[str, Any]], columns: list[str], current: np.ndarray,
                reference_sample: Any = None) -> dict[str, dict[str, Any]]:
-    """Per-column drift statistics and verdicts for ``current`` (rows × columns) against a profile."""
-    from scipy.stats import ks_2samp
-
+    """Per-column drift statistics and verdicts for ``current`` (rows × columns) against a profile, with the rows
+    each used. A non-finite value is "not measured" (a signature's view that does not apply to a request): it is
+    left out of its column, as the profile left such values out; a column with none measured does not drift."""
     if current.ndim != 2 or current.shape[1] != len(columns):
         raise InvalidInput(f"current data has {current.shape[1] if current.ndim == 2 else '?'} columns, "
                            f"the reference has {len(columns)}")
     if len(current) == 0:
         raise InvalidInput("the current window is empty")
+    finite = np.isfinite(current)
+    if finite.all():  # the common case (every trading window): one vectorised pass
+        return _fast_block(stats, columns, current, reference_sample)
+    whole = [i for i in range(len(columns)) if finite[:, i].all()]
+    out = _fast_block(stats, [columns[i] for i in whole], current[:, whole], reference_sample) if whole else {}
+    for i in sorted(set(range(len(columns))) - set(whole)):
+        c, values = columns[i], current[finite[:, i], i]
+        if len(values):
+            out.update(_fast_block(stats, [c], values[:, None], reference_sample))
+        else:
+            out[c] = {"method": "not measured in this window", "statistic": 0.0, "threshold": 0.0, "drifted": False,
+                      "wasserstein_normed": 0.0, "psi": 0.0, "ks_statistic": 0.0, "rows": 0,
+                      "reference_mean": stats[c]["mean"], "current_mean": 0.0}
+    return {c: out[c] for c in columns}
+
+
+def _fast_block(stats: dict[str, dict[str, Any]], columns: list[str], current: np.ndarray,
+                reference_sample: Any) -> dict[str, dict[str, Any]]:
+    """``fast_drift`` for a block of finite values: one sort per column, the rest on the cached quantiles."""
+    from scipy.stats import ks_2samp
+
     ordered = np.sort(current, axis=0)  # the one sort per column this check needs
     pos = LEVELS * (len(ordered) - 1)
     lo, frac = np.floor(pos).astype(int), (pos - np.floor(pos))[:, None]
@@ -134,6 +156,7 @@ def fast_drift(stats: dict[str, dict[str, Any]], columns: list[str], current: np
         # the window below each reference quantile (exact at the 2,001 grid points).
         below = np.searchsorted(ordered[:, i], q_ref[:, i], side="right") / len(cur)
         result = {"wasserstein_normed": w_norm, "psi": psi, "ks_statistic": float(np.max(np.abs(below - LEVELS))),
+                  "rows": int(len(cur)),
                   "reference_mean": s["mean"], "current_mean": float(cur.mean(dtype=np.float64))}
         few_values = "values" in s and len(set(s["values"]) | {repr(float(x)) for x in np.unique(cur)}) <= 5
         if s["n"] <= 1000:  # Evidently's rule for small references (it would use chi-square for few values)
@@ -219,7 +242,8 @@ def check_drift(*, session: Session, principal: Principal, name: str, since: dt.
                               ).scalar_one_or_none()
     if profile is None:
         raise NotFound(f"version {mv.id} of {name} has no reference profile",
-                       hint="versions registered by the pipelines carry one")
+                       hint="versions registered by the pipelines carry one (a language version registered before "
+                            "language monitoring existed has none: its retraining run registers one that does)")
     current = window_matrix(session, profile, since, until, served_as(session, mv))
     sample = reference_sample(profile) if evidently or profile.rows <= 1000 else None
     results = fast_drift(profile.stats, profile.columns, current, sample)
@@ -280,7 +304,7 @@ def log_predictions(*, session: Session, model_version_id: int, rows: list[tuple
     session.execute(insert(PredictionLog), [
         {"prediction_id": pid, "model_version_id": model_version_id, "ts": ts, "output": float(o), "latency_ms": lat,
          "killed": bool(flags and flags[0]), "shadow": bool(len(flags) > 1 and flags[1]),
-         **({"features": None, "features_f32": np.asarray(f, dtype="<f4").tobytes()} if isinstance(f, np.ndarray)
+         **({"features": None, "features_f32": encode_log(f)} if isinstance(f, np.ndarray)
             else {"features": list(map(float, f)), "features_f32": None})}
         for pid, ts, f, o, lat, *flags in rows])
     return len(rows)
@@ -309,7 +333,7 @@ def _insert_binary(session: Session, model_version_id: int, rows: list[Any]) -> 
 
     sql = ("INSERT INTO prediction_log (prediction_id, model_version_id, ts, features, features_f32, output, "
            f"latency_ms, killed, shadow) VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, {mark}, {mark}, {mark})")
-    conn.exec_driver_sql(sql, [(pid, model_version_id, ts(at), np.asarray(f, dtype="<f4").tobytes(), float(o),
+    conn.exec_driver_sql(sql, [(pid, model_version_id, ts(at), encode_log(f), float(o),
                                 None if lat is None else float(lat), bool(flags and flags[0]),
                                 bool(len(flags) > 1 and flags[1]))
                                for pid, at, f, o, lat, *flags in rows])

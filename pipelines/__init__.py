@@ -9,7 +9,7 @@ from convergence.pipelines._config import LanguageConfig, TradingConfig, load_co
 from convergence.pipelines._compile_model import compile_model
 from convergence.pipelines._convert import convert_legacy
 from convergence.pipelines._kfp import build_pipeline, compile_pipeline
-from convergence.pipelines._language_pipeline import run_language
+from convergence.pipelines._language_pipeline import run_language, traffic_prompts
 from convergence.pipelines._kubernetes import job_manifest, rayjob_manifest, schedule_run, submit_job, trigger_run
 from convergence.pipelines._kfp import submit as submit_pipeline
 from convergence.pipelines._steps import DEPENDS as STEP_DEPENDENCIES
@@ -36,6 +36,7 @@ __all__ = [
     "schedule_run",
     "submit_job",
     "submit_pipeline",
+    "traffic_prompts",
     "trigger_run",
     "walk_forward",
 ]

@@ -243,7 +243,9 @@ def gate(result: dict[str, Any], cfg: LanguageConfig) -> dict[str, Any]:
 
 # --- the reference traffic of a language profile ----------------------------------------------------
 
-REFERENCE_PROMPTS, REFERENCE_TOKENS = 1200, 16  # > 1,000 rows: Wasserstein, not 13 K-S tests at 5 % each
+# > 1,000 rows (Wasserstein, not K-S), and enough that the reference's own sampling noise stays well under the
+# 0.1 threshold: 13 columns of unshifted traffic against 1,200 reference rows flagged one in a third of trials
+REFERENCE_PROMPTS = 3000
 
 
 def prompts_from(stream: np.ndarray, tokenizer: Any, *, n: int, seed: int, lengths: tuple[int, int] = (8, 40)) -> list[str]:
@@ -262,12 +264,21 @@ def prompts_from(stream: np.ndarray, tokenizer: Any, *, n: int, seed: int, lengt
     return prompts
 
 
+def prompt_lengths(context: int) -> tuple[int, int]:
+    """Prompt spans (in tokens) that fit the model beside its greedy view: 8–40 tokens, at most the context less
+    the view and a margin for re-tokenising the text, so the prompt the model sees is the whole prompt."""
+    from convergence.governance import contract
+
+    hi = max(2, min(40, context - contract.language.monitor_tokens(context) - 2))
+    return min(8, hi), hi
+
+
 def reference_profiles(models: dict[str, Any], tokenizer: Any, holdout: np.ndarray, keys: tuple[str, ...],
                        seed: int) -> dict[str, np.ndarray]:
     """Each registered model's reference data, logged through the model contract exactly as serving logs a
-    generation (greedy, ``REFERENCE_TOKENS`` new tokens) over prompts from the held-out split."""
+    greedy generation, over prompts from the held-out split."""
     from convergence.governance import contract
 
-    prompts = prompts_from(holdout, tokenizer, n=REFERENCE_PROMPTS, seed=seed)
-    return {key: contract.language.reference(models[key], tokenizer, prompts, max_new_tokens=REFERENCE_TOKENS)
-            for key in keys}
+    context = next(iter(models.values())).context
+    prompts = prompts_from(holdout, tokenizer, n=REFERENCE_PROMPTS, seed=seed, lengths=prompt_lengths(context))
+    return {key: contract.language.reference(models[key], tokenizer, prompts) for key in keys}

@@ -223,3 +223,25 @@ def run_language_step(step: str, cfg: LanguageConfig, inputs: list[Path], out: P
     ctx = RunContext(state["run_id"], principal, out, lambda *a: None)
     versions = register(ctx, cfg, models, spec_map, tokens.tokenizer, evidence, "default", holdout=tokens.holdout)
     return {**state, "versions": versions, "gates_passed": assessed["gates"]["passed"]}
+
+
+def traffic_prompts(*, version_id: int, source: str, n: int, seed: int) -> list[str]:
+    """Prompts for a registered language version, cut as its reference profile's were: from the held-out
+    addresses (``source="holdout"``, the traffic it was profiled on) or from Reuters newswire (``"reuters"``,
+    another corpus): what the demo and the tests send a served model."""
+    from convergence import governance as gov
+    from convergence.governance import contract
+    from convergence.pipelines._config import parse_config
+
+    if source not in ("holdout", "reuters"):
+        raise InvalidInput(f"unknown prompt source {source!r}: use holdout or reuters")
+    with session_scope(write=False) as s:
+        mv = gov.get_model(session=s, version_id=version_id)
+        cfg = parse_config((mv.params or {}).get("config") or {}, "language")
+        path = gov.load_artifact(session=s, version_id=version_id)  # the bytes the ledger recorded
+    _, tok, _ = contract.language.load_artifact(path)
+    c = cfg.corpus
+    corpus = load_corpus(holdout_from_year=c.holdout_from_year, max_train_docs=c.max_train_docs, reuters=True)
+    docs = corpus.holdout if source == "holdout" else corpus.reuters
+    return L.prompts_from(lm.encode_documents(tok, [d.text for d in docs]), tok, n=n, seed=seed,
+                          lengths=L.prompt_lengths(cfg.train.context))

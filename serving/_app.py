@@ -398,6 +398,8 @@ def build_app() -> Any:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    from convergence.governance import contract
+
     def replica_for(family: str) -> Replica:
         replica = REPLICAS.get(family)
         if replica is None:
@@ -434,7 +436,7 @@ def build_app() -> Any:
         m = replica.metrics
         m.observe("latency_seconds", latency, Metrics.LATENCY_BUCKETS)
         m.inc("predictions_total", len(X), version_id=str(served.loaded.version_id))
-        served.logger.add(ids, X, y, latency * 1000 / len(X))
+        served.logger.add(ids, contract.trading.log_rows(X), y, latency * 1000 / len(X))  # the contract's log
         # The same JSON as json.dumps of head + predictions, written directly (the ids are hex and digits, and
         # float's repr of a finite number is JSON): json.dumps was 4 % of the event loop at 64 connections.
         ids_json, y_json = '", "'.join(ids), ", ".join(map(repr, y.tolist()))

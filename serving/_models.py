@@ -259,7 +259,7 @@ class GenRequest:
     max_tokens: int
     temperature: float
     seed: int
-    future: asyncio.Future[tuple[list[int], float]]
+    future: asyncio.Future[tuple[list[int], Any]]
 
 
 class LanguageBatcher:
@@ -271,8 +271,8 @@ class LanguageBatcher:
         self.depth = 0
         self.on_batch: Any = None
 
-    def generate_now(self, reqs: list[GenRequest]) -> list[tuple[list[int], float]]:
-        """Each request's tokens and the served text's mean log-likelihood (the monitoring signature's)."""
+    def generate_now(self, reqs: list[GenRequest]) -> list[tuple[list[int], Any]]:
+        """Each request's tokens and what the model thought of the text it served (the contract's ``Score``)."""
         from convergence.governance import contract
 
         eos = self.loaded.extra["tokenizer"].token_to_id(contract.language.EOS)
@@ -280,15 +280,15 @@ class LanguageBatcher:
             self.loaded.model, [r.prompt for r in reqs], max_new_tokens=max(r.max_tokens for r in reqs),
             temperature=[r.temperature for r in reqs], seed=[r.seed for r in reqs], eos_id=eos,
             limits=[r.max_tokens for r in reqs])
-        return [(tokens[:r.max_tokens], lp) for tokens, r, lp in zip(out, reqs, scores, strict=True)]
+        return list(zip(out, scores, strict=True))
 
     async def submit(self, prompt: list[int], max_tokens: int, temperature: float,
-                     seed: int) -> tuple[list[int], float]:
+                     seed: int) -> tuple[list[int], Any]:
         loop = asyncio.get_running_loop()
         if self.queue is None:
             self.queue = asyncio.Queue()
             loop.create_task(self._run())
-        fut: asyncio.Future[tuple[list[int], float]] = loop.create_future()
+        fut: asyncio.Future[tuple[list[int], Any]] = loop.create_future()
         self.depth += 1
         self.queue.put_nowait(GenRequest(prompt, max_tokens, temperature, seed, fut))
         return await fut

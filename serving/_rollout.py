@@ -486,10 +486,10 @@ async def generation(arm: Arm, prompt: str, max_tokens: int, temperature: float,
     ids = contract.language.encode(tok, prompt)
     if not ids:  # generate() refuses the whole batch for one empty prompt: refuse it alone, here
         raise InvalidInput('"prompt" has no tokens for this model')
-    tokens, loglik = await arm.batcher.submit(list(ids), max_tokens, float(temperature), seed)
+    tokens, score = await arm.batcher.submit(list(ids), max_tokens, float(temperature), seed)
     eos = tok.token_to_id(contract.language.EOS)
-    logged = contract.language.log_vector(ids, tokens, eos_id=eos, loglik=loglik, temperature=float(temperature),
-                                          max_tokens=max_tokens, vocab=tok.get_vocab_size())
+    logged = contract.language.log_vector(ids, tokens, score, eos_id=eos, temperature=float(temperature),
+                                          max_tokens=max_tokens, vocab=tok.get_vocab_size(), context=context)
     return {"text": tok.decode([t for t in tokens if t != eos], skip_special_tokens=False), "tokens": len(tokens),
             "finish_reason": "eos" if tokens and tokens[-1] == eos else "length", "prompt_tokens": len(ids),
             "latency_s": time.perf_counter() - t0, "logged": logged}

@@ -136,7 +136,12 @@ class BackgroundJobs(InlineJobs):
     def retrain(self, *, name: str, alert_ids: list[int], principal: Any, kubernetes: bool) -> dict[str, Any]:
         if kubernetes:
             return super().retrain(name=name, alert_ids=alert_ids, principal=principal, kubernetes=True)
-        job = self._admit("trading", principal)
+        from convergence import governance as gov
+        from convergence.platform.db import session_scope
+
+        with session_scope(write=False) as s:  # the job runs the production version's own family
+            family = gov.production_family(session=s, name=name)
+        job = self._admit(family, principal)
         job.status = "running"
 
         def work() -> None:

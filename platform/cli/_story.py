@@ -359,6 +359,10 @@ def run_story(*, workdir: str | None = None, quick: bool = False) -> dict[str, A
         _drift(story, since)
         rolled = _rollout(story, summary)
         lm_versions, lm_usage = _language(story)
+        if lm_versions:
+            from convergence.platform.cli._story_language import monitor
+
+            monitor(story, lm_versions["student"])
         audit = _audit(story, summary["usage"], lm_usage)
         revoked = revoke_demo_keys(story["sam"])
     story.say(f"sam revoked the {revoked} API keys the demo issued; the personas keep their identities and roles")
