@@ -133,8 +133,6 @@ def fast_drift(stats: dict[str, dict[str, Any]], columns: list[str], current: np
 def _fast_block(stats: dict[str, dict[str, Any]], columns: list[str], current: np.ndarray,
                 reference_sample: Any) -> dict[str, dict[str, Any]]:
     """``fast_drift`` for a block of finite values: one sort per column, the rest on the cached quantiles."""
-    from scipy.stats import ks_2samp
-
     ordered = np.sort(current, axis=0)  # the one sort per column this check needs
     pos = LEVELS * (len(ordered) - 1)
     lo, frac = np.floor(pos).astype(int), (pos - np.floor(pos))[:, None]
@@ -162,6 +160,8 @@ def _fast_block(stats: dict[str, dict[str, Any]], columns: list[str], current: n
         if s["n"] <= 1000:  # Evidently's rule for small references (it would use chi-square for few values)
             if reference_sample is None:
                 raise InvalidInput(f"column {c}: a reference of {s['n']} rows needs its sample for the KS test")
+            from scipy.stats import ks_2samp  # 1.7 s to import: only for the small references that need it
+
             p_value = float(ks_2samp(reference_sample[c].to_numpy(), cur).pvalue)
             result.update(method="K-S p_value", statistic=p_value, threshold=KS_ALPHA, drifted=p_value < KS_ALPHA)
         elif few_values:

@@ -4,13 +4,15 @@ The window is read in chunks of ``CHUNK`` rows, straight from the driver (a serv
 PostgreSQL, SQLite's own cursor), and only the bytes of the monitored columns: when the watched positions
 are one run of the logged float32 vector (the trading signature's newest bar, the language signature's
 head), the database cuts them out (``substr``), so a 208-feature trading row ships 52 bytes, not 832. Each
-chunk is decoded with one ``numpy.frombuffer`` into a preallocated float32 matrix; no per-row Python object
-outlives its chunk. ``ix_prediction_log_version_ts`` makes a one-hour window of a day read only that hour.
+chunk is decoded with one ``numpy.frombuffer`` into a float32 block; no per-row Python object outlives its
+chunk. ``ix_prediction_log_version_ts`` makes a one-hour window of a day read only that hour.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,40 +40,19 @@ def window_where(versions: list[int], since: dt.datetime, until: dt.datetime) ->
                 PredictionLog.killed.is_(False))
 
 
-class _Window:
-    """The window's float32 matrix, preallocated from a count taken first. On PostgreSQL each statement sees its
-    own snapshot: rows committed between the count and the reads land in an overflow block, never dropped."""
-
-    def __init__(self, rows: int, columns: int) -> None:
-        self.out, self.filled, self.extra = np.empty((rows, columns), dtype=np.float32), 0, []
-
-    def add(self, block: np.ndarray) -> None:
-        head = block[:len(self.out) - self.filled]
-        self.out[self.filled:self.filled + len(head)] = head
-        self.filled += len(head)
-        if len(head) < len(block):
-            self.extra.append(np.array(block[len(head):], dtype=np.float32))
-
-    def matrix(self) -> np.ndarray:
-        out = self.out[:self.filled]
-        return np.concatenate([out, *self.extra]) if self.extra else out
-
-
 def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetime, until: dt.datetime,
                   versions: list[int] | None = None) -> np.ndarray:
     """The profile's columns (watched inputs, then the output when watched) for every logged answer of
-    ``versions`` (default: the profile's own) in [since, until), as float32 rows × columns."""
+    ``versions`` (default: the profile's own) in [since, until), as float32 rows × columns. One pass over the
+    hour, no count first: a count is one more pass, and on PostgreSQL rows committed between it and the read
+    would not fit; the chunks are joined at the end (one more copy of the monitored columns, not of the log)."""
     versions = versions or [profile.model_version_id]
-    where = window_where(versions, since, until)
-    total = session.execute(select(func.count()).select_from(PredictionLog).where(where)).scalar_one()
-    if not total:
+    positions = list(profile.positions)
+    blocks = _read(session, window_where(versions, since, until), contiguous(positions), positions)
+    if not blocks:
         raise InvalidInput(f"no predictions of version {profile.model_version_id} were logged between "
                            f"{since.isoformat()} and {until.isoformat()}", hint="widen --window or --since/--until")
-    positions = list(profile.positions)
-    window = _Window(total, len(positions))
-    _read_binary(session, where, contiguous(positions), positions, window)
-    _read_json(session, where, positions, window)
-    return window.matrix()
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def _block(values: np.ndarray, outputs: np.ndarray, positions: list[int], run: Any) -> np.ndarray:
@@ -82,10 +63,11 @@ def _block(values: np.ndarray, outputs: np.ndarray, positions: list[int], run: A
 
 
 def window_query(where: Any, run: tuple[int, int] | None) -> Any:
-    """The statement that reads a window's float32-logged rows: only the watched run's bytes when there is one."""
+    """The statement that reads a window: only the watched run's bytes of a float32 vector when there is one, the
+    output, and the JSON list of a row logged that way (NULL, and cheap, for every float32 row)."""
     blob = (func.substr(PredictionLog.features_f32, run[0] * 4 + 1, run[1] * 4) if run
             else PredictionLog.features_f32)
-    return select(blob, PredictionLog.output).where(where, PredictionLog.features_f32.is_not(None))
+    return select(blob, PredictionLog.output, PredictionLog.features).where(where)
 
 
 def _short(count: int, positions: list[int]) -> InvalidInput:
@@ -93,33 +75,61 @@ def _short(count: int, positions: list[int]) -> InvalidInput:
                         "columns the reference profile monitors")
 
 
-def _read_binary(session: Session, where: Any, run: tuple[int, int] | None, positions: list[int],
-                 window: _Window) -> None:
-    """The float32-logged rows, chunk by chunk, decoded with one frombuffer per chunk."""
+def _chunks(session: Session, stmt: Any) -> Iterator[list[tuple[Any, ...]]]:
+    """``stmt``'s rows, CHUNK at a time, from the driver's own cursor in the session's transaction: a server-side
+    (named) cursor on PostgreSQL, SQLite's lazy cursor; no per-row SQLAlchemy object. The statement is rendered
+    with its values inline: they are integers and instants this module made, never text from a caller."""
+    conn = session.connection()
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    driver = conn.connection.driver_connection
+    cursor = driver.cursor(name=f"cvg_drift_{uuid.uuid4().hex}") if conn.dialect.name == "postgresql" else driver.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            cursor.itersize = CHUNK
+        cursor.execute(sql)
+        while chunk := cursor.fetchmany(CHUNK):
+            yield chunk
+    finally:
+        cursor.close()
+
+
+def _read(session: Session, where: Any, run: tuple[int, int] | None, positions: list[int]) -> list[np.ndarray]:
+    """The window's rows, chunk by chunk: float32 rows decoded with one frombuffer per chunk; rows logged as JSON
+    lists (the first wave's, and callers of ``log_predictions`` with lists) after them, one by one: they are few."""
     watched = [p for p in positions if p >= 0]
     width = len(watched) if run else max(watched, default=-1) + 1
-    streamed = window_query(where, run).execution_options(stream_results=True, yield_per=CHUNK)  # server-side cursor
-    row_bytes = width * 4
-    for chunk in session.connection().execute(streamed).partitions(CHUNK):
-        blobs = [b for b, _ in chunk]
-        raw = b"".join(blobs) if run else b"".join(bytes(b[:row_bytes]) for b in blobs)
-        if len(raw) != len(chunk) * row_bytes:
-            raise _short(sum(len(b) < row_bytes for b in blobs), positions)
-        values = np.frombuffer(raw, dtype=LOG_DTYPE).reshape(len(chunk), width)
-        window.add(_block(values, np.fromiter((o for _, o in chunk), dtype=np.float32, count=len(chunk)),
-                          positions, run))
+    blocks: list[np.ndarray] = []
+    for chunk in _chunks(session, window_query(where, run)):
+        listed: list[tuple[Any, ...]] = []
+        if None in [r[0] for r in chunk]:
+            listed = [r for r in chunk if r[0] is None]
+            chunk = [r for r in chunk if r[0] is not None]
+        if chunk:
+            blocks.append(_from_bytes(chunk, width, positions, run))
+        if listed:
+            blocks.append(_from_json(listed, positions))
+    return blocks
 
 
-def _read_json(session: Session, where: Any, positions: list[int], window: _Window) -> None:
-    """Rows logged as JSON lists (the first wave's, and callers of ``log_predictions`` with lists): few, read as
-    they are."""
-    rows = session.execute(select(PredictionLog.features, PredictionLog.output).where(
-        where, PredictionLog.features_f32.is_(None))).all()
-    if not rows:
-        return
+def _from_bytes(chunk: list[tuple[Any, ...]], width: int, positions: list[int], run: tuple[int, int] | None
+                ) -> np.ndarray:
+    """Float32-logged rows as a block, decoded with one frombuffer."""
+    row_bytes, blobs = width * 4, [r[0] for r in chunk]
+    raw = b"".join(blobs) if run else b"".join(bytes(b[:row_bytes]) for b in blobs)
+    if len(raw) != len(chunk) * row_bytes:
+        raise _short(sum(len(b) < row_bytes for b in blobs), positions)
+    values = np.frombuffer(raw, dtype=LOG_DTYPE).reshape(len(chunk), width)
+    return _block(values, np.array([r[1] for r in chunk], dtype=np.float32), positions, run)
+
+
+def _from_json(rows: list[tuple[Any, ...]], positions: list[int]) -> np.ndarray:
+    """JSON-logged rows (features as a list, or its JSON text where the driver hands text) as a block."""
+    import json
+
     need = max((p for p in positions if p >= 0), default=-1) + 1
-    short = sum(len(f or ()) < need for f, _ in rows)
+    lists = [json.loads(f) if isinstance(f, (str, bytes)) else (f or []) for _, _, f in rows]
+    short = sum(len(f) < need for f in lists)
     if short:
         raise _short(short, positions)
-    values = np.array([f[:need] for f, _ in rows], dtype=np.float32).reshape(len(rows), need)
-    window.add(_block(values, np.array([o for _, o in rows], dtype=np.float32), positions, None))
+    values = np.array([f[:need] for f in lists], dtype=np.float32).reshape(len(rows), need)
+    return _block(values, np.array([o for _, o, _ in rows], dtype=np.float32), positions, None)

@@ -6,12 +6,13 @@ Commands only parse, call a service and render; rendering is a rich table for pe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -88,6 +89,27 @@ def print_json(data: Any) -> None:
 
 
 @functools.cache
+@contextlib.contextmanager
+def stdout_for_json(json_out: bool) -> Iterator[None]:
+    """While a command whose stdout is JSON works: anything else written to stdout (Ray's driver notices such as
+    "task failed, will be retried", at the file-descriptor level too) goes to stderr, so stdout stays parseable."""
+    if not json_out:
+        yield
+        return
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _console_class() -> type:
     from rich.console import Console
     from rich.errors import MarkupError

@@ -16,6 +16,7 @@ from convergence.platform.cli._common import (
     parse_json_option,
     print_json,
     print_table,
+    stdout_for_json,
 )
 
 app = typer.Typer(help="Training pipelines: run on Ray (local or a cluster), compile for Kubeflow, submit, "
@@ -118,10 +119,11 @@ def run(
 
     cfg = _config(family, config, overrides)
     ops = operations(actor, progress=_progress(), ray_address=ray_address)
-    job = ops.run_pipeline(family=family, overrides=cfg.to_dict(), project=project,
-                           trigger=parse_json_option(trigger, "--trigger"))
-    if job["id"] is not None:
-        job = _follow(ops, job)
+    with stdout_for_json(json_out):  # Ray's notices (a retried task) must not end up in the JSON
+        job = ops.run_pipeline(family=family, overrides=cfg.to_dict(), project=project,
+                               trigger=parse_json_option(trigger, "--trigger"))
+        if job["id"] is not None:
+            job = _follow(ops, job)
     summary = job["summary"]
     if summary is None:
         from convergence.platform.errors import StepFailed

@@ -109,25 +109,6 @@ def test_one_hour_of_a_day_is_read_through_the_version_time_index(wide_productio
         assert s.execute(stmt).all().__len__() == 1500
 
 
-def test_rows_committed_after_the_count_are_read_not_dropped(wide_production: int, monkeypatch) -> None:
-    """PostgreSQL's statements each see their own snapshot: more rows than counted go to an overflow block."""
-    from convergence.governance import _driftlog
-
-    rng = np.random.default_rng(4)
-    X = rng.normal(0, 1, (120, 208)).astype(np.float32)
-    _log(wide_production, X[:100], np.arange(100), HOUR, span_s=100)
-    rows = [(f"late-json-{i}", HOUR + dt.timedelta(seconds=200 + i), [float(v) for v in X[i]], float(i), 0.2)
-            for i in range(100, 120)]
-    with session_scope() as s:
-        gov.log_predictions(session=s, model_version_id=wide_production, rows=rows)
-    real = _driftlog._Window.__init__
-    monkeypatch.setattr(_driftlog._Window, "__init__", lambda self, n, c: real(self, n - 50, c))  # counted 70
-    with session_scope(write=False) as s:
-        profile = s.query(gov.ReferenceProfile).filter_by(model_version_id=wide_production).one()
-        got = window_matrix(s, profile, HOUR, HOUR + dt.timedelta(hours=1))
-    np.testing.assert_array_equal(got, np.column_stack([X[:, 182:208], np.arange(120)]))
-
-
 def test_values_a_signature_did_not_measure_are_left_out_per_column() -> None:
     """NaN is "not measured" (a language request outside the greedy view): the column's statistics are the fast
     path's on its measured rows; a column with none measured does not drift."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,3 +26,22 @@ def test_hints_name_cvg_as_the_users_shell_reaches_it(monkeypatch: pytest.Monkey
     get_settings.cache_clear()
     assert invocation("cvg").startswith(f"CVG_HOME={tmp_path / 'elsewhere'} ")
     get_settings.cache_clear()
+
+
+def test_stdout_for_json_sends_other_writers_to_stderr(capfd) -> None:
+    """A library printing to stdout (Python or the file descriptor, as Ray's driver does) during a --json command
+    lands on stderr; stdout carries only the JSON."""
+    import os
+
+    from convergence.platform.cli._common import print_json, stdout_for_json
+
+    with stdout_for_json(True):
+        print("(raylet) task failed, will be retried")
+        os.write(1, b"a C++ notice\n")
+    print_json({"ok": True})
+    out, err = capfd.readouterr()
+    assert json.loads(out) == {"ok": True}
+    assert "will be retried" in err and "a C++ notice" in err
+    with stdout_for_json(False):
+        print("plain output")
+    assert capfd.readouterr().out == "plain output\n"
