@@ -285,14 +285,17 @@ SIGNATURE = Signature(
 
 def monitor_tokens(context: int) -> int:
     """The greedy view's length: the first K new tokens, the same for every greedy request that asked for at
-    least K (what the reference generates, so its output columns compare with any such answer)."""
+    least K and whose prompt fits beside its answer (the reference's prompts are cut to fit), so the reference's
+    output columns compare with any such answer."""
     return max(1, min(16, context // 2))
 
 
 def log_vector(prompt_ids: list[int], tokens: list[int], score: Score, *, eos_id: int | None, temperature: float,
                max_tokens: int, vocab: int, context: int) -> np.ndarray:
-    """What serving logs about one generation (``SIGNATURE.logged``). Request-independent: the prompt's length,
-    its log-likelihood per token under the model and its token ids as shares in ``BANDS`` id ranges. The greedy
+    """What serving logs about one generation (``SIGNATURE.logged``). Independent of the request's parameters
+    while the prompt fits beside the answer (length + max_tokens ≤ context; a longer one is cut, and its
+    likelihood is the kept part's): the prompt's length, its log-likelihood per token under the model and its
+    token ids as shares in ``BANDS`` id ranges. The greedy
     view (a temperature-0 request for at least ``monitor_tokens`` tokens; NaN otherwise, and drift leaves NaN
     out): the first K tokens' count, whether EOS was among them, and the log-likelihood per token of the prompt
     and those K. Then the answer as served: its length, EOS, log-likelihood, and the request's parameters."""

@@ -162,7 +162,7 @@ def _fast_block(stats: dict[str, dict[str, Any]], columns: list[str], current: n
                 raise InvalidInput(f"column {c}: a reference of {s['n']} rows needs its sample for the KS test")
             from scipy.stats import ks_2samp  # 1.7 s to import: only for the small references that need it
 
-            p_value = float(ks_2samp(reference_sample[c].to_numpy(), cur).pvalue)
+            p_value = float(ks_2samp(reference_sample[c].dropna().to_numpy(), cur).pvalue)
             result.update(method="K-S p_value", statistic=p_value, threshold=KS_ALPHA, drifted=p_value < KS_ALPHA)
         elif few_values:
             js = _js(s["values"], cur)
@@ -245,22 +245,24 @@ def check_drift(*, session: Session, principal: Principal, name: str, since: dt.
                        hint="versions registered by the pipelines carry one (a language version registered before "
                             "language monitoring existed has none: its retraining run registers one that does)")
     current = window_matrix(session, profile, since, until, served_as(session, mv))
-    sample = reference_sample(profile) if evidently or profile.rows <= 1000 else None
+    small = min(s["n"] for s in profile.stats.values()) <= 1000  # a column the K-S test judges needs the sample
+    sample = reference_sample(profile) if evidently or small else None
     results = fast_drift(profile.stats, profile.columns, current, sample)
     html_uri = json_uri = None
-    if evidently:
+    measured = [c for c, r in results.items() if r["rows"]]  # a column the window never measured: not Evidently's
+    if evidently and measured:
         import pandas as pd
 
         with tempfile.TemporaryDirectory() as tmp:
-            frame = pd.DataFrame(current.astype(np.float64), columns=profile.columns)
-            html, js, verdicts = evidently_report(sample, frame, Path(tmp))
+            frame = pd.DataFrame(current.astype(np.float64), columns=profile.columns)[measured]
+            html, js, verdicts = evidently_report(sample[measured], frame, Path(tmp))
             store = get_artifact_store()
             html_uri, json_uri = store.put(html).uri, store.put(js).uri
         for column, verdict in verdicts.items():
             if column in results:
                 results[column]["evidently_drifted"] = verdict
     drifted = [c for c, r in results.items() if r["drifted"]]
-    share = len(drifted) / len(results)
+    share = len(drifted) / max(len(measured), 1)  # of the columns this window measured
     severity = None if not drifted else "critical" if share >= get_settings().drift_critical_share else "warning"
     serialize_writes(session=session)
     report = DriftReport(model_version_id=mv.id, window_start=since, window_end=until, rows=len(current),

@@ -10,6 +10,7 @@ chunk. ``ix_prediction_log_version_ts`` makes a one-hour window of a day read on
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ def window_matrix(session: Session, profile: ReferenceProfile, since: dt.datetim
     ``versions`` (default: the profile's own) in [since, until), as float32 rows × columns. One pass over the
     hour, no count first: a count is one more pass, and on PostgreSQL rows committed between it and the read
     would not fit; the chunks are joined at the end (one more copy of the monitored columns, not of the log)."""
+    if since.tzinfo is None or until.tzinfo is None:
+        raise InvalidInput("the window's instants need a timezone (UTC is what the log stores)")
     versions = versions or [profile.model_version_id]
     positions = list(profile.positions)
     blocks = _read(session, window_where(versions, since, until), contiguous(positions), positions)
@@ -78,17 +81,19 @@ def _short(count: int, positions: list[int]) -> InvalidInput:
 def _chunks(session: Session, stmt: Any) -> Iterator[list[tuple[Any, ...]]]:
     """``stmt``'s rows, CHUNK at a time, from the driver's own cursor in the session's transaction: a server-side
     (named) cursor on PostgreSQL, SQLite's lazy cursor; no per-row SQLAlchemy object. The statement is rendered
-    with its values inline: they are integers and instants this module made, never text from a caller."""
+    with its values inline (version ids and two instants, escaped by SQLAlchemy's literal rendering)."""
+    from sqlalchemy.exc import DBAPIError
+
     conn = session.connection()
     sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     driver = conn.connection.driver_connection
     cursor = driver.cursor(name=f"cvg_drift_{uuid.uuid4().hex}") if conn.dialect.name == "postgresql" else driver.cursor()
     try:
-        if conn.dialect.name == "postgresql":
-            cursor.itersize = CHUNK
         cursor.execute(sql)
         while chunk := cursor.fetchmany(CHUNK):
             yield chunk
+    except conn.dialect.loaded_dbapi.Error as exc:  # the driver's own error, as SQLAlchemy would have raised it
+        raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
     finally:
         cursor.close()
 
@@ -98,8 +103,15 @@ def _read(session: Session, where: Any, run: tuple[int, int] | None, positions: 
     lists (the first wave's, and callers of ``log_predictions`` with lists) after them, one by one: they are few."""
     watched = [p for p in positions if p >= 0]
     width = len(watched) if run else max(watched, default=-1) + 1
+    with contextlib.closing(_chunks(session, window_query(where, run))) as chunks:  # closed on a refusal too
+        return _decoded(chunks, width, positions, run)
+
+
+def _decoded(chunks: Iterator[list[tuple[Any, ...]]], width: int, positions: list[int],
+             run: tuple[int, int] | None) -> list[np.ndarray]:
+    """The chunks as float32 blocks: a chunk's float32-logged rows, then its JSON-logged ones."""
     blocks: list[np.ndarray] = []
-    for chunk in _chunks(session, window_query(where, run)):
+    for chunk in chunks:
         listed: list[tuple[Any, ...]] = []
         if None in [r[0] for r in chunk]:
             listed = [r for r in chunk if r[0] is None]

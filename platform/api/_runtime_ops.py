@@ -17,6 +17,7 @@ from convergence.platform.api._spec import (
     When,
     op,
 )
+from convergence.platform.errors import ConvergenceError
 
 Metric = Literal["cpu_hours", "gpu_hours", "kwh", "gco2e"]
 
@@ -127,8 +128,11 @@ class RuntimeOps(OperationsBase):
         if deliver:
             data["webhooks"] = gov.deliver_until_idle(deadline_s=10)
         if retrain and alerts:
-            data["retraining"] = self.jobs.retrain(name=name, alert_ids=[a["id"] for a in data["new_alerts"]],
-                                                   principal=self.principal, kubernetes=kubernetes)
+            try:  # the report and its alerts are committed: a retraining that cannot start says so beside them
+                data["retraining"] = self.jobs.retrain(name=name, alert_ids=[a["id"] for a in data["new_alerts"]],
+                                                       principal=self.principal, kubernetes=kubernetes)
+            except ConvergenceError as exc:
+                data["retraining"] = exc.to_dict()
         return plain(data)
 
     @op("GET", "/drift/reports/{report_id}", tag="drift")

@@ -88,7 +88,6 @@ def print_json(data: Any) -> None:
     sys.stdout.write(text + "\n")
 
 
-@functools.cache
 @contextlib.contextmanager
 def stdout_for_json(json_out: bool) -> Iterator[None]:
     """While a command whose stdout is JSON works: anything else written to stdout (Ray's driver notices such as
@@ -99,9 +98,14 @@ def stdout_for_json(json_out: bool) -> Iterator[None]:
     import os
 
     sys.stdout.flush()
-    saved = os.dup(1)
     try:
+        saved = os.dup(1)
         os.dup2(2, 1)
+    except OSError:  # no file descriptors to swap (a closed stdout or stderr): Python-level writers only
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
@@ -110,6 +114,7 @@ def stdout_for_json(json_out: bool) -> Iterator[None]:
         os.close(saved)
 
 
+@functools.cache
 def _console_class() -> type:
     from rich.console import Console
     from rich.errors import MarkupError

@@ -54,7 +54,9 @@ def check(
         console().print("webhooks: " + ", ".join(f"{k} {v}" for k, v in data["webhooks"].items()))
     if "retraining" in data:
         r = data["retraining"]
-        if "job" in r and "namespace" in r:
+        if "error" in r:
+            console().print(f"[red]retraining did not start[/red]: {r['message']}")
+        elif "job" in r and "namespace" in r:
             console().print(f"retraining Job {r['job']} created in {r['namespace']}")
         elif "job" in r:
             console().print(f"retraining runs on the API server as job {r['job']} (`cvg pipelines job {r['job']}`)")

@@ -125,3 +125,20 @@ def test_values_a_signature_did_not_measure_are_left_out_per_column() -> None:
     assert got["a"]["rows"] == 2000 and got["b"]["rows"] == 1333 and got["c"]["rows"] == 0
     assert got["b"]["statistic"] == pytest.approx(alone["b"]["statistic"]) and got["b"]["drifted"]
     assert not got["c"]["drifted"] and got["c"]["method"] == "not measured in this window"
+
+
+def test_a_column_the_window_never_measured_is_left_out_of_evidently_and_the_share(wide_production: int) -> None:
+    """A watched value logged as NaN on every row ("not measured"): Evidently is given the measured columns only
+    (it refuses an empty one), and the drift share counts measured columns."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(0, 1, (400, 208)).astype(np.float32)
+    X[:, 182] = np.nan
+    X[:, 183] += 3.0  # one measured column drifts
+    _log(wide_production, X, rng.normal(0, 1, 400), HOUR, span_s=400)
+    with session_scope() as s:
+        report, _ = gov.check_drift(session=s, principal=person("monitor"), name="wide", since=HOUR,
+                                    until=HOUR + dt.timedelta(hours=1), evidently=True)
+        columns, share = report.columns, report.drift_share
+    assert columns["f182"]["rows"] == 0 and not columns["f182"]["drifted"] and "evidently_drifted" not in columns["f182"]
+    assert columns["f183"]["drifted"] and columns["f183"]["evidently_drifted"] is True
+    assert share == pytest.approx(sum(r["drifted"] for r in columns.values()) / 26)  # 26 of 27 measured

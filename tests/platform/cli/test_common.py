@@ -42,6 +42,9 @@ def test_stdout_for_json_sends_other_writers_to_stderr(capfd) -> None:
     out, err = capfd.readouterr()
     assert json.loads(out) == {"ok": True}
     assert "will be retried" in err and "a C++ notice" in err
-    with stdout_for_json(False):
-        print("plain output")
-    assert capfd.readouterr().out == "plain output\n"
+    for _ in range(2):  # a fresh context each time (a cached one can be entered once)
+        with stdout_for_json(False):
+            print("plain output")
+        with stdout_for_json(True):
+            print("notice")
+    assert capfd.readouterr().out == "plain output\nplain output\n"
