@@ -10,21 +10,8 @@ registry; it imports no training code, Ray or KFP (torch, onnxruntime and tokeni
 
 from __future__ import annotations
 
-from typing import Any
-
 from convergence.governance import _contract_language as language
 from convergence.governance import _contract_trading as trading
 from convergence.governance._contract_io import Signature, format_of
-from convergence.platform.errors import InvalidInput
 
-FAMILIES = {"trading": trading, "language": language}
-
-
-def family(name: str) -> Any:
-    """The contract module of family ``name`` (trading or language)."""
-    if name not in FAMILIES:
-        raise InvalidInput(f"unknown model family {name!r}: use trading or language")
-    return FAMILIES[name]
-
-
-__all__ = ["FAMILIES", "Signature", "family", "format_of", "language", "trading"]
+__all__ = ["Signature", "format_of", "language", "trading"]
